@@ -1,0 +1,15 @@
+"""caffe-py: BVLC Caffe's files, nets, solvers and tools in Python (NumPy / CuPy).
+
+`import caffe_py as caffe` gives pycaffe's surface: Net, TRAIN/TEST, solvers,
+set_mode_cpu/set_mode_gpu/set_device, io, layer_type_list.
+"""
+from . import log
+from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .blob import Blob
+from .layer import Layer, layer_type_list
+from .net import TEST, TRAIN, Net
+from . import layers  # noqa: F401  (registers every layer type)
+
+__version__ = '0.1.0'
+
+log.init()

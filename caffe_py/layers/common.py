@@ -1,0 +1,1 @@
+"""Common layers: InnerProduct, Concat, Slice, Split, Flatten, Reshape, Eltwise, Softmax, ..."""

@@ -1,0 +1,1 @@
+"""Elementwise (neuron) layers: ReLU, Sigmoid, TanH, Dropout, PReLU, ..."""

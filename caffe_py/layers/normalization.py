@@ -1,0 +1,1 @@
+"""Normalization layers: BatchNorm, LRN, MVN, Scale, Bias."""

@@ -1,0 +1,1 @@
+"""The Python layer: user layer classes named by python_param."""

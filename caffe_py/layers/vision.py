@@ -1,0 +1,1 @@
+"""Vision layers: Convolution, Deconvolution, Im2col, Pooling, SPP."""

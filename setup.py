@@ -1,0 +1,29 @@
+"""caffe-py: a pip-installable reimplementation of BVLC Caffe on NumPy and CuPy."""
+from setuptools import find_packages, setup
+
+setup(
+    name='caffe-py',
+    version='0.1.0',
+    description="BVLC Caffe's nets, solvers, files and tools in Python (NumPy on the CPU, CuPy on NVIDIA GPUs)",
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    license='BSD-2-Clause',
+    python_requires='>=3.10',
+    packages=find_packages(include=['caffe_py', 'caffe_py.*']) + ['caffe_py.kernels'],
+    package_dir={'caffe_py.kernels': 'kernels'},
+    package_data={'caffe_py.kernels': ['*.cu']},
+    install_requires=[
+        'numpy>=1.23',
+        'protobuf>=5.26',
+        'pillow',
+        'opencv-python-headless',
+        'lmdb',
+        'h5py',
+    ],
+    extras_require={
+        'gpu': ['cupy-cuda12x'],
+        'test': ['pytest'],
+        'plot': ['matplotlib'],
+    },
+    entry_points={'console_scripts': ['caffe-py = caffe_py.tools.cli:main']},
+)
