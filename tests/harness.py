@@ -1,0 +1,118 @@
+"""Test helpers: run a reference layer case from ../shared, and a float64 numeric gradient check."""
+import json
+
+import numpy as np
+from google.protobuf import text_format
+
+from caffe_py import TEST, TRAIN, Net
+from caffe_py.proto import caffe_pb2
+
+
+def load_case(path):
+    """(npz, meta dict, NetParameter, phase) of a reference layer case."""
+    case = np.load(path)
+    meta = json.loads(str(case['meta']))
+    param = text_format.Parse(str(case['prototxt']), caffe_pb2.NetParameter())
+    phase = TRAIN if str(case['phase']) == 'TRAIN' else TEST
+    return case, meta, param, phase
+
+
+def _close(actual, expected, what, rtol):
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, '%s: shape %s, Caffe %s' % (what, actual.shape, expected.shape)
+    scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def run_reference_case(path, rtol=2e-5):
+    """Build the case's net, set inputs and params, check forward and backward against Caffe."""
+    case, meta, param, phase = load_case(path)
+    net = Net(param, phase)
+    for name in meta['inputs']:
+        value = case['in/' + name]
+        net.blobs[name].reshape(value.shape)
+        net.blobs[name].data[...] = value
+    for key in case.files:
+        if key.startswith('param/'):
+            _, layer, index = key.split('/')
+            blob = net.layer_dict[layer].blobs[int(index)]
+            blob.reshape(case[key].shape) if blob.shape != case[key].shape else None
+            blob.data[...] = case[key]
+    net.forward_from_to()
+    for key in case.files:
+        if key.startswith('out/'):
+            _close(net.blobs[key[4:]].data, case[key], 'forward ' + key, rtol)
+        elif key.startswith('param_after/'):
+            _, layer, index = key.split('/')
+            _close(net.layer_dict[layer].blobs[int(index)].data, case[key], key, rtol)
+    if not meta.get('backward', True):
+        return net
+    net.clear_param_diffs()
+    for key in case.files:
+        if key.startswith('topdiff/'):
+            net.blobs[key[8:]].diff[...] = case[key]
+    net.backward_from_to()
+    for key in case.files:
+        if key.startswith('grad/'):
+            _close(net.blobs[key[5:]].diff, case[key], 'backward ' + key, rtol)
+        elif key.startswith('paramgrad/'):
+            _, layer, index = key.split('/')
+            _close(net.layer_dict[layer].blobs[int(index)].diff, case[key], key, rtol)
+    return net
+
+
+def numeric_gradient_check(prototxt, inputs, phase=TEST, no_grad=(), eps=1e-6, rtol=1e-5,
+                           params=None, seed=0):
+    """Check every input's and parameter's gradient of a net against central differences, in float64.
+
+    `prototxt` is net text whose Input layers provide `inputs` (name -> array); outputs
+    that are not losses get a fixed random top diff, so the objective is
+    sum(loss * weight) + sum(output * R). `no_grad` names inputs without a
+    gradient (labels, indices). `params` (layer -> list of arrays) overrides fillers.
+    """
+    param = text_format.Parse(prototxt, caffe_pb2.NetParameter())
+    param.force_backward = True
+    net = Net(param, phase, dtype=np.float64)
+    for name, value in inputs.items():
+        net.blobs[name].reshape(np.shape(value))
+        net.blobs[name].data[...] = value
+    for layer, arrays in (params or {}).items():
+        for blob, value in zip(net.layer_dict[layer].blobs, arrays):
+            blob.data[...] = value
+    rng = np.random.default_rng(seed)
+    loss_outputs = {n for n, w in net.blob_loss_weights.items() if w}
+    net.forward_from_to()
+    top_diffs = {name: rng.standard_normal(net.blobs[name].shape)
+                 for name in net.outputs if name not in loss_outputs}
+
+    def objective():
+        loss = net.forward_from_to()
+        return loss + sum(float((net.blobs[n].data * d).sum()) for n, d in top_diffs.items())
+
+    objective()
+    net.clear_param_diffs()
+    for name, diff in top_diffs.items():
+        net.blobs[name].diff[...] = diff
+    net.backward_from_to()
+    targets = [('input ' + n, net.blobs[n].data, net.blobs[n].diff.copy())
+               for n in inputs if n not in no_grad]
+    for lname, layer in net.layer_dict.items():
+        for i, blob in enumerate(layer.blobs):
+            if layer.param_needs_backward(i):
+                targets.append(('param %s/%d' % (lname, i), blob.data, blob.diff.copy()))
+    for what, data, analytic in targets:
+        flat = data.reshape(-1)
+        numeric = np.empty(flat.size)
+        for i in range(flat.size):
+            keep = flat[i]
+            flat[i] = keep + eps
+            plus = objective()
+            flat[i] = keep - eps
+            minus = objective()
+            flat[i] = keep
+            numeric[i] = (plus - minus) / (2 * eps)
+        scale = max(1.0, float(np.abs(numeric).max()))
+        np.testing.assert_allclose(analytic.reshape(-1), numeric, rtol=rtol, atol=rtol * scale,
+                                   err_msg='gradient of ' + what)
+    return net
