@@ -4,6 +4,8 @@ Init follows Caffe's Net::Init: NetState filtering, Split insertion, blob
 wiring (in-place tops reuse their bottom blob), which layers and blobs need
 backward, loss weights, force_backward, and parameter sharing by name.
 """
+import os
+import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -542,7 +544,10 @@ class Net:
     # -- weights ---------------------------------------------------------------
     def copy_from(self, path):
         """Copy trained weights by layer name from a caffemodel (V1/V2 binary) or .h5 file."""
-        if formats.is_hdf5(path):
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise formats.MissingFileError(path, 'the weights')
+        if h5py_is_hdf5(path):
             self._copy_from_hdf5(path)
         else:
             self.copy_from_proto(formats.read_net(path, binary=True))
@@ -559,7 +564,7 @@ class Net:
                                % (source.name, len(source.blobs), len(target)))
             for j, (blob, proto) in enumerate(zip(target, source.blobs)):
                 array = formats.blob_to_array(proto)
-                if not formats.blob_shape_equals(proto, blob.shape):
+                if not _shape_equals(proto, blob.shape):
                     raise NetError("Cannot copy param %d weights from layer '%s'; shape mismatch.  "
                                    'Source param shape is %s (%d); target param shape is %s. '
                                    'To learn this layer\'s parameters from scratch rather than '
@@ -601,7 +606,8 @@ class Net:
             lp.CopyFrom(layer.layer_param)
             del lp.blobs[:]
             for blob in layer.blobs:
-                formats.blob_to_proto(blob, lp.blobs.add(), write_diff=write_diff)
+                formats.array_to_blob(_host(blob.data), _host(blob.diff) if write_diff else None,
+                                      blob=lp.blobs.add())
         return param
 
     def save(self, path, write_diff=False):
@@ -623,7 +629,7 @@ class Net:
                         group.create_dataset(str(k), data=_host(blob.data))
                     if write_diff:
                         dgroup.create_dataset(str(k), data=_host(blob.diff))
-        formats.write_hdf5_atomic(path, write)
+        _write_hdf5_atomically(path, write)
 
     def share_with(self, other):
         """Share `other`'s trained layers' weights by layer name (Caffe's ShareTrainedLayersWith)."""
@@ -644,3 +650,32 @@ class Net:
 
 def _host(array):
     return array if isinstance(array, np.ndarray) else array.get()
+
+
+def _shape_equals(proto, shape):
+    """Caffe's Blob::ShapeEquals: legacy 4-d protos compare against the blob's legacy shape."""
+    legacy = any(proto.HasField(f) for f in ('num', 'channels', 'height', 'width'))
+    if legacy:
+        return len(shape) <= 4 and (1,) * (4 - len(shape)) + tuple(shape) == formats.blob_shape(proto)
+    return tuple(shape) == formats.blob_shape(proto)
+
+
+def h5py_is_hdf5(path):
+    import h5py
+    return h5py.is_hdf5(path)
+
+
+def _write_hdf5_atomically(path, write):
+    """Create an HDF5 file with `write(h5file)` under a temporary name, then rename it to `path`."""
+    import h5py
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, 'w') as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
