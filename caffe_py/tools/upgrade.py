@@ -1,0 +1,90 @@
+"""Caffe's upgrade tools: upgrade_net_proto_text, upgrade_net_proto_binary,
+upgrade_solver_proto_text.
+
+Each reads IN, applies the upgrades Caffe would apply on load, writes OUT and
+returns Caffe's exit status: 0 done, 1 done but with problems Caffe only
+warns about (or bad usage), 2 IN does not parse. What Caffe refuses to
+upgrade raises caffe_py.formats.UpgradeError; a missing IN raises
+MissingFileError.
+"""
+import logging
+
+from caffe_py import formats
+from caffe_py.formats import upgrade as _up
+from caffe_py.proto import caffe_pb2
+
+log = logging.getLogger("caffe_py")
+
+
+def _read(path, proto, binary, kind):
+    try:
+        return formats.read_proto(path, proto, binary=binary)
+    except formats.MissingFileError:
+        raise
+    except formats.FormatError as e:
+        log.error("%s", e)
+        log.error("Failed to parse input %s file as %s: %s", kind,
+                  proto.DESCRIPTOR.name, path)
+        return None
+
+
+def _upgrade_net_file(in_path, out_path, binary):
+    net = _read(in_path, caffe_pb2.NetParameter, binary, "binary" if binary else "text")
+    if net is None:
+        return 2
+    ok = True
+    if _up.net_needs_upgrade(net):
+        ok = _up.upgrade_net(net, in_path)
+        if not ok:
+            log.error("Encountered error(s) while upgrading prototxt; see details above.")
+    else:
+        log.error("File already in latest proto format: %s", in_path)
+    formats.write_net(out_path, net, binary=binary)
+    log.info("Wrote upgraded NetParameter %s proto to %s",
+             "binary" if binary else "text", out_path)
+    return 0 if ok else 1
+
+
+def upgrade_net_proto_text(in_path, out_path):
+    """Upgrade a V0/V1 (or otherwise legacy) net prototxt; returns the exit status."""
+    return _upgrade_net_file(in_path, out_path, False)
+
+
+def upgrade_net_proto_binary(in_path, out_path):
+    """Upgrade a legacy binary caffemodel; returns the exit status."""
+    return _upgrade_net_file(in_path, out_path, True)
+
+
+def upgrade_solver_proto_text(in_path, out_path):
+    """Upgrade a solver prototxt (solver_type enum -> type string); returns
+    the exit status. Like Caffe's tool, snapshot_prefix is left as written."""
+    solver = _read(in_path, caffe_pb2.SolverParameter, False, "text")
+    if solver is None:
+        return 2
+    ok = True
+    if _up.solver_needs_type_upgrade(solver):
+        ok = _up.upgrade_solver(solver, in_path)
+        if not ok:
+            log.error("Encountered error(s) while upgrading prototxt; see details above.")
+    else:
+        log.error("File already in latest proto format: %s", in_path)
+    formats.write_solver(out_path, solver)
+    log.info("Wrote upgraded SolverParameter text proto to %s", out_path)
+    return 0 if ok else 1
+
+
+COMMANDS = {
+    "upgrade_net_proto_text": upgrade_net_proto_text,
+    "upgrade_net_proto_binary": upgrade_net_proto_binary,
+    "upgrade_solver_proto_text": upgrade_solver_proto_text,
+}
+
+
+def main(name, argv):
+    """Entry point for the caffe-py dispatcher: `caffe-py <name> IN OUT`."""
+    func = COMMANDS[name]
+    if any(a in ("-h", "-help", "--help") for a in argv) or len(argv) != 2:
+        print("usage: caffe-py %s IN OUT\n  %s" % (name, func.__doc__.splitlines()[0]))
+        return 0 if argv and len(argv) != 2 and any(
+            a in ("-h", "-help", "--help") for a in argv) else 1
+    return func(argv[0], argv[1])
