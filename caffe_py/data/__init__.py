@@ -1,0 +1,1 @@
+"""Data input: transformation, databases (LMDB/LevelDB), image decoding, HDF5 sources and prefetching."""
