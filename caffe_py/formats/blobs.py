@@ -28,6 +28,17 @@ _RAW_TYPE_OF = {
 }
 
 
+def _accepts_bytearray():
+    try:
+        caffe_pb2.BlobShape().MergeFromString(bytearray(b"\x0a\x01\x01"))
+        return True
+    except TypeError:
+        return False
+
+
+_ACCEPTS_BYTEARRAY = _accepts_bytearray()
+
+
 def _varint(value):
     out = bytearray()
     while True:
@@ -153,11 +164,18 @@ def _store(blob, arr, diff, raw):
             blob.raw_data = payload
         return
     if arr.dtype == np.float64:
-        number, payload = (_DOUBLE_DIFF if diff else _DOUBLE_DATA), arr.astype("<f8").tobytes()
+        number, dtype = (_DOUBLE_DIFF if diff else _DOUBLE_DATA), np.dtype("<f8")
     else:
-        number, payload = (_DIFF if diff else _DATA), arr.astype("<f4").tobytes()
-    if payload:
-        blob.MergeFromString(_varint(number << 3 | 2) + _varint(len(payload)) + payload)
+        number, dtype = (_DIFF if diff else _DATA), np.dtype("<f4")
+    if arr.size == 0:
+        return
+    # one packed field, built in a single buffer: key, length, values
+    nbytes = arr.size * dtype.itemsize
+    head = _varint(number << 3 | 2) + _varint(nbytes)
+    wire = bytearray(len(head) + nbytes)
+    wire[:len(head)] = head
+    np.frombuffer(wire, dtype=dtype, offset=len(head)).reshape(arr.shape)[...] = arr
+    blob.MergeFromString(bytes(wire) if not _ACCEPTS_BYTEARRAY else wire)
 
 
 def array_to_blob(data, diff=None, blob=None, legacy_4d=False, raw=None):

@@ -96,15 +96,15 @@ def _read_bytes(path, named_by=None):
 
 def looks_binary(data, path=None):
     """Guess whether `data` (the bytes of `path`) is wire format, not text."""
+    head = bytes(data[:4096])
+    if b"\0" in head:  # never in a prototxt, whatever the file is called
+        return True
     if path is not None:
         ext = os.path.splitext(os.fspath(path))[1].lower()
         if ext in BINARY_EXTENSIONS:
             return True
         if ext in TEXT_EXTENSIONS:
             return False
-    head = bytes(data[:4096])
-    if b"\0" in head:
-        return True
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as e:
