@@ -15,6 +15,8 @@ def test_generated_pb2_is_up_to_date(tmp_path):
     pytest.importorskip("grpc_tools")
     from caffe_py.proto import regen
 
+    if not os.path.exists(regen.PROTO_FILE):
+        pytest.skip("%s is absent (package installed without its sources)" % regen.PROTO_FILE)
     out = regen.generate(str(tmp_path))
     with open(out, "rb") as f:
         fresh = f.read()
