@@ -14,7 +14,7 @@ setup(
     package_data={'caffe_py.kernels': ['*.cu']},
     install_requires=[
         'numpy>=1.23',
-        'protobuf>=5.26',
+        'protobuf>=7.35.1',
         'pillow',
         'opencv-python-headless',
         'lmdb',
