@@ -174,3 +174,281 @@ def test_dummy_data_legacy_dims_and_one_filler():
     with pytest.raises(NetError, match='data fillers'):
         make_net('layer { name: "d" type: "DummyData" top: "a" top: "b" top: "c" dummy_data_param { '
                  'shape { dim: 1 } data_filler { } data_filler { } } }')
+
+
+# -- Caffe's reference data cases --------------------------------------------------
+
+@pytest.fixture
+def in_reference_data():
+    need(DATA)
+    old = os.getcwd()
+    os.chdir(DATA)
+    yield DATA
+    os.chdir(old)
+
+
+def reference_cases():
+    if not os.path.isdir(DATA):
+        return []
+    return sorted(name[:-9] for name in os.listdir(DATA) if name.endswith('.prototxt'))
+
+
+@pytest.mark.parametrize('case', reference_cases() or ['(absent)'])
+def test_reference_data_case(case, in_reference_data):
+    expected = np.load(case + '.npz')
+    text = open(case + '.prototxt').read()
+    net = caffe.Net(case + '.prototxt', caffe.TEST)
+    # list.txt names JPEGs, decoded here by another libjpeg build than Caffe's: one grey level
+    atol = 1.0 + 1e-6 if 'source: "list.txt"' in text else 0.0
+    try:
+        k = 0
+        while 'data/%d' % k in expected.files:
+            net.forward()
+            data, ref = net.blobs['data'].data, expected['data/%d' % k]
+            assert data.shape == ref.shape
+            np.testing.assert_allclose(data, ref, rtol=0, atol=atol, err_msg='%s batch %d' % (case, k))
+            np.testing.assert_array_equal(net.blobs['label'].data, expected['label/%d' % k])
+            k += 1
+        assert k >= 2
+    finally:
+        net.layers[0].close()
+    assert not os.path.exists(os.path.join('lmdb_raw', 'lock.mdb'))
+
+
+# -- TRAIN-phase crops and mirrors ---------------------------------------------------
+
+def write_images(folder, count, height, width, seed=0, ext='.png'):
+    import cv2
+    rng = np.random.default_rng(seed)
+    images = []
+    with open(os.path.join(folder, 'list.txt'), 'w') as listing:
+        for i in range(count):
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            cv2.imwrite(os.path.join(folder, 'im%d%s' % (i, ext)), image)
+            listing.write('im%d%s %d\n' % (i, ext, i))
+            images.append(image)
+    return images
+
+
+def placements(chw, out, crop):
+    """Every (h_off, w_off, mirrored) whose crop of `chw` equals `out` exactly."""
+    found = []
+    for h in range(chw.shape[1] - crop + 1):
+        for w in range(chw.shape[2] - crop + 1):
+            window = chw[:, h:h + crop, w:w + crop].astype(np.float32)
+            for flip in (False, True):
+                if np.array_equal(window[:, :, ::-1] if flip else window, out):
+                    found.append((h, w, flip))
+    return found
+
+
+IMAGE_NET = ('layer { name: "d" type: "ImageData" top: "data" top: "label" '
+             'transform_param { crop_size: %d mirror: %s } '
+             'image_data_param { source: "list.txt" batch_size: 4 %s } }')
+
+
+def draw_batches(text, phase, count, seed):
+    caffe.set_random_seed(seed)
+    net = make_net(text, phase)
+    try:
+        out = []
+        for _ in range(count):
+            net.forward()
+            out.append((net.blobs['data'].data.copy(), net.blobs['label'].data.copy()))
+        return out
+    finally:
+        net.layers[0].close()
+
+
+def test_train_crops_and_mirrors_cover_every_placement(in_dir):
+    images = write_images(str(in_dir), 3, 6, 5)
+    seen = set()
+    for data, labels in draw_batches(IMAGE_NET % (4, 'true', ''), caffe.TRAIN, 60, seed=3):
+        for item, label in zip(data, labels):
+            chw = images[int(label)].transpose(2, 0, 1)
+            found = placements(chw, item, 4)
+            assert found, 'output is not a crop/flip of its source image'
+            seen.update(found)
+    assert len(seen) == 3 * 2 * 2
+
+
+def test_same_seed_gives_same_batches(in_dir):
+    write_images(str(in_dir), 5, 9, 8)
+    text = IMAGE_NET % (5, 'true', 'shuffle: true')
+    first = draw_batches(text, caffe.TRAIN, 4, seed=11)
+    again = draw_batches(text, caffe.TRAIN, 4, seed=11)
+    other = draw_batches(text, caffe.TRAIN, 4, seed=12)
+    for (a, la), (b, lb) in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+    assert any(not np.array_equal(a, b) for (a, _), (b, _) in zip(first, other))
+    labels = np.concatenate([l for _, l in first])[:5]
+    assert sorted(labels) == list(range(5))          # one shuffled epoch
+
+
+def test_test_phase_crops_the_centre_and_mirror_still_flips(in_dir):
+    images = write_images(str(in_dir), 2, 7, 6)
+    flips = set()
+    for data, labels in draw_batches(IMAGE_NET % (3, 'true', ''), caffe.TEST, 10, seed=0):
+        for item, label in zip(data, labels):
+            found = placements(images[int(label)].transpose(2, 0, 1), item, 3)
+            assert all((h, w) == (2, 1) for h, w, _ in found) and found
+            flips.update(flip for _, _, flip in found)
+    assert flips == {False, True}                     # Caffe mirrors in TEST too when mirror: true
+
+
+def test_image_data_gray_resize_scale_and_mean(in_dir):
+    import cv2
+    write_images(str(in_dir), 2, 10, 12)
+    net = make_net('layer { name: "d" type: "ImageData" top: "data" top: "label" '
+                   'transform_param { scale: 0.25 mean_value: 7 } image_data_param { source: "list.txt" '
+                   'batch_size: 2 is_color: false new_height: 5 new_width: 8 } }')
+    try:
+        net.forward()
+        for i in range(2):
+            gray = cv2.resize(cv2.imread('im%d.png' % i, cv2.IMREAD_GRAYSCALE), (8, 5))
+            expected = (gray.astype(np.float32) - np.float32(7)) * np.float32(0.25)
+            np.testing.assert_array_equal(net.blobs['data'].data[i, 0], expected)
+        assert net.blobs['data'].shape == (2, 1, 5, 8)
+    finally:
+        net.layers[0].close()
+
+
+def test_missing_image_names_the_file(in_dir):
+    write_images(str(in_dir), 2, 6, 6)
+    with open('list.txt', 'a') as f:
+        f.write('nowhere/lost.png 1\n')
+    net = make_net(IMAGE_NET % (0, 'false', ''))
+    try:
+        with pytest.raises(ValueError, match='nowhere/lost.png'):
+            for _ in range(3):
+                net.forward()
+    finally:
+        net.layers[0].close()
+    (in_dir / 'list.txt').write_text('gone.png 0\n')
+    with pytest.raises(NetError, match='gone.png'):
+        make_net(IMAGE_NET % (0, 'false', ''))
+
+
+# -- Data layer on databases made here ----------------------------------------------
+
+def write_db(path, records, backend='lmdb'):
+    from caffe_py.data.db import DBWriter
+    with DBWriter(path, backend) as db:
+        for key, datum in records:
+            db.put(key, datum if isinstance(datum, bytes) else datum.SerializeToString())
+
+
+def raw_datum(array, label, as_float=False):
+    datum = caffe_pb2.Datum(channels=array.shape[0], height=array.shape[1], width=array.shape[2],
+                            label=label)
+    if as_float:
+        datum.float_data.extend(array.ravel().astype(np.float32))
+    else:
+        datum.data = array.astype(np.uint8).tobytes()
+    return datum
+
+
+DATA_NET = ('layer { name: "d" type: "Data" top: "data" top: "label" %s '
+            'data_param { source: "db" backend: %s batch_size: %d } }')
+
+
+@pytest.mark.parametrize('backend', ['LMDB', 'LEVELDB'])
+def test_data_layer_raw_and_float_datums_in_key_order(in_dir, backend):
+    if backend == 'LEVELDB':
+        pytest.importorskip('plyvel')
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, (2, 3, 4)) for _ in range(5)]
+    records = [('%08d' % i, raw_datum(a, i, as_float=i % 2 == 1)) for i, a in enumerate(arrays)]
+    write_db('db', records[::-1], backend.lower())
+    net = make_net(DATA_NET % ('transform_param { scale: 0.5 mean_value: 1 mean_value: 2 }', backend, 3))
+    try:
+        for k in range(3):
+            net.forward()
+            for j in range(3):
+                i = (3 * k + j) % 5
+                mean = np.array([1, 2], np.float32).reshape(2, 1, 1)
+                np.testing.assert_array_equal(net.blobs['data'].data[j],
+                                              (arrays[i].astype(np.float32) - mean) * np.float32(0.5))
+                assert net.blobs['label'].data[j] == i
+    finally:
+        net.layers[0].close()
+
+
+def test_data_layer_single_top_and_corrupt_record(in_dir):
+    write_db('db', [('a', raw_datum(np.zeros((1, 2, 2)), 0)), ('b', b'\xff\xff\xff')])
+    net = make_net(DATA_NET.replace('top: "label"', '') % ('', 'LMDB', 2))
+    try:
+        with pytest.raises(ValueError, match='record b of db'):
+            net.forward()
+    finally:
+        net.layers[0].close()
+
+
+def test_data_layer_missing_database_is_named(in_dir):
+    with pytest.raises(NetError, match='nothere'):
+        make_net(DATA_NET.replace('"db"', '"nothere"') % ('', 'LMDB', 2))
+
+
+def test_data_layer_encoded_force_gray(in_dir):
+    import cv2
+    images = write_images(str(in_dir), 2, 5, 6)
+    records = [('%d' % i, caffe_pb2.Datum(data=open('im%d.png' % i, 'rb').read(), label=i, encoded=True))
+               for i in range(2)]
+    write_db('db', records)
+    net = make_net(DATA_NET % ('transform_param { force_gray: true }', 'LMDB', 2))
+    try:
+        net.forward()
+        for i in range(2):
+            gray = cv2.cvtColor(images[i], cv2.COLOR_BGR2GRAY)
+            np.testing.assert_allclose(net.blobs['data'].data[i, 0], gray, atol=1)
+    finally:
+        net.layers[0].close()
+
+
+# -- WindowData ------------------------------------------------------------------------
+
+def test_window_data_warps_windows_and_samples_fg_and_bg(in_dir):
+    import cv2
+    images = write_images(str(in_dir), 2, 12, 10)
+    (in_dir / 'windows.txt').write_text(
+        '# 0\nim0.png\n3 12 10\n2\n1 0.9 0 0 4 5\n0 0.1 2 3 9 11\n'
+        '# 1\nim1.png\n3 12 10\n1\n2 0.8 1 1 8 6\n')
+    text = ('layer { name: "w" type: "WindowData" top: "data" top: "label" '
+            'transform_param { crop_size: 6 mirror: %s } window_data_param { source: "windows.txt" '
+            'batch_size: 8 fg_fraction: 0.5 %s } }')
+    boxes = {(1, 0): (0, 0, 4, 5), (2, 1): (1, 1, 8, 6), (0, 0): (2, 3, 9, 11)}
+    caffe.set_random_seed(0)
+    net = make_net(text % ('false', ''), caffe.TRAIN)
+    try:
+        net.forward()
+        labels = net.blobs['label'].data
+        assert list(labels[:4]) == [0] * 4 and set(labels[4:]) <= {1, 2}
+        for item, label in zip(net.blobs['data'].data, labels):
+            candidates = []
+            for (lab, index), (x1, y1, x2, y2) in boxes.items():
+                if lab == label:
+                    warped = cv2.resize(images[index][y1:y2 + 1, x1:x2 + 1], (6, 6))
+                    candidates.append(warped.transpose(2, 0, 1).astype(np.float32))
+            assert any(np.array_equal(item, c) for c in candidates)
+    finally:
+        net.layers[0].close()
+    net = make_net(text % ('true', 'context_pad: 1 crop_mode: "square"'), caffe.TRAIN)
+    try:
+        for _ in range(3):
+            net.forward()
+            assert net.blobs['data'].shape == (8, 3, 6, 6)
+            assert np.isfinite(net.blobs['data'].data).all()
+    finally:
+        net.layers[0].close()
+
+
+def test_window_data_missing_image_named(in_dir):
+    (in_dir / 'windows.txt').write_text('# 0\nmissing.png\n3 12 10\n2\n1 0.9 0 0 4 5\n0 0.1 2 3 9 11\n')
+    net = make_net('layer { name: "w" type: "WindowData" top: "data" top: "label" '
+                   'transform_param { crop_size: 4 } window_data_param { source: "windows.txt" batch_size: 2 } }')
+    try:
+        with pytest.raises(ValueError, match='missing.png'):
+            net.forward()
+    finally:
+        net.layers[0].close()

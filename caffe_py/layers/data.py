@@ -1,9 +1,11 @@
 """Data layers: Input here; the database, image and HDF5 readers live in caffe_py.data."""
+import weakref
+
 import numpy as np
 
 from .. import backend, log
 from ..fillers import fill
-from ..layer import Layer, register
+from ..layer import Layer, LayerError, register
 from ..proto import caffe_pb2
 
 
@@ -210,3 +212,232 @@ class DummyDataLayer(Layer):
             filler = self._filler(i)
             if filler.type != 'constant':
                 fill(blob, filler)
+
+
+class PrefetchingDataLayer(Layer):
+    """Base of Data, ImageData and WindowData: batches made ahead by a background thread.
+
+    Subclasses implement `make_source()` -> (loader, data shape of one batch);
+    the loader fills batches in the prefetch thread (caffe_py.data.sources).
+    data_param.prefetch batches are kept ready, as in Caffe. `close()` stops the
+    thread; it also stops when the layer is garbage collected or at exit.
+    """
+    exact_num_bottom = 0
+    min_top = 1
+    max_top = 2
+
+    def setup(self, bottom, top):
+        from ..data.prefetch import Prefetcher
+        from ..data.transformer import DataTransformer
+        self.output_labels = len(top) > 1
+        try:
+            self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.dtype,
+                                               seed=_child_seed())
+            self.source, shape = self.make_source()
+        except ValueError as exc:
+            raise self.error(str(exc)) from None
+        top[0].reshape(shape)
+        log.info('output data size: %s', ','.join(str(d) for d in shape))
+        if self.output_labels:
+            top[1].reshape(shape[0])
+        self.prefetcher = Prefetcher(self.source, self.layer_param.data_param.prefetch, self.dtype,
+                                     name='caffe_py-prefetch-%s' % self.name)
+        weakref.finalize(self, self.prefetcher.close)
+
+    def make_source(self):
+        raise NotImplementedError
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        try:
+            batch = self.prefetcher.get()
+        except (ValueError, OSError) as exc:
+            raise self.error(str(exc)) from None
+        try:
+            top[0].reshape(batch.data.shape)
+            top[0].data[...] = top[0].xp.asarray(batch.data)
+            if self.output_labels:
+                top[1].reshape(batch.label.shape)
+                top[1].data[...] = top[1].xp.asarray(batch.label)
+        finally:
+            self.prefetcher.release(batch)
+
+    def close(self):
+        """Stop prefetching and release the source (database, threads)."""
+        self.prefetcher.close()
+
+
+def _child_seed():
+    """A seed for a layer's own generator, drawn from caffe-py's (as Caffe seeds from caffe_rng_rand)."""
+    return int(backend.rng().integers(0, 1 << 63))
+
+
+@register('Data')
+class DataLayer(PrefetchingDataLayer):
+    """Datum records of an LMDB or LevelDB (data_param), in key order, wrapping around at the end.
+
+    rand_skip skips rand() % rand_skip records at the start, as Caffe before 1.0
+    (1.0 ignores it); force_encoded_color decodes encoded records in color.
+    """
+
+    def make_source(self):
+        from ..data.db import Reader
+        from ..data.sources import DatumSource
+        param = self.layer_param.data_param
+        if param.batch_size <= 0:
+            raise self.error('data_param.batch_size must be positive')
+        reader = Reader(param.source, param.backend)
+        try:
+            source = DatumSource(reader, self.transformer, param.batch_size, self.output_labels,
+                                 param.force_encoded_color)
+            if param.rand_skip:
+                skip = int(backend.rng().integers(0, 1 << 32)) % param.rand_skip
+                log.info('Skipping first %d data points.', skip)
+                source.skip(skip)
+            shape = source.first_shape()
+        except BaseException:
+            reader.close()
+            raise
+        return source, (param.batch_size,) + shape
+
+
+@register('ImageData')
+class ImageDataLayer(PrefetchingDataLayer):
+    """Images listed in image_data_param.source ("path label" lines), read with OpenCV (BGR)."""
+    min_top = max_top = None
+    exact_num_top = 2
+
+    def make_source(self):
+        from ..data.image import read_image_list
+        from ..data.sources import ImageListSource
+        param = self.layer_param.image_data_param
+        if (param.new_height == 0) != (param.new_width == 0):
+            raise self.error('Current implementation requires new_height and new_width to be set '
+                             'at the same time.')
+        if param.batch_size <= 0:
+            raise self.error('Positive batch size required')
+        log.info('Opening file %s', param.source)
+        lines = read_image_list(param.source, 'image_data_param.source')
+        if not lines:
+            raise self.error('File is empty: %s' % param.source)
+        shuffle_rng = None
+        if param.shuffle:
+            log.info('Shuffling data')
+            shuffle_rng = np.random.default_rng(_child_seed())
+        source = ImageListSource(lines, param, self.transformer, shuffle_rng)
+        if shuffle_rng is not None:
+            source.shuffle()
+        log.info('A total of %d images.', len(lines))
+        if param.rand_skip:
+            skip = int(backend.rng().integers(0, 1 << 32)) % param.rand_skip
+            log.info('Skipping first %d data points.', skip)
+            if skip >= len(lines):
+                raise self.error('Not enough points to skip')
+            source.pos = skip
+        return source, (param.batch_size,) + source.first_shape()
+
+
+@register('WindowData')
+class WindowDataLayer(PrefetchingDataLayer):
+    """Foreground/background windows of a window file (R-CNN), warped to transform_param.crop_size.
+
+    As in Caffe: window_data_param.scale (not transform_param.scale) scales the
+    pixels; mean_file, mean_value, crop_size and mirror come from transform_param;
+    sampling is random in both phases.
+    """
+    min_top = max_top = None
+    exact_num_top = 2
+
+    def make_source(self):
+        from ..data.sources import WindowSource
+        param = self.layer_param.window_data_param
+        tparam = self.layer_param.transform_param
+        log.info('Window data layer:\n  foreground (object) overlap threshold: %s\n'
+                 '  background (non-object) overlap threshold: %s\n  foreground sampling fraction: %s\n'
+                 '  cache_images: %d\n  root_folder: %s', log.fmt(param.fg_threshold),
+                 log.fmt(param.bg_threshold), log.fmt(param.fg_fraction), param.cache_images,
+                 param.root_folder)
+        rng = np.random.default_rng(_child_seed())
+        images, fg, bg, channels, cached = self._read_window_file(param)
+        if tparam.crop_size <= 0:
+            raise self.error('transform_param.crop_size must be positive')
+        mean = mean_values = None
+        if tparam.HasField('mean_file'):
+            mean = self.transformer.mean
+            off = (mean.shape[2] - tparam.crop_size) // 2
+            if mean.shape[0] != channels or min(mean.shape[1:]) < tparam.crop_size + off:
+                raise self.error('mean file %s (%s) does not cover %d channels of crop_size %d'
+                                 % (tparam.mean_file, 'x'.join(map(str, mean.shape)), channels,
+                                    tparam.crop_size))
+        elif tparam.mean_value:
+            mean_values = self.transformer.mean_for(channels, 'window data')
+        shape = (param.batch_size, channels, tparam.crop_size, tparam.crop_size)
+        return WindowSource(images, fg, bg, channels, param, tparam, mean, mean_values, self.dtype, rng,
+                            cached), shape
+
+    def _read_window_file(self, param):
+        from ..data.hdf5 import read_list_file
+        tokens = read_list_file(param.source, 'window file')
+        if len(tokens) < 2:
+            raise self.error('Window file is empty: %s' % param.source)
+        images, fg, bg, cached = [], [], [], [] if param.cache_images else None
+        histogram = {0: 0}
+        fg_threshold, bg_threshold = np.float32(param.fg_threshold), np.float32(param.bg_threshold)
+        pos = 0
+        channels = image_index = 0
+
+        def take(count):
+            nonlocal pos
+            if pos + count > len(tokens):
+                raise self.error('window file %s ends in the middle of an entry' % param.source)
+            pos += count
+            return tokens[pos - count:pos]
+
+        try:
+            while pos + 1 < len(tokens):
+                hashtag, index = take(2)
+                if hashtag != '#':
+                    raise self.error('window file %s: expected "#" before image %s, got "%s"'
+                                     % (param.source, index, hashtag))
+                image_index = int(index)
+                path = param.root_folder + take(1)[0]
+                size = tuple(int(v) for v in take(3))
+                channels = size[0]
+                images.append((path, size))
+                if cached is not None:
+                    try:
+                        with open(path, 'rb') as f:
+                            cached.append(f.read())
+                    except OSError as exc:
+                        raise self.error('Could not open or find file %s (%s)' % (path, exc.strerror)) from None
+                num_windows = int(take(1)[0])
+                for _ in range(num_windows):
+                    label, overlap, x1, y1, x2, y2 = take(6)
+                    window = [image_index, int(label), np.float32(overlap), int(x1), int(y1), int(x2), int(y2)]
+                    if window[2] >= fg_threshold:
+                        if window[1] <= 0:
+                            raise self.error('foreground window of image %s has label %d; must be > 0'
+                                             % (path, window[1]))
+                        fg.append(window)
+                        histogram[window[1]] = histogram.get(window[1], 0) + 1
+                    elif window[2] < bg_threshold:
+                        window[1], window[2] = 0, 0
+                        bg.append(window)
+                        histogram[0] += 1
+                if image_index % 100 == 0:
+                    log.info('num: %d %s %d %d %d windows to process: %d', image_index, path,
+                             size[0], size[1], size[2], num_windows)
+        except ValueError as exc:
+            if isinstance(exc, LayerError):
+                raise
+            raise self.error('window file %s: %s' % (param.source, exc)) from None
+        if any(w[0] >= len(images) or w[0] < 0 for w in fg + bg):
+            raise self.error('window file %s: image indices must count 0, 1, 2, ... in order' % param.source)
+        log.info('Number of images: %d', image_index + 1)
+        for label in sorted(histogram):
+            log.info('class %d has %d samples', label, histogram[label])
+        log.info('Amount of context padding: %d', param.context_pad)
+        log.info('Crop mode: %s', param.crop_mode)
+        return images, fg, bg, channels, cached

@@ -1,0 +1,151 @@
+"""Images and Datums as Caffe's util/io.cpp handles them (OpenCV: BGR, HWC, uint8).
+
+Arrays handed to the transformer are CHW views: `hwc_to_chw` of a decoded
+image, or `datum_to_chw` of a raw Datum (uint8 data or float_data).
+"""
+import os
+
+import cv2
+import numpy as np
+
+from ..proto import caffe_pb2
+from .hdf5 import DataSourceError
+
+IMREAD_NATIVE = cv2.IMREAD_UNCHANGED
+
+
+def color_flag(is_color):
+    return cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
+
+
+def read_image(path, height=0, width=0, is_color=True):
+    """Caffe's ReadImageToCVMat: cv2.imread, resized (INTER_LINEAR) when height and width are > 0.
+
+    A missing or undecodable file raises DataSourceError naming the path.
+    """
+    image = cv2.imread(path, color_flag(is_color))
+    if image is None:
+        if not os.path.isfile(path):
+            raise DataSourceError('Could not open or find file %s (working directory %s)'
+                                  % (path, os.getcwd()))
+        raise DataSourceError('Could not decode image file %s' % path)
+    if height > 0 and width > 0:
+        image = cv2.resize(image, (width, height))
+    return image
+
+
+def decode_image(data, flag, what):
+    """cv2.imdecode of encoded bytes; `what` names the record in the error."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None:
+        raise DataSourceError('Could not decode %s (%d bytes of encoded image data)' % (what, len(data)))
+    return image
+
+
+def hwc_to_chw(image):
+    """A CHW view of an OpenCV image (HW for one channel)."""
+    if image.ndim == 2:
+        return image[None]
+    return image.transpose(2, 0, 1)
+
+
+def parse_datum(value, what):
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise DataSourceError('corrupt Datum record %s: %s' % (what, exc)) from None
+    return datum
+
+
+def datum_to_chw(datum, what):
+    """The CHW array of a raw (not encoded) Datum: uint8 from data, else float32 from float_data."""
+    shape = (datum.channels, datum.height, datum.width)
+    size = shape[0] * shape[1] * shape[2]
+    if datum.data:
+        array = np.frombuffer(datum.data, np.uint8)
+    else:
+        array = np.array(datum.float_data, np.float32)
+    if array.size != size or size == 0:
+        raise DataSourceError('Datum %s holds %d values, its shape %dx%dx%d needs %d'
+                              % (what, array.size, shape[0], shape[1], shape[2], size))
+    return array.reshape(shape)
+
+
+def datum_image(datum, flag, what):
+    """CHW array of a Datum: decoded with imdecode(`flag`) when encoded, else its raw values."""
+    if datum.encoded:
+        return hwc_to_chw(decode_image(datum.data, flag, what))
+    return datum_to_chw(datum, what)
+
+
+def image_to_datum(image, label, datum=None):
+    """Caffe's CVMatToDatum: a raw Datum (CHW bytes) of an OpenCV uint8 image, with its label."""
+    if image.dtype != np.uint8:
+        raise ValueError('Image data type must be unsigned byte, got %s' % image.dtype)
+    chw = hwc_to_chw(image)
+    datum = datum or caffe_pb2.Datum()
+    datum.Clear()
+    datum.channels, datum.height, datum.width = chw.shape
+    datum.data = np.ascontiguousarray(chw).tobytes()
+    datum.label = label
+    datum.encoded = False
+    return datum
+
+
+def _extension_matches(filename, encoding):
+    ext = filename.rsplit('.', 1)[-1].lower()
+    encoding = encoding.lower()
+    return ext == encoding or (encoding == 'jpg' and ext == 'jpeg')
+
+
+def read_image_to_datum(path, label, height=0, width=0, is_color=True, encoding=''):
+    """Caffe's ReadImageToDatum: raw, or encoded (the file's bytes when they already fit, else re-encoded)."""
+    image = read_image(path, height, width, is_color)
+    if not encoding:
+        return image_to_datum(image, label)
+    datum = caffe_pb2.Datum()
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if (channels == 3) == is_color and not height and not width and _extension_matches(path, encoding):
+        with open(path, 'rb') as f:
+            datum.data = f.read()
+    else:
+        ok, buf = cv2.imencode('.' + encoding, image)
+        if not ok:
+            raise DataSourceError('Could not encode %s as %s' % (path, encoding))
+        datum.data = buf.tobytes()
+    datum.label = label
+    datum.encoded = True
+    return datum
+
+
+def read_image_list(source, what='image list'):
+    """(path, label) pairs of a Caffe list file: the label after the last space of each line."""
+    try:
+        with open(source) as f:
+            text = f.read()
+    except OSError as exc:
+        raise DataSourceError('Failed to open %s %s: %s (working directory %s)'
+                              % (what, source, exc.strerror or exc, os.getcwd())) from None
+    lines = []
+    for line in text.split('\n'):
+        if not line.strip():
+            continue
+        path, _, label = line.rpartition(' ')
+        if not _:
+            path, label = line, ''
+        lines.append((path, _atoi(label)))
+    return lines
+
+
+def _atoi(text):
+    """C's atoi: leading blanks, a sign, then digits; 0 when there are none."""
+    text = text.lstrip()
+    sign, digits = 1, ''
+    if text[:1] in '+-' and text:
+        sign, text = (-1 if text[0] == '-' else 1), text[1:]
+    for ch in text:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return sign * int(digits) if digits else 0

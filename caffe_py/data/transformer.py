@@ -1,0 +1,127 @@
+"""Caffe's DataTransformer: crop, mirror, mean subtraction and scale, with Caffe's order and rounding.
+
+Every input is a CHW array (uint8 pixels or float values). Per item Caffe
+computes `(x - mean) * scale` (or `x * scale` without a mean) in the net's
+dtype; the crop is random in TRAIN and centred in TEST; `mirror: true` flips
+at random in either phase, as Caffe does. The random numbers are drawn up
+front (`draw`) from the transformer's own generator, in Caffe's order
+(mirror, then crop row, then crop column), and reduced modulo the extent once
+the image size is known, as Caffe's Rand(n) = rng() % n; the draws of a batch
+therefore do not depend on which thread decodes which image.
+"""
+import numpy as np
+
+from .. import formats, log
+from ..proto import caffe_pb2
+from .hdf5 import DataSourceError
+
+
+class TransformError(ValueError):
+    """An image does not fit the transformation (size, channels, mean)."""
+
+
+class DataTransformer:
+    def __init__(self, param, phase, dtype=np.float32, seed=None):
+        self.param = param
+        self.phase = phase
+        self.dtype = np.dtype(dtype)
+        self.crop_size = param.crop_size
+        self.scale = self.dtype.type(param.scale)
+        self.mirror = param.mirror
+        self.mean = None            # C x H x W (mean file) or C x 1 x 1 (mean values)
+        self.mean_is_file = param.HasField('mean_file')
+        if self.mean_is_file and param.mean_value:
+            raise TransformError('Cannot specify mean_file and mean_value at the same time')
+        if self.mean_is_file:
+            log.info('Loading mean file from: %s', param.mean_file)
+            try:
+                mean = formats.read_binaryproto(param.mean_file, named_by='transform_param.mean_file')
+            except FileNotFoundError:
+                raise DataSourceError('mean file %s (transform_param.mean_file) does not exist'
+                                      % param.mean_file) from None
+            if mean.ndim > 4:
+                raise TransformError('mean file %s has %d axes; expected at most 4' % (param.mean_file, mean.ndim))
+            mean = mean.reshape((1,) * (4 - mean.ndim) + mean.shape)
+            self.mean = np.ascontiguousarray(mean[0], dtype=self.dtype)
+        elif param.mean_value:
+            self.mean_values = np.array(param.mean_value, dtype=self.dtype)
+        self.needs_rand = self.mirror or (phase == caffe_pb2.TRAIN and self.crop_size > 0)
+        self.rng = np.random.default_rng(seed) if self.needs_rand else None
+        self.draws_per_item = int(self.mirror) + 2 * int(phase == caffe_pb2.TRAIN and self.crop_size > 0)
+
+    # -- shapes -------------------------------------------------------------
+    def output_shape(self, shape):
+        """Caffe's InferBlobShape for one CHW input shape: (C, H, W) after cropping."""
+        channels, height, width = shape
+        if channels <= 0:
+            raise TransformError('image has no channels')
+        if height < self.crop_size or width < self.crop_size:
+            raise TransformError('image of %dx%d is smaller than crop_size %d' % (height, width, self.crop_size))
+        if self.crop_size:
+            return channels, self.crop_size, self.crop_size
+        return channels, height, width
+
+    def mean_for(self, channels, what):
+        """Check the mean against the channel count (and size, for a mean file); None when there is none."""
+        if self.mean_is_file:
+            return self.mean
+        if self.param.mean_value:
+            if len(self.mean_values) not in (1, channels):
+                raise TransformError('Specify either 1 mean_value or as many as channels: %d (%s)'
+                                     % (channels, what))
+            return np.broadcast_to(self.mean_values, (channels,)).reshape(channels, 1, 1)
+        return None
+
+    # -- randomness -----------------------------------------------------------
+    def draw(self, count):
+        """Random words for `count` items (count x draws_per_item uint32), in Caffe's order."""
+        if not self.draws_per_item:
+            return None
+        return self.rng.integers(0, 1 << 32, size=(count, self.draws_per_item), dtype=np.uint64)
+
+    # -- the transformation -----------------------------------------------------
+    def transform(self, chw, out, draws=None, what='image'):
+        """Write the transformed CHW array `chw` into `out` (C x crop x crop, or C x H x W)."""
+        channels, height, width = chw.shape
+        if out.shape[0] != channels or (not self.crop_size and out.shape[1:] != (height, width)):
+            raise TransformError('%s has shape %dx%dx%d; the batch expects %s (every item of a batch '
+                                 'must have the shape of its first)' % (what, channels, height, width,
+                                                                        'x'.join(map(str, out.shape))))
+        if height < self.crop_size or width < self.crop_size:
+            raise TransformError('%s of %dx%d is smaller than crop_size %d'
+                                 % (what, height, width, self.crop_size))
+        k = 0
+        do_mirror = False
+        if self.mirror:
+            do_mirror = bool(draws[0] % 2)
+            k = 1
+        h_off = w_off = 0
+        out_h, out_w = height, width
+        if self.crop_size:
+            out_h = out_w = self.crop_size
+            if self.phase == caffe_pb2.TRAIN:
+                h_off = int(draws[k] % (height - self.crop_size + 1))
+                w_off = int(draws[k + 1] % (width - self.crop_size + 1))
+            else:
+                h_off = (height - self.crop_size) // 2
+                w_off = (width - self.crop_size) // 2
+        window = (slice(None), slice(h_off, h_off + out_h), slice(w_off, w_off + out_w))
+        src = chw[window]
+        mean = self.mean_for(channels, what)
+        if self.mean_is_file:
+            if self.mean.shape != (channels, height, width):
+                raise TransformError('%s has shape %dx%dx%d but the mean file %s is %s'
+                                     % (what, channels, height, width, self.param.mean_file,
+                                        'x'.join(map(str, self.mean.shape))))
+            mean = mean[window]
+        if do_mirror:
+            src = src[:, :, ::-1]
+            if mean is not None:
+                mean = mean[:, :, ::-1]
+        if mean is not None:
+            np.subtract(src, mean, out=out, dtype=self.dtype, casting='unsafe')
+        else:
+            out[...] = src
+        if self.scale != 1:
+            np.multiply(out, self.scale, out=out)
+        return h_off, w_off, do_mirror
