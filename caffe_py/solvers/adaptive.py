@@ -1,0 +1,131 @@
+"""Per-weight adaptive update rules: AdaGrad, RMSProp, AdaDelta, Adam.
+
+Each follows the CPU branch of Caffe's ComputeUpdateValue operation by
+operation, in float32. `g` is the gradient after clipping, normalization
+and weight decay; the result is left in the parameter diff.
+"""
+import numpy as np
+
+from .sgd import SGDSolver
+from .solver import SolverError
+
+f32 = np.float32
+
+
+class AdaGradSolver(SGDSolver):
+    """history += g^2; step = local_rate * g / (sqrt(history) + delta)."""
+
+    type = 'AdaGrad'
+
+    def check_param(self):
+        super().check_param()
+        if self.param.momentum != 0:
+            raise SolverError('Momentum cannot be used with AdaGrad (momentum is %s).'
+                              % self.param.momentum)
+
+    def compute_update_value(self, param_id, rate):
+        blob = self.net.learnable_params[param_id]
+        xp, g = blob.xp, blob.diff
+        history = self.history[param_id]
+        update = self.buffer('update', param_id)
+        xp.multiply(g, g, out=update)
+        history += update
+        xp.sqrt(history, out=update)
+        update += f32(self.param.delta)
+        xp.divide(g, update, out=update)
+        xp.multiply(update, self.local_rate(param_id, rate), out=g)
+
+
+class RMSPropSolver(SGDSolver):
+    """history = rms_decay * history + (1 - rms_decay) * g^2; step = local_rate * g / (sqrt(history) + delta)."""
+
+    type = 'RMSProp'
+
+    def check_param(self):
+        super().check_param()
+        if self.param.momentum != 0:
+            raise SolverError('Momentum cannot be used with RMSProp (momentum is %s).'
+                              % self.param.momentum)
+        if not 0 <= self.param.rms_decay < 1:
+            raise SolverError('rms_decay should lie between 0 and 1 (got %s).' % self.param.rms_decay)
+
+    def compute_update_value(self, param_id, rate):
+        blob = self.net.learnable_params[param_id]
+        xp, g = blob.xp, blob.diff
+        history = self.history[param_id]
+        update = self.buffer('update', param_id)
+        rms_decay = f32(self.param.rms_decay)
+        xp.multiply(g, g, out=update)
+        update *= f32(1) - rms_decay
+        history *= rms_decay
+        history += update
+        xp.sqrt(history, out=update)
+        update += f32(self.param.delta)
+        xp.divide(g, update, out=update)
+        xp.multiply(update, self.local_rate(param_id, rate), out=g)
+
+
+class AdaDeltaSolver(SGDSolver):
+    """Zeiler's AdaDelta with Caffe's layout: history[i] averages g^2, history[n + i] averages step^2.
+
+    step = g * sqrt((E[step^2] + delta) / (E[g^2] + delta)), then scaled by local_rate.
+    """
+
+    type = 'AdaDelta'
+    histories_per_param = 2
+
+    def compute_update_value(self, param_id, rate):
+        blob = self.net.learnable_params[param_id]
+        xp, g = blob.xp, blob.diff
+        grad_history = self.history[param_id]
+        step_history = self.history[len(self.net.learnable_params) + param_id]
+        update = self.buffer('update', param_id)
+        temp = self.buffer('temp', param_id)
+        momentum = f32(self.param.momentum)
+        delta = f32(self.param.delta)
+        xp.multiply(g, g, out=update)
+        update *= f32(1) - momentum
+        grad_history *= momentum
+        grad_history += update
+        xp.add(step_history, delta, out=update)
+        xp.add(grad_history, delta, out=temp)
+        update /= temp
+        xp.sqrt(update, out=update)
+        g *= update
+        xp.multiply(g, g, out=update)
+        update *= f32(1) - momentum
+        step_history *= momentum
+        step_history += update
+        g *= self.local_rate(param_id, rate)
+
+
+class AdamSolver(SGDSolver):
+    """Kingma & Ba's Adam with Caffe's layout: history[i] is m, history[n + i] is v.
+
+    step = local_rate * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + delta), t = iter + 1.
+    """
+
+    type = 'Adam'
+    histories_per_param = 2
+
+    def compute_update_value(self, param_id, rate):
+        blob = self.net.learnable_params[param_id]
+        xp, g = blob.xp, blob.diff
+        m = self.history[param_id]
+        v = self.history[len(self.net.learnable_params) + param_id]
+        temp = self.buffer('temp', param_id)
+        beta1, beta2 = f32(self.param.momentum), f32(self.param.momentum2)
+        t = self.iter + 1
+        # pow(float, int) runs in double in C++; the quotient is stored as float
+        correction = f32(np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
+        xp.multiply(g, f32(1) - beta1, out=temp)
+        m *= beta1
+        m += temp
+        xp.multiply(g, g, out=temp)
+        temp *= f32(1) - beta2
+        v *= beta2
+        v += temp
+        xp.sqrt(v, out=temp)
+        temp += f32(self.param.delta)
+        xp.divide(m, temp, out=temp)
+        xp.multiply(temp, self.local_rate(param_id, rate) * correction, out=g)

@@ -1,0 +1,92 @@
+"""Learning-rate policies, as SGDSolver::GetLearningRate computes them.
+
+`learning_rate(param, iteration, current_step)` returns (rate, current_step):
+the rate as a float32 (Caffe's Dtype) and the step counter that the step and
+multistep policies keep in the solver state.
+
+    fixed      base_lr
+    step       base_lr * gamma ^ floor(iter / stepsize)
+    exp        base_lr * gamma ^ iter
+    inv        base_lr * (1 + gamma * iter) ^ -power
+    multistep  base_lr * gamma ^ (number of stepvalues passed)
+    poly       base_lr * (1 - iter / max_iter) ^ power
+    sigmoid    base_lr / (1 + exp(-gamma * (iter - stepsize)))
+
+The arithmetic keeps Caffe's types: parameters are floats, powers with an
+integer exponent run in double precision, the others in float.
+"""
+import numpy as np
+
+from .. import log
+
+f32 = np.float32
+
+
+class LearningRateError(ValueError):
+    """An lr_policy that is unknown or lacks the settings it needs."""
+
+
+def _need(condition, message):
+    if not condition:
+        raise LearningRateError(message)
+
+
+def _fixed(param, it, step):
+    return float(f32(param.base_lr)), step
+
+
+def _step(param, it, step):
+    _need(param.stepsize > 0, 'lr_policy "step" needs stepsize > 0 (got %d)' % param.stepsize)
+    _need(param.gamma >= 0, 'lr_policy "step" needs gamma >= 0 (got %s)' % log.fmt(param.gamma))
+    step = it // param.stepsize
+    return float(f32(param.base_lr)) * float(f32(param.gamma)) ** step, step
+
+
+def _exp(param, it, step):
+    _need(param.gamma >= 0, 'lr_policy "exp" needs gamma >= 0 (got %s)' % log.fmt(param.gamma))
+    return float(f32(param.base_lr)) * float(f32(param.gamma)) ** it, step
+
+
+def _inv(param, it, step):
+    _need(param.gamma >= 0, 'lr_policy "inv" needs gamma >= 0 (got %s)' % log.fmt(param.gamma))
+    base = f32(1) + f32(param.gamma) * f32(it)
+    return float(f32(param.base_lr) * f32(float(base) ** -float(f32(param.power)))), step
+
+
+def _multistep(param, it, step):
+    if step < len(param.stepvalue) and it >= param.stepvalue[step]:
+        step += 1
+        log.info('MultiStep Status: Iteration %d, step = %d', it, step)
+    _need(param.gamma >= 0, 'lr_policy "multistep" needs gamma >= 0 (got %s)' % log.fmt(param.gamma))
+    return float(f32(param.base_lr)) * float(f32(param.gamma)) ** step, step
+
+
+def _poly(param, it, step):
+    _need(param.max_iter > 0, 'lr_policy "poly" needs max_iter > 0 (got %d)' % param.max_iter)
+    base = f32(1) - f32(it) / f32(param.max_iter)
+    return float(f32(param.base_lr) * f32(float(base) ** float(f32(param.power)))), step
+
+
+def _sigmoid(param, it, step):
+    _need(param.gamma >= 0, 'lr_policy "sigmoid" needs gamma >= 0 (got %s)' % log.fmt(param.gamma))
+    _need(param.stepsize > 0, 'lr_policy "sigmoid" needs stepsize > 0 (got %d)' % param.stepsize)
+    exponent = -f32(param.gamma) * (f32(it) - f32(param.stepsize))
+    with np.errstate(over='ignore'):
+        denominator = f32(1) + f32(np.exp(np.float64(exponent)))
+    return float(f32(param.base_lr) * (f32(1) / denominator)), step
+
+
+POLICIES = {
+    'fixed': _fixed, 'step': _step, 'exp': _exp, 'inv': _inv,
+    'multistep': _multistep, 'poly': _poly, 'sigmoid': _sigmoid,
+}
+
+
+def learning_rate(param, iteration, current_step=0):
+    """(rate, current_step) for SolverParameter `param` at `iteration`."""
+    policy = POLICIES.get(param.lr_policy)
+    if policy is None:
+        raise LearningRateError('Unknown learning rate policy: "%s" (known: %s)'
+                                % (param.lr_policy, ', '.join(POLICIES)))
+    rate, step = policy(param, iteration, current_step)
+    return f32(rate), step
