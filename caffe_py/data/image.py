@@ -119,21 +119,30 @@ def read_image_to_datum(path, label, height=0, width=0, is_color=True, encoding=
     return datum
 
 
-def read_image_list(source, what='image list'):
-    """(path, label) pairs of a Caffe list file: the label after the last space of each line."""
+def read_image_list(source, what='image list', keep_blank=False):
+    """(path, label) pairs of a Caffe list file: the label after the last space of each line.
+
+    Blank lines are dropped, or kept as ('', 0) with keep_blank (they still take
+    an index, as in Caffe's convert_imageset).
+    """
     try:
         with open(source) as f:
             text = f.read()
     except OSError as exc:
         raise DataSourceError('Failed to open %s %s: %s (working directory %s)'
                               % (what, source, exc.strerror or exc, os.getcwd())) from None
+    rows = text.split('\n')
+    if rows and rows[-1] == '':
+        rows.pop()
     lines = []
-    for line in text.split('\n'):
+    for line in rows:
         if not line.strip():
+            if keep_blank:
+                lines.append(('', 0))
             continue
-        path, _, label = line.rpartition(' ')
-        if not _:
-            path, label = line, ''
+        path, space, label = line.rpartition(' ')
+        if not space:
+            path, label = line, line
         lines.append((path, _atoi(label)))
     return lines
 
