@@ -3,6 +3,7 @@ and the mechanics of Caffe's loop (smoothing, iter_size, tests, snapshots, resto
 import io
 import logging
 import os
+import re
 
 import h5py
 import numpy as np
@@ -271,3 +272,193 @@ def test_solver_definition_errors(tmp_path):
                                 % (UPDATE_NET, tmp_path / 'no' / 'such' / 'dir')))
     with pytest.raises(SolverError, match='average_loss'):
         get_solver(solver_param('net_param {%s} average_loss: 0' % UPDATE_NET))
+
+
+# -- the loop on a small classifier (HDF5Data, InnerProduct, ReLU, SoftmaxWithLoss, Accuracy) -----
+
+CLASSIFIER = '''name: "small"
+layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TRAIN }
+        hdf5_data_param { source: "train_list.txt" batch_size: %(batch)d } }
+layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TEST }
+        hdf5_data_param { source: "test_list.txt" batch_size: 8 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+        param { lr_mult: 1 } param { lr_mult: 2 }
+        inner_product_param { num_output: 12 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "%(last)s" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        param { lr_mult: %(lr_w)g } param { lr_mult: %(lr_b)g }
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy"
+        include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+'''
+
+
+def make_classifier(folder, batch=8, last='ip2', lr_w=1, lr_b=2, name='net.prototxt', seed=0):
+    """Write a 3-class data set (32 train rows, 16 test rows, 6 features) and a classifier net."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1.5, (3, 6))
+    for split, rows in (('train', 32), ('test', 16)):
+        label = np.arange(rows) % 3
+        data = centers[label] + rng.normal(0, 0.7, (rows, 6))
+        with h5py.File(os.path.join(folder, split + '.h5'), 'w') as f:
+            f['data'] = data.astype(np.float32)
+            f['label'] = label.astype(np.float32)
+        with open(os.path.join(folder, split + '_list.txt'), 'w') as f:
+            f.write(split + '.h5\n')
+    with open(os.path.join(folder, name), 'w') as f:
+        f.write(CLASSIFIER % dict(batch=batch, last=last, lr_w=lr_w, lr_b=lr_b))
+    return os.path.join(folder, name)
+
+
+SOLVER_BASE = ('net: "net.prototxt"\nbase_lr: 0.1\nmomentum: 0.9\nweight_decay: 0.001\n'
+               'lr_policy: "fixed"\nrandom_seed: 3\nsolver_mode: CPU\n')
+
+
+def write_solver(folder, text, name='solver.prototxt'):
+    """A solver file: SOLVER_BASE with the fields `text` gives replacing the base's."""
+    given = {line.split(':')[0] for line in text.splitlines()}
+    base = [line for line in SOLVER_BASE.splitlines() if line.split(':')[0] not in given]
+    path = os.path.join(folder, name)
+    with open(path, 'w') as f:
+        f.write('\n'.join(base) + '\n' + text)
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_classifier(str(tmp_path))
+    return tmp_path
+
+
+def lines(stream, text):
+    return [line.split('] ', 1)[1] for line in stream.getvalue().splitlines() if text in line]
+
+
+def weights(net):
+    return {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
+
+
+def test_smoothed_loss_is_the_running_mean(workdir, captured_log):
+    solver = get_solver(write_solver(workdir, 'display: 1\nmax_iter: 9\naverage_loss: 3\n'))
+    solver.solve()
+    shown = [float(x.rsplit('= ', 1)[1]) for x in lines(captured_log, 'loss = ') if 'iter/s' in x]
+    raw = [float(x.split('= ')[1].split(' ')[0]) for x in lines(captured_log, 'Train net output #0')]
+    assert len(shown) == len(raw) == 9
+    for i in range(9):
+        window = raw[max(0, i - 2):i + 1]
+        assert shown[i] == pytest.approx(np.mean(window), rel=2e-5)
+
+
+def test_iter_size_accumulates_like_a_bigger_batch(workdir):
+    solver = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 6\niter_size: 2\n'))
+    solver.solve()
+    accumulated = weights(solver.net)
+    make_classifier(str(workdir), batch=16)
+    solver = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 6\n'))
+    solver.solve()
+    for name, blobs in weights(solver.net).items():
+        for a, b in zip(accumulated[name], blobs):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_events_order_tests_and_shared_weights(workdir, captured_log):
+    solver = get_solver(write_solver(workdir, 'display: 4\nmax_iter: 10\ntest_iter: 2\ntest_interval: 5\n'
+                                              'snapshot: 4\nsnapshot_prefix: "s"\ntest_compute_loss: true\n'))
+    solver.solve()
+    events = [x for x in captured_log.getvalue().splitlines()
+              if 'Testing net' in x or 'iter/s' in x or 'Snapshotting to' in x or ', loss = ' in x
+              or 'Optimization Done' in x]
+    events = [re.sub(r' \(\S+ iter/s.*', '', x.split('] ', 1)[1]) for x in events]
+    assert events == ['Iteration 0, Testing net (#0)', 'Iteration 0',
+                      'Snapshotting to binary proto file s_iter_4.caffemodel', 'Iteration 4',
+                      'Iteration 5, Testing net (#0)',
+                      'Snapshotting to binary proto file s_iter_8.caffemodel', 'Iteration 8',
+                      'Snapshotting to binary proto file s_iter_10.caffemodel',
+                      'Iteration 10, Testing net (#0)', 'Optimization Done.']
+    assert len(lines(captured_log, 'Test loss: ')) == 3
+    outputs = lines(captured_log, 'Test net output')
+    assert outputs[0].startswith('    Test net output #0: accuracy = ')
+    assert outputs[1].startswith('    Test net output #1: loss = ') and outputs[1].endswith(' loss)')
+    for blob, test_blob in zip(solver.net.params['ip1'], solver.test_nets[0].params['ip1']):
+        assert np.shares_memory(blob.data, test_blob.data)
+    assert sorted(os.listdir(workdir)) == sorted(
+        ['net.prototxt', 'solver.prototxt', 'train.h5', 'test.h5', 'train_list.txt', 'test_list.txt']
+        + ['s_iter_%d.%s' % (i, ext) for i in (4, 8, 10) for ext in ('caffemodel', 'solverstate')])
+
+
+def test_several_test_nets_with_states(workdir, captured_log):
+    text = ('display: 0\nmax_iter: 2\ntest_interval: 2\ntest_iter: 1\ntest_iter: 2\n'
+            'test_state { stage: "a" }\ntest_state { stage: "b" level: 3 }\n')
+    solver = get_solver(write_solver(workdir, text))
+    assert len(solver.test_nets) == 2
+    solver.solve()
+    assert lines(captured_log, 'Testing net') == ['Iteration 0, Testing net (#0)', 'Iteration 0, Testing net (#1)',
+                                                 'Iteration 2, Testing net (#0)', 'Iteration 2, Testing net (#1)']
+    assert 'Creating test net (#1) specified by net file: net.prototxt' in captured_log.getvalue()
+
+
+def test_requested_stop_and_snapshot(workdir, captured_log):
+    solver = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 10\nsnapshot_prefix: "r"\n'))
+    requests = iter(['none', 'snapshot', 'none', 'stop'])
+    solver.set_action_function(lambda: next(requests, 'none'))
+    solver.solve()
+    assert solver.iter == 4
+    assert 'Optimization stopped early.' in captured_log.getvalue()
+    assert sorted(f for f in os.listdir(workdir) if f.startswith('r_')) == \
+        ['r_iter_2.caffemodel', 'r_iter_2.solverstate', 'r_iter_4.caffemodel', 'r_iter_4.solverstate']
+
+
+@pytest.mark.parametrize('snapshot_format', ['BINARYPROTO', 'HDF5'])
+@pytest.mark.parametrize('kind', ['SGD', 'Adam', 'AdaDelta'])
+def test_restore_continues_exactly(workdir, kind, snapshot_format):
+    path = write_solver(workdir, 'display: 0\nmax_iter: 8\nsnapshot: 4\nsnapshot_prefix: "k"\n'
+                                 'lr_policy: "step"\nstepsize: 3\ngamma: 0.5\ndelta: 1e-6\n'
+                                 'type: "%s"\nsnapshot_format: %s\n' % (kind, snapshot_format))
+    straight = get_solver(path)
+    straight.solve()
+    suffix = '.solverstate.h5' if snapshot_format == 'HDF5' else '.solverstate'
+    resumed = get_solver(path)
+    resumed.solve('k_iter_4' + suffix)
+    assert resumed.iter == 8 and resumed.current_step == straight.current_step == 2
+    for name, blobs in weights(straight.net).items():
+        for a, b in zip(blobs, weights(resumed.net)[name]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_hdf5_snapshot_layout(workdir):
+    solver = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 2\nsnapshot_format: HDF5\n'
+                                              'snapshot_prefix: "h"\ntype: "Adam"\n'))
+    solver.solve()
+    with h5py.File('h_iter_2.solverstate.h5', 'r') as f:
+        assert f['iter'].dtype == np.int32 and list(f['iter'][...]) == [2]
+        assert list(f['current_step'][...]) == [0]
+        assert f['learned_net'][()] == b'h_iter_2.caffemodel.h5'
+        assert f['learned_net'].id.get_type().get_strpad() == h5py.h5t.STR_NULLTERM
+        assert sorted(f['history'], key=int) == [str(i) for i in range(8)]
+        assert f['history/0'].shape == (12, 6) and f['history/4'].shape == (12, 6)
+    with h5py.File('h_iter_2.caffemodel.h5', 'r') as f:
+        assert sorted(f['data']) == sorted(['data', 'ip1', 'relu1', 'ip2', 'loss'])
+        assert f['data/ip2/0'].shape == (3, 12)
+
+
+def test_default_snapshot_prefix_is_the_solver_file_name(workdir):
+    solver = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 1\n', name='my_solver.prototxt'))
+    solver.solve()
+    assert os.path.exists('my_solver_iter_1.caffemodel') and os.path.exists('my_solver_iter_1.solverstate')
+
+
+def test_random_seed_and_weights_field(workdir):
+    first = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 3\nsnapshot_prefix: "w"\n'))
+    second = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 0\n'))
+    for name, blobs in weights(first.net).items():
+        for a, b in zip(blobs, weights(second.net)[name]):
+            np.testing.assert_array_equal(a, b)
+    first.solve()
+    third = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 0\ntest_iter: 1\ntest_interval: 9\n'
+                                             'weights: "w_iter_3.caffemodel"\n'))
+    for name, blobs in weights(first.net).items():
+        for a, b, c in zip(blobs, weights(third.net)[name], weights(third.test_nets[0])[name]):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
