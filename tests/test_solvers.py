@@ -333,7 +333,9 @@ def workdir(tmp_path, monkeypatch):
 
 
 def lines(stream, text):
-    return [line.split('] ', 1)[1] for line in stream.getvalue().splitlines() if text in line]
+    """The messages of the log lines that contain `text`."""
+    return [line.split('] ', 1)[1] for line in stream.getvalue().splitlines()
+            if text in line and re.match(r'[IWEF]\d{4} ', line)]
 
 
 def weights(net):

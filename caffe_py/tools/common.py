@@ -1,0 +1,147 @@
+"""What Caffe's brew commands (train, test, time, device_query) share: their flags,
+GPU selection, phase and stages, and the SIGINT/SIGHUP solver actions."""
+import os
+import signal
+import threading
+
+from .. import backend, formats, log
+from ..proto import caffe_pb2
+from ..solvers import NONE, SNAPSHOT, STOP
+from .cli import CommandError
+from .flags import parse
+
+# Caffe's flags are global: every command accepts all of them (and ignores the ones it does not use)
+FLAGS = {
+    'solver': '', 'model': '', 'weights': '', 'snapshot': '', 'gpu': '', 'phase': '',
+    'level': 0, 'stage': '', 'iterations': 50, 'sigint_effect': 'stop', 'sighup_effect': 'snapshot',
+}
+
+FLAG_HELP = {
+    'solver': 'the solver definition (prototxt)',
+    'model': 'the model definition (prototxt)',
+    'weights': 'pretrained weights (caffemodel or .h5), separated by \',\' for train',
+    'snapshot': 'a solver state (.solverstate or .solverstate.h5) to resume training from',
+    'gpu': "run on the GPU with this id ('N', 'N,M' or 'all': only the first is used)",
+    'phase': 'network phase, TRAIN or TEST',
+    'level': 'network level',
+    'stage': "network stages, separated by ','",
+    'iterations': 'the number of iterations to run',
+    'sigint_effect': 'what SIGINT does while training: snapshot, stop or none',
+    'sighup_effect': 'what SIGHUP does while training: snapshot, stop or none',
+}
+
+
+def parse_flags(command, argv, summary, used):
+    """The flags dict, or None after printing help for -help/--help."""
+    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+        print('usage: caffe-py %s -flag value ...\n\n%s\n\nflags:' % (command, summary))
+        for name in used:
+            print('  -%-15s %s (default: %r)' % (name, FLAG_HELP[name], FLAGS[name]))
+        return None
+    flags, positional = parse(argv, FLAGS)
+    if positional:
+        raise CommandError('%s: unexpected argument(s) %s; flags are given as -flag value'
+                           % (command, ' '.join(positional)))
+    return flags
+
+
+def require_file(path, flag):
+    """Raise a clear error naming `flag` unless `path` is a file."""
+    if not os.path.isfile(path):
+        raise formats.MissingFileError(path, flag)
+
+
+def get_gpus(flag):
+    """Device ids from -gpu: '' -> [], 'all' -> every device, 'N,M' -> [N, M]."""
+    if not flag:
+        return []
+    if flag == 'all':
+        cupy = _cupy()
+        return list(range(cupy.cuda.runtime.getDeviceCount()))
+    try:
+        return [int(part) for part in flag.split(',')]
+    except ValueError:
+        raise CommandError("-gpu expects device ids separated by ',' or 'all', got '%s'" % flag) from None
+
+
+def use_gpu(gpus):
+    """Switch to the GPU mode on the first of `gpus` (caffe-py runs on one device)."""
+    if len(gpus) > 1:
+        log.warning('caffe-py trains on one GPU: using GPU %d, ignoring %s',
+                    gpus[0], ', '.join(str(g) for g in gpus[1:]))
+    backend.set_device(gpus[0])
+    backend.set_mode_gpu()
+
+
+def device_properties(device_id):
+    """cudaGetDeviceProperties of a device as a dict."""
+    return _cupy().cuda.runtime.getDeviceProperties(device_id)
+
+
+def device_name(device_id):
+    name = device_properties(device_id)['name']
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise backend.ModeError('GPU use needs CuPy (pip install caffe-py[gpu]): %s' % exc) from None
+    return cupy
+
+
+def get_phase(flag, default):
+    if not flag:
+        return default
+    if flag == 'TRAIN':
+        return caffe_pb2.TRAIN
+    if flag == 'TEST':
+        return caffe_pb2.TEST
+    raise CommandError('phase must be "TRAIN" or "TEST", got "%s"' % flag)
+
+
+def get_stages(flag):
+    """The -stage list split at ',' as Caffe splits it (an empty flag gives one empty stage)."""
+    return flag.split(',')
+
+
+_EFFECTS = {'stop': STOP, 'snapshot': SNAPSHOT, 'none': NONE}
+
+
+class SignalHandler:
+    """Caffe's SignalHandler: SIGINT and SIGHUP only set flags; the solver asks for the
+    requested action after each update and test batch (SIGHUP first; each signal is consumed)."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        self.actions = {}
+        for name, effect in (('SIGINT', sigint_effect), ('SIGHUP', sighup_effect)):
+            if effect not in _EFFECTS:
+                raise CommandError('Invalid signal effect "%s" was specified for %s (use snapshot, stop '
+                                   'or none)' % (effect, name))
+            self.actions[name] = _EFFECTS[effect]
+        self._got = {'SIGINT': False, 'SIGHUP': False}
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self._got[signal.Signals(signum).name] = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in self.actions:
+                signum = getattr(signal, name, None)
+                if signum is not None:
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __call__(self):
+        for name in ('SIGHUP', 'SIGINT'):
+            if self._got[name]:
+                self._got[name] = False
+                return self.actions[name]
+        return NONE

@@ -1,0 +1,61 @@
+"""`caffe-py test`: score a model over -iterations batches, as `caffe test` (tools/caffe.cpp)."""
+import numpy as np
+
+from .. import backend, log
+from ..net import TEST, Net
+from . import common
+from .cli import CommandError
+
+SUMMARY = ('Run -iterations forward passes of a model with trained weights; print every batch\'s '
+           'outputs and their means.')
+USED = ('model', 'weights', 'iterations', 'gpu', 'phase', 'level', 'stage')
+
+f32 = np.float32
+fmt = log.fmt
+
+
+def main(command, argv):
+    flags = common.parse_flags(command, argv, SUMMARY, USED)
+    if flags is None:
+        return 0
+    if not flags['model']:
+        raise CommandError('Need a model definition to score (-model).')
+    if not flags['weights']:
+        raise CommandError('Need model weights to score (-weights).')
+    phase = common.get_phase(flags['phase'], TEST)
+    stages = common.get_stages(flags['stage'])
+    gpus = common.get_gpus(flags['gpu'])
+    if gpus:
+        log.info('Use GPU with device ID %d', gpus[0])
+        common.use_gpu(gpus)
+        log.info('GPU device name: %s', common.device_name(gpus[0]))
+    else:
+        log.info('Use CPU.')
+        backend.set_mode_cpu()
+    common.require_file(flags['model'], '-model')
+    weights = [name.strip() for name in flags['weights'].split(',')]
+    for name in weights:
+        common.require_file(name, '-weights')
+    net = Net(flags['model'], phase, level=flags['level'], stages=stages)
+    for name in weights:
+        net.copy_from(name)
+    iterations = flags['iterations']
+    log.info('Running for %d iterations.', iterations)
+    names = [name for name in net.outputs for _ in range(net.blobs[name].count)]
+    scores = np.zeros(len(names), f32)
+    loss = f32(0)
+    for i in range(iterations):
+        loss += f32(net.forward_from_to())
+        batch = [backend.to_numpy(net.blobs[name].data).ravel() for name in net.outputs]
+        batch = np.concatenate(batch).astype(f32) if batch else scores[:0]
+        for name, score in zip(names, batch):
+            log.info('Batch %d, %s = %s', i, name, fmt(score))
+        scores += batch
+    loss /= f32(iterations)
+    log.info('Loss: %s', fmt(loss))
+    for name, score in zip(names, scores):
+        weight = f32(net.blob_loss_weights[name])
+        mean = score / f32(iterations)
+        suffix = ' (* %s = %s loss)' % (fmt(weight), fmt(weight * mean)) if weight else ''
+        log.info('%s = %s%s', name, fmt(mean), suffix)
+    return 0

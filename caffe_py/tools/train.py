@@ -1,0 +1,58 @@
+"""`caffe-py train`: train or finetune a model, as `caffe train` (tools/caffe.cpp)."""
+from .. import backend, formats, log
+from ..proto import caffe_pb2
+from ..solvers import get_solver
+from . import common
+from .cli import CommandError
+
+SUMMARY = ('Train a model from a solver definition; -weights a.caffemodel[,b...] finetunes from '
+           'pretrained weights, -snapshot x.solverstate resumes training.')
+USED = ('solver', 'weights', 'snapshot', 'gpu', 'level', 'stage', 'sigint_effect', 'sighup_effect')
+
+
+def main(command, argv):
+    flags = common.parse_flags(command, argv, SUMMARY, USED)
+    if flags is None:
+        return 0
+    if not flags['solver']:
+        raise CommandError('Need a solver definition to train (-solver).')
+    if flags['snapshot'] and flags['weights']:
+        raise CommandError('Give a snapshot to resume training or weights to finetune but not both.')
+    stages = common.get_stages(flags['stage'])
+    param = formats.read_solver(flags['solver'], named_by='-solver')
+    param.train_state.level = flags['level']
+    param.train_state.stage.extend(stages)
+
+    gpu_flag = flags['gpu']
+    if not gpu_flag and param.HasField('solver_mode') and param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        gpu_flag = str(param.device_id)
+    gpus = common.get_gpus(gpu_flag)
+    if not gpus:
+        log.info('Use CPU.')
+        backend.set_mode_cpu()
+    else:
+        log.info('Using GPUs %s', ', '.join(str(g) for g in gpus))
+        common.use_gpu(gpus)
+        log.info('GPU %d: %s', gpus[0], common.device_name(gpus[0]))
+        param.device_id = gpus[0]
+
+    handler = common.SignalHandler(flags['sigint_effect'], flags['sighup_effect'])
+    if flags['snapshot']:
+        common.require_file(flags['snapshot'], '-snapshot')
+        del param.weights[:]
+    elif flags['weights']:
+        for name in flags['weights'].split(','):
+            common.require_file(name.strip(), '-weights')
+        del param.weights[:]
+        param.weights.append(flags['weights'])
+
+    with handler:
+        solver = get_solver(param)
+        solver.set_action_function(handler)
+        if flags['snapshot']:
+            log.info('Resuming from %s', flags['snapshot'])
+            solver.restore(flags['snapshot'])
+        log.info('Starting Optimization')
+        solver.solve()
+    log.info('Optimization Done.')
+    return 0
