@@ -16,7 +16,7 @@ setup(
         'numpy>=1.23',
         'protobuf>=7.35.1',
         'pillow',
-        'opencv-python-headless',
+        'opencv-python-headless>=4.5,<5',  # OpenCV 5 dropped dnn's Caffe importer
         'lmdb',
         'h5py',
     ],
