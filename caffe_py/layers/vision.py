@@ -1,1 +1,784 @@
-"""Vision layers: Convolution, Deconvolution, Im2col, Pooling, SPP."""
+"""Vision layers: Convolution, Deconvolution, Im2col, Pooling, SPP, LRN.
+
+The CPU path works on whole minibatches: im2col is one strided-view copy into a
+channel-major column buffer (C*k, n*P), each group is one GEMM, col2im is one
+vectorised add per kernel offset, and pooling loops over kernel offsets only.
+Minibatches whose column buffer would exceed COL_BYTES run in chunks of images.
+"""
+import math
+
+import numpy as np
+
+from .. import backend
+from ..fillers import fill
+from ..layer import Layer, register
+from .im2col import Buffers, Window, conv_out_size
+
+FLT_MAX = float(np.finfo(np.float32).max)
+COL_BYTES = 64 << 20
+
+
+def _prod(values):
+    return int(np.prod(values, dtype=np.int64))
+
+
+def _canonical_axis(layer, blob, axis):
+    try:
+        return blob.canonical_axis_index(axis)
+    except IndexError as exc:
+        raise layer.error(str(exc)) from None
+
+
+def _spatial_param(layer, param, name, plural, num_spatial, default):
+    """One value per spatial axis from `plural` (repeated) or name_h/name_w, as Caffe reads them."""
+    h, w = name + '_h', name + '_w'
+    repeated = list(getattr(param, plural))
+    if param.HasField(h) or param.HasField(w):
+        if num_spatial != 2:
+            raise layer.error('%s & %s can only be used for 2D convolution.' % (h, w))
+        if repeated:
+            raise layer.error('Either %s or %s/w should be specified; not both.' % (plural, h[:-2] + '_h'))
+        return [getattr(param, h), getattr(param, w)]
+    allowed = (1, num_spatial) if default is None else (0, 1, num_spatial)
+    if len(repeated) not in allowed:
+        raise layer.error('%s must be specified once, or once per spatial dimension '
+                          '(%s specified %d times; %d spatial dims).'
+                          % (plural, plural, len(repeated), num_spatial))
+    if not repeated:
+        return [default] * num_spatial
+    return [repeated[0 if len(repeated) == 1 else i] for i in range(num_spatial)]
+
+
+def conv_geometry(layer, param, num_spatial):
+    """(kernel, stride, pad, dilation) lists from a ConvolutionParameter, with Caffe's checks."""
+    kernel = _spatial_param(layer, param, 'kernel', 'kernel_size', num_spatial, None)
+    if any(k <= 0 for k in kernel):
+        raise layer.error('Filter dimensions must be nonzero (kernel %s).' % (kernel,))
+    stride = _spatial_param(layer, param, 'stride', 'stride', num_spatial, 1)
+    if any(s <= 0 for s in stride):
+        raise layer.error('Stride dimensions must be nonzero (stride %s).' % (stride,))
+    pad = _spatial_param(layer, param, 'pad', 'pad', num_spatial, 0)
+    dilation = list(param.dilation)
+    if len(dilation) not in (0, 1, num_spatial):
+        raise layer.error('dilation must be specified once, or once per spatial dimension '
+                          '(dilation specified %d times; %d spatial dims).' % (len(dilation), num_spatial))
+    dilation = [dilation[0 if len(dilation) == 1 else i] for i in range(num_spatial)] if dilation \
+        else [1] * num_spatial
+    return kernel, stride, pad, dilation
+
+
+class _GemmConv:
+    """Convolution in Caffe's terms: `im` is the side that is im2col'd (conv_in_channels),
+    `out` the side the GEMM writes (conv_out_channels). Arrays are (num, C, *spatial);
+    weights are (out_channels, in_channels / group, *kernel)."""
+
+    def __init__(self, window, group, in_channels, out_channels):
+        self.window = window
+        self.group = group
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kdim = in_channels // group * window.kernel_count
+        self.is_1x1 = (all(k == 1 for k in window.kernel) and all(s == 1 for s in window.stride)
+                       and all(p == 0 for p in window.pad))
+        self.buffers = Buffers()
+
+    def chunks(self, num, itemsize):
+        per_image = self.group * self.kdim * self.window.out_count * itemsize
+        step = max(1, COL_BYTES // max(per_image, 1))
+        return [(n0, min(num, n0 + step)) for n0 in range(0, num, step)]
+
+    def im2col(self, im_pad, n0, n1):
+        """Columns (group, kdim, m*P) of images n0:n1 of a padded im-side array."""
+        m, g, p = n1 - n0, self.group, self.window.out_count
+        if self.is_1x1 and m == 1:
+            return im_pad[n0].reshape(g, self.kdim, p)
+        d = len(self.window.kernel)
+        col = self.buffers.flat('col', g * self.kdim * m * p, im_pad.dtype, im_pad)
+        view = self.window.patches(im_pad[n0:n1])
+        order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
+        col.reshape(view.shape[1:2 + d] + (m,) + self.window.out)[...] = view.transpose(order)
+        return col.reshape(g, self.kdim, m * p)
+
+    def channel_major(self, out_side, n0, n1, name):
+        """Out-side images n0:n1 as (group, out_channels / group, m*P)."""
+        m, g, p = n1 - n0, self.group, self.window.out_count
+        if m == 1:
+            return out_side[n0].reshape(g, -1, p)
+        buf = self.buffers.flat(name, self.out_channels * m * p, out_side.dtype, out_side)
+        buf.reshape(self.out_channels, m, p)[...] = out_side[n0:n1].reshape(m, self.out_channels, p) \
+            .transpose(1, 0, 2)
+        return buf.reshape(g, -1, m * p)
+
+    def gemm_out(self, weight, col, out_side, n0, n1, bias=None):
+        """out_side[n0:n1] = weight x columns (+ bias), written in (num, C, *spatial) order."""
+        m, g, p, c = n1 - n0, self.group, self.window.out_count, self.out_channels
+        wg = weight.reshape(g, -1, self.kdim)
+        if m == 1:
+            dst = out_side[n0].reshape(g, -1, p)
+            for i in range(g):
+                np.dot(wg[i], col[i], out=dst[i])
+            if bias is not None:
+                dst.reshape(c, p)[...] += bias[:, None]
+            return
+        buf = self.buffers.flat('gemm', c * m * p, col.dtype, col).reshape(g, -1, m * p)
+        for i in range(g):
+            np.dot(wg[i], col[i], out=buf[i])
+        src = buf.reshape(c, m, p).transpose(1, 0, 2)
+        dst = out_side[n0:n1].reshape(m, c, p)
+        if bias is None:
+            dst[...] = src
+        else:
+            np.add(src, bias[:, None], out=dst)
+
+    def weight_grad(self, out_cm, col, weight_diff):
+        """weight_diff += out-side (channel-major) x columns^T, per group."""
+        wd = weight_diff.reshape(self.group, -1, self.kdim)
+        for i in range(self.group):
+            wd[i] += np.dot(out_cm[i], col[i].T)
+
+    def col2im(self, weight, out_cm, im_acc, n0, n1):
+        """im_acc[n0:n1] (padded, zeroed) += col2im(weight^T x out-side)."""
+        m, g, p, d = n1 - n0, self.group, self.window.out_count, len(self.window.kernel)
+        wg = weight.reshape(g, -1, self.kdim)
+        col = self.buffers.flat('col', g * self.kdim * m * p, out_cm.dtype, out_cm).reshape(g, self.kdim, m * p)
+        for i in range(g):
+            np.dot(wg[i].T, out_cm[i], out=col[i])
+        cols = col.reshape((self.in_channels,) + self.window.kernel + (m,) + self.window.out)
+        order = (1 + d, 0) + tuple(range(1, 1 + d)) + tuple(range(2 + d, 2 + 2 * d))
+        cols = cols.transpose(order)
+        if self.is_1x1:
+            im_acc[n0:n1] = cols.reshape((m, self.in_channels) + self.window.out)
+        else:
+            self.window.add_patches(im_acc[n0:n1], cols)
+
+    def zeroed_im_acc(self, im_arr):
+        """A zeroed accumulator for col2im: im_arr itself, or a padded buffer."""
+        if not self.window.needs_padding:
+            im_arr[...] = 0
+            return im_arr
+        acc = self.buffers.get('acc', im_arr.shape[:2] + self.window.padded, im_arr.dtype, im_arr)
+        acc[...] = 0
+        return acc
+
+    def finish_im(self, acc, im_arr):
+        if acc is not im_arr:
+            im_arr[...] = self.window.unpad(acc)
+
+    # -- the four passes ---------------------------------------------------
+    def forward(self, im, weight, out_side, bias=None):
+        """Convolution: out_side = weight * im (+ bias)."""
+        im_pad = self.window.padded_input(im, self.buffers)
+        for n0, n1 in self.chunks(im.shape[0], im.itemsize):
+            self.gemm_out(weight, self.im2col(im_pad, n0, n1), out_side, n0, n1, bias)
+
+    def backward(self, im, out_diff, weight, weight_diff=None, im_diff=None):
+        """Convolution's backward: weight_diff += ..., im_diff = ... (either may be None)."""
+        im_pad = self.window.padded_input(im, self.buffers) if weight_diff is not None else None
+        acc = self.zeroed_im_acc(im_diff) if im_diff is not None else None
+        for n0, n1 in self.chunks(out_diff.shape[0], out_diff.itemsize):
+            out_cm = self.channel_major(out_diff, n0, n1, 'cm')
+            if weight_diff is not None:
+                self.weight_grad(out_cm, self.im2col(im_pad, n0, n1), weight_diff)
+            if im_diff is not None:
+                self.col2im(weight, out_cm, acc, n0, n1)
+        if im_diff is not None:
+            self.finish_im(acc, im_diff)
+
+    def transposed_forward(self, out_side, weight, im):
+        """Deconvolution's forward: im = col2im(weight^T x out_side)."""
+        acc = self.zeroed_im_acc(im)
+        for n0, n1 in self.chunks(out_side.shape[0], out_side.itemsize):
+            self.col2im(weight, self.channel_major(out_side, n0, n1, 'cm'), acc, n0, n1)
+        self.finish_im(acc, im)
+
+    def transposed_backward(self, im_diff, out_side, weight, weight_diff=None, out_diff=None):
+        """Deconvolution's backward: one im2col of the top diff serves both gradients."""
+        im_pad = self.window.padded_input(im_diff, self.buffers)
+        for n0, n1 in self.chunks(im_diff.shape[0], im_diff.itemsize):
+            col = self.im2col(im_pad, n0, n1)
+            if weight_diff is not None:
+                self.weight_grad(self.channel_major(out_side, n0, n1, 'cm'), col, weight_diff)
+            if out_diff is not None:
+                self.gemm_out(weight, col, out_diff, n0, n1)
+
+
+class _ConvolutionBase(Layer):
+    """What Convolution and Deconvolution share: parameters, weights, shapes (BaseConvolutionLayer)."""
+    min_bottom = 1
+    min_top = 1
+    equal_num_bottom_top = True
+    reverse = False
+
+    def setup(self, bottom, top):
+        param = self.layer_param.convolution_param
+        self.axis = _canonical_axis(self, bottom[0], param.axis)
+        self.num_spatial = bottom[0].num_axes - self.axis - 1
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, param, self.num_spatial)
+        self.channels = bottom[0].shape[self.axis]
+        self.num_output = param.num_output
+        self.group = param.group
+        if self.num_output <= 0:
+            raise self.error('num_output must be positive')
+        if self.group <= 0:
+            raise self.error('group must be positive')
+        if self.channels % self.group:
+            raise self.error('input channels (%d) must be a multiple of group (%d)'
+                             % (self.channels, self.group))
+        if self.num_output % self.group:
+            raise self.error('Number of output should be multiples of group (num_output %d, group %d).'
+                             % (self.num_output, self.group))
+        conv_out, conv_in = ((self.channels, self.num_output) if self.reverse
+                             else (self.num_output, self.channels))
+        self.conv_in, self.conv_out = conv_in, conv_out
+        weight_shape = (conv_out, conv_in // self.group) + tuple(self.kernel)
+        self.bias_term = param.bias_term
+        if self.blobs:
+            if len(self.blobs) != 1 + self.bias_term:
+                raise self.error('Incorrect number of weight blobs: %d given, %d expected'
+                                 % (len(self.blobs), 1 + self.bias_term))
+            self._check_shape('weight', self.blobs[0], weight_shape)
+            if self.bias_term:
+                self._check_shape('bias', self.blobs[1], (self.num_output,))
+        else:
+            self.blobs = [self.make_blob(weight_shape)]
+            fill(self.blobs[0], param.weight_filler)
+            if self.bias_term:
+                self.blobs.append(self.make_blob((self.num_output,)))
+                fill(self.blobs[1], param.bias_filler)
+        self._core_key = None
+
+    def _check_shape(self, what, blob, shape):
+        if tuple(blob.shape) != tuple(shape):
+            raise self.error('Incorrect %s shape: expected shape %s; instead, shape was %s'
+                             % (what, ' '.join(map(str, shape)), ' '.join(map(str, blob.shape))))
+
+    def reshape(self, bottom, top):
+        first = bottom[0]
+        if first.num_axes != self.axis + 1 + self.num_spatial:
+            raise self.error('bottom num_axes may not change (was %d, now %d).'
+                             % (self.axis + 1 + self.num_spatial, first.num_axes))
+        if first.shape[self.axis] != self.channels:
+            raise self.error('Input size incompatible with convolution kernel: bottom %s has %d channels, '
+                             'the layer was set up for %d.'
+                             % (first.shape_string(), first.shape[self.axis], self.channels))
+        for i, blob in enumerate(bottom[1:], 1):
+            if blob.shape != first.shape:
+                raise self.error('shape mismatch - bottom[0]: %s vs. bottom[%d]: %s'
+                                 % (first.shape_string(), i, blob.shape_string()))
+        spatial = first.shape[self.axis + 1:]
+        out = [self.output_size(s, i) for i, s in enumerate(spatial)]
+        if any(o <= 0 for o in out):
+            raise self.error('output spatial shape %s is empty: input %s, kernel %s, stride %s, pad %s, '
+                             'dilation %s' % (tuple(out), tuple(spatial), self.kernel, self.stride,
+                                             self.pad, self.dilation))
+        for blob in top:
+            blob.reshape(first.shape[:self.axis] + (self.num_output,) + tuple(out))
+        self.num = _prod(first.shape[:self.axis])
+        self.bottom_shape = (self.num, self.channels) + tuple(spatial)
+        self.top_shape = (self.num, self.num_output) + tuple(out)
+        im_size, out_size = (out, spatial) if self.reverse else (spatial, out)
+        key = (tuple(im_size), tuple(out_size))
+        if key != self._core_key:
+            window = Window(self.kernel, self.stride, self.pad, self.dilation, im_size, out_size)
+            self.core = _GemmConv(window, self.group, self.conv_in, self.conv_out)
+            self._core_key = key
+
+    def _bias(self):
+        return self.blobs[1].data if self.bias_term else None
+
+    def _bias_grad(self, top_diff):
+        if self.bias_term and self.param_needs_backward(1):
+            self.blobs[1].diff[...] += top_diff.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
+
+
+@register('Convolution')
+class ConvolutionLayer(_ConvolutionBase):
+    """Caffe's Convolution: N-D, grouped, dilated; weights (out, in/group, *kernel)."""
+
+    def output_size(self, size, i):
+        return conv_out_size(size, self.kernel[i], self.stride[i], self.pad[i], self.dilation[i])
+
+    def forward(self, bottom, top):
+        for b, t in zip(bottom, top):
+            self.core.forward(b.data.reshape(self.bottom_shape), self.blobs[0].data,
+                              t.data.reshape(self.top_shape), self._bias())
+
+    def backward(self, top, propagate_down, bottom):
+        want_w = self.param_needs_backward(0)
+        for t, down, b in zip(top, propagate_down, bottom):
+            self._bias_grad(t.diff)
+            if want_w or down:
+                self.core.backward(b.data.reshape(self.bottom_shape), t.diff.reshape(self.top_shape),
+                                   self.blobs[0].data, self.blobs[0].diff if want_w else None,
+                                   b.diff.reshape(self.bottom_shape) if down else None)
+
+
+@register('Deconvolution')
+class DeconvolutionLayer(_ConvolutionBase):
+    """Caffe's Deconvolution (convolution's backward as forward); weights (in, out/group, *kernel)."""
+    reverse = True
+
+    def output_size(self, size, i):
+        extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+        return self.stride[i] * (size - 1) + extent - 2 * self.pad[i]
+
+    def forward(self, bottom, top):
+        for b, t in zip(bottom, top):
+            out = t.data.reshape(self.top_shape)
+            self.core.transposed_forward(b.data.reshape(self.bottom_shape), self.blobs[0].data, out)
+            if self.bias_term:
+                out.reshape(self.num, self.num_output, -1)[...] += self.blobs[1].data[:, None]
+
+    def backward(self, top, propagate_down, bottom):
+        want_w = self.param_needs_backward(0)
+        for t, down, b in zip(top, propagate_down, bottom):
+            self._bias_grad(t.diff)
+            if want_w or down:
+                self.core.transposed_backward(t.diff.reshape(self.top_shape),
+                                              b.data.reshape(self.bottom_shape), self.blobs[0].data,
+                                              self.blobs[0].diff if want_w else None,
+                                              b.diff.reshape(self.bottom_shape) if down else None)
+
+
+@register('Im2col')
+class Im2colLayer(Layer):
+    """Every convolution patch as channels: (N, C, *spatial) -> (N, C*prod(kernel), *out)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.convolution_param
+        self.axis = _canonical_axis(self, bottom[0], param.axis)
+        self.num_spatial = bottom[0].num_axes - self.axis - 1
+        if self.num_spatial < 1:
+            raise self.error('needs at least one spatial axis after the channel axis %d (bottom %s)'
+                             % (self.axis, bottom[0].shape_string()))
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, param, self.num_spatial)
+        self.buffers = Buffers()
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            raise self.error('bottom num_axes may not change')
+        spatial = shape[self.axis + 1:]
+        out = tuple(conv_out_size(s, k, st, p, d) for s, k, st, p, d
+                    in zip(spatial, self.kernel, self.stride, self.pad, self.dilation))
+        if any(o <= 0 for o in out):
+            raise self.error('output spatial shape %s is empty for input %s' % (out, tuple(spatial)))
+        channels = shape[self.axis]
+        top[0].reshape(shape[:self.axis] + (channels * _prod(self.kernel),) + out)
+        num = _prod(shape[:self.axis])
+        self.bottom_shape = (num, channels) + tuple(spatial)
+        self.cols_shape = (num, channels) + tuple(self.kernel) + out
+        self.window = Window(self.kernel, self.stride, self.pad, self.dilation, spatial, out)
+
+    def forward(self, bottom, top):
+        x = self.window.padded_input(bottom[0].data.reshape(self.bottom_shape), self.buffers)
+        top[0].data.reshape(self.cols_shape)[...] = self.window.patches(x)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        diff = bottom[0].diff.reshape(self.bottom_shape)
+        acc = diff
+        if self.window.needs_padding:
+            acc = self.buffers.get('acc', diff.shape[:2] + self.window.padded, diff.dtype, diff)
+        acc[...] = 0
+        self.window.add_patches(acc, top[0].diff.reshape(self.cols_shape))
+        if acc is not diff:
+            diff[...] = self.window.unpad(acc)
+
+
+# -- pooling -------------------------------------------------------------------
+MAX, AVE, STOCHASTIC = 0, 1, 2
+
+
+class Pool2d:
+    """Caffe's 2-D pooling over (N, C, H, W): window rules, MAX argmax mask, AVE divisor, STOCHASTIC."""
+
+    def __init__(self, method, kernel, stride, pad, ceil_mode=True, train=True):
+        self.method = method
+        self.kernel, self.stride, self.pad = tuple(kernel), tuple(stride), tuple(pad)
+        self.ceil_mode = ceil_mode
+        self.train = train
+        self.buffers = Buffers()
+        self.shape = None
+        self.idx = None
+
+    def pooled_size(self, height, width):
+        """Caffe's pooled (height, width): CEIL or FLOOR, then the last window must start inside."""
+        rnd = math.ceil if self.ceil_mode else math.floor
+        out = []
+        for size, k, s, p in zip((height, width), self.kernel, self.stride, self.pad):
+            o = int(rnd((size + 2 * p - k) / s)) + 1
+            if p and (o - 1) * s >= size + p:
+                o -= 1
+            out.append(o)
+        return tuple(out)
+
+    def reshape(self, shape):
+        """Prepare for bottoms of `shape` (N, C, H, W); returns the top shape."""
+        n, c, h, w = shape
+        out = self.pooled_size(h, w)
+        if tuple(shape) != self.shape:
+            self.shape = tuple(shape)
+            self.window = Window(self.kernel, self.stride, self.pad, (1, 1), (h, w), out)
+            rows = np.arange(out[0]) * self.stride[0] - self.pad[0]
+            cols = np.arange(out[1]) * self.stride[1] - self.pad[1]
+            self.plane_index, self.inside = [], []
+            for i, j in self.window.offsets:
+                r, q = rows[:, None] + i, cols[None, :] + j
+                self.plane_index.append((r * w + q).astype(np.int64))
+                self.inside.append((r >= 0) & (r < h) & (q >= 0) & (q < w))
+            hend = np.minimum(rows + self.kernel[0], h + self.pad[0])
+            wend = np.minimum(cols + self.kernel[1], w + self.pad[1])
+            self.pool_size = ((hend - rows)[:, None] * (wend - cols)[None, :]).astype(np.float64)
+            self.idx = None
+        return (n, c) + out
+
+    def _views(self, xpad):
+        lead = (slice(None), slice(None))
+        return [xpad[lead + self.window.slices(o)] for o in self.window.offsets]
+
+    def _on(self, xp, array, dtype=None):
+        return xp.asarray(array) if dtype is None else xp.asarray(array, dtype=dtype)
+
+    def forward(self, x, top, mask=None):
+        """top (N, C, PH, PW) from x; MAX writes its plane indices to `mask` when given."""
+        xp = backend.get_array_module(x)
+        if self.method == MAX:
+            views = self._views(self.window.padded_input(x, self.buffers, fill=-np.inf))
+            idx = self.buffers.get('idx', top.shape, np.int64, x)
+            top[...] = -FLT_MAX
+            idx[...] = -1
+            better = self.buffers.get('better', top.shape, bool, x)
+            for view, plane in zip(views, self.plane_index):
+                xp.greater(view, top, out=better)
+                xp.copyto(top, view, where=better)
+                xp.copyto(idx, self._on(xp, plane), where=better)
+            self.idx = idx
+            if mask is not None:
+                mask[...] = idx
+        elif self.method == AVE:
+            views = self._views(self.window.padded_input(x, self.buffers, fill=0))
+            top[...] = 0
+            for view in views:
+                top += view
+            top /= self._on(xp, self.pool_size, top.dtype)
+        elif self.train:
+            self._stochastic_train(xp, x, top)
+        else:
+            views = self._views(self.window.padded_input(x, self.buffers, fill=0))
+            total, squares = xp.zeros_like(top), xp.zeros_like(top)
+            for view in views:
+                total += view
+                squares += view * view
+            top[...] = 0
+            xp.divide(squares, total, out=top, where=total > 0)
+
+    def _stochastic_train(self, xp, x, top):
+        """Sample one cell per window with probability value / window sum (Caffe's GPU kernel)."""
+        views = self._views(self.window.padded_input(x, self.buffers, fill=0))
+        total = xp.zeros_like(top)
+        for view in views:
+            total += view
+        # Caffe draws uniform (0, 1]
+        threshold = xp.asarray(1.0 - backend.rng().random(top.shape), dtype=top.dtype) * total
+        idx = self.buffers.get('idx', top.shape, np.int64, x)
+        idx[...] = -1
+        top[...] = 0
+        running = xp.zeros_like(top)
+        found = xp.zeros(top.shape, bool)
+        for view, plane, inside in zip(views, self.plane_index, self.inside):
+            running += view
+            hit = (running >= threshold) & ~found & self._on(xp, inside)
+            xp.copyto(top, view, where=hit)
+            xp.copyto(idx, self._on(xp, plane), where=hit)
+            found |= hit
+        self.idx = idx
+
+    def backward(self, top_diff, bottom_diff, mask=None):
+        """bottom_diff (overwritten) from top_diff; MAX reads `mask` (plane indices) when given."""
+        xp = backend.get_array_module(top_diff)
+        if self.method == AVE:
+            grad = top_diff / self._on(xp, self.pool_size, top_diff.dtype)
+            acc = self.buffers.get('acc', bottom_diff.shape[:2] + self.window.padded,
+                                   bottom_diff.dtype, bottom_diff)
+            acc[...] = 0
+            lead = (slice(None), slice(None))
+            for offset in reversed(self.window.offsets):
+                acc[lead + self.window.slices(offset)] += grad
+            bottom_diff[...] = self.window.unpad(acc)
+            return
+        if mask is not None:
+            idx = mask.astype(np.int64)
+        elif self.idx is not None:
+            idx = self.idx
+        else:
+            idx = xp.full(top_diff.shape, -1, np.int64)
+        n, c, h, w = bottom_diff.shape
+        planes = (xp.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
+        valid = (idx >= 0) & (idx < h * w)
+        flat = xp.where(valid, idx + planes, 0).ravel()
+        weights = xp.where(valid, top_diff, 0).ravel()
+        bottom_diff[...] = xp.bincount(flat, weights, minlength=bottom_diff.size).reshape(bottom_diff.shape)
+
+
+def _pooling_geometry(layer, param):
+    """(kernel, stride, pad) from a PoolingParameter with Caffe's checks; kernel None if global."""
+    has = param.HasField
+    if param.global_pooling:
+        if has('kernel_size') or has('kernel_h') or has('kernel_w'):
+            raise layer.error('With Global_pooling: true Filter size cannot specified')
+        kernel = None
+    else:
+        if has('kernel_size') == (has('kernel_h') and has('kernel_w')):
+            raise layer.error('Filter size is kernel_size OR kernel_h and kernel_w; not both '
+                              '(and not neither)')
+        kernel = ((param.kernel_size,) * 2 if has('kernel_size') else (param.kernel_h, param.kernel_w))
+        if min(kernel) <= 0:
+            raise layer.error('Filter dimensions cannot be zero.')
+    if not ((not has('pad') and has('pad_h') and has('pad_w')) or (not has('pad_h') and not has('pad_w'))):
+        raise layer.error('pad is pad OR pad_h and pad_w are required.')
+    if not ((not has('stride') and has('stride_h') and has('stride_w'))
+            or (not has('stride_h') and not has('stride_w'))):
+        raise layer.error('Stride is stride OR stride_h and stride_w are required.')
+    pad = (param.pad_h, param.pad_w) if has('pad_h') else (param.pad,) * 2
+    stride = (param.stride_h, param.stride_w) if has('stride_h') else (param.stride,) * 2
+    if min(stride) <= 0:
+        raise layer.error('Stride dimensions must be nonzero.')
+    if param.global_pooling and (pad != (0, 0) or stride != (1, 1)):
+        raise layer.error('With Global_pooling: true; only pad = 0 and stride = 1')
+    return kernel, stride, pad
+
+
+def _check_pool_padding(layer, method, kernel, pad):
+    if pad != (0, 0):
+        if method not in (MAX, AVE):
+            raise layer.error('Padding implemented only for average and max pooling.')
+        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+            raise layer.error('pad (%d, %d) must be smaller than the kernel (%d, %d)' % (pad + kernel))
+
+
+def _check_4d(layer, blob):
+    if blob.num_axes != 4:
+        raise layer.error('Input must have 4 axes, corresponding to (num, channels, height, width); got %s'
+                          % blob.shape_string())
+
+
+@register('Pooling')
+class PoolingLayer(Layer):
+    """Caffe's Pooling: MAX (optional mask top), AVE, STOCHASTIC; global pooling; CEIL/FLOOR rounding."""
+    exact_num_bottom = 1
+    min_top = 1
+    max_top = 2
+
+    def setup(self, bottom, top):
+        param = self.layer_param.pooling_param
+        self.method = param.pool
+        if len(top) > 1 and self.method != MAX:
+            raise self.error('only MAX pooling has a second (mask) top')
+        self.kernel, self.stride, self.pad = _pooling_geometry(self, param)
+        self.global_pooling = param.global_pooling
+        self.ceil_mode = param.round_mode == param.CEIL
+        if self.global_pooling:
+            _check_4d(self, bottom[0])
+            self.kernel = bottom[0].shape[2:]
+        _check_pool_padding(self, self.method, self.kernel, self.pad)
+        self.pool = None
+
+    def reshape(self, bottom, top):
+        _check_4d(self, bottom[0])
+        kernel = bottom[0].shape[2:] if self.global_pooling else self.kernel
+        if self.pool is None or self.pool.kernel != tuple(kernel):
+            self.pool = Pool2d(self.method, kernel, self.stride, self.pad, self.ceil_mode,
+                               train=self.phase == 0)
+        shape = self.pool.reshape(bottom[0].shape)
+        for blob in top:
+            blob.reshape(shape)
+
+    def forward(self, bottom, top):
+        self.pool.forward(bottom[0].data, top[0].data, top[1].data if len(top) > 1 else None)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            self.pool.backward(top[0].diff, bottom[0].diff, top[1].data if len(top) > 1 else None)
+
+
+@register('SPP')
+class SPPLayer(Layer):
+    """Spatial pyramid pooling: level l pools into 2^l x 2^l bins; levels flattened and concatenated."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.spp_param
+        self.height = param.pyramid_height
+        if self.height <= 0:
+            raise self.error('pyramid_height must be positive')
+        self.method = param.pool
+        self._shape = None
+
+    def reshape(self, bottom, top):
+        _check_4d(self, bottom[0])
+        n, c, h, w = bottom[0].shape
+        if h <= 0 or w <= 0:
+            raise self.error('Input dimensions cannot be zero.')
+        if bottom[0].shape != self._shape:
+            self._shape = bottom[0].shape
+            self.pools, self.level_shapes = [], []
+            for level in range(self.height):
+                bins = 2 ** level
+                kernel = (-(-h // bins), -(-w // bins))
+                pad = ((kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2)
+                _check_pool_padding(self, self.method, kernel, pad)
+                # Caffe's inner pooling layers are built from a fresh LayerParameter: phase TRAIN
+                pool = Pool2d(self.method, kernel, kernel, pad, ceil_mode=True, train=True)
+                self.level_shapes.append(pool.reshape(bottom[0].shape))
+                self.pools.append(pool)
+            self.buffers = Buffers()
+        if self.height == 1:
+            top[0].reshape(self.level_shapes[0])
+        else:
+            top[0].reshape((n, sum(_prod(s[1:]) for s in self.level_shapes)))
+
+    def _levels(self, top_array):
+        """(pool, view of top_array shaped as that level's pooled output) per level."""
+        n, start = self._shape[0], 0
+        flat = top_array.reshape(n, -1)
+        for pool, shape in zip(self.pools, self.level_shapes):
+            size = _prod(shape[1:])
+            yield pool, flat[:, start:start + size], shape
+            start += size
+
+    def forward(self, bottom, top):
+        for i, (pool, view, shape) in enumerate(self._levels(top[0].data)):
+            out = self.buffers.get('out%d' % i, shape, view.dtype, view)
+            pool.forward(bottom[0].data, out)
+            view[...] = out.reshape(view.shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        diff = bottom[0].diff
+        level_diff = self.buffers.get('diff', diff.shape, diff.dtype, diff)
+        for i, (pool, view, shape) in enumerate(self._levels(top[0].diff)):
+            target = diff if i == 0 else level_diff
+            pool.backward(view.reshape(shape), target)
+            if i:
+                diff += level_diff
+
+
+# -- LRN -----------------------------------------------------------------------
+def _power_backward(x, y, dy, power, scale, shift):
+    """Bottom diff of Caffe's PowerLayer y = (shift + scale*x)^power, in its order of operations."""
+    diff_scale = power * scale
+    if diff_scale == 0:
+        return dy * 0
+    if power == 1:
+        return dy * diff_scale
+    if power == 2:
+        grad = x * (diff_scale * scale)
+        if shift != 0:
+            grad += diff_scale * shift
+    elif shift == 0:
+        grad = y / x
+        grad *= power
+    else:
+        grad = x * scale if scale != 1 else x.copy()
+        if shift != 0:
+            grad += shift
+        grad = y / grad
+        if diff_scale != 1:
+            grad *= diff_scale
+    grad *= dy
+    return grad
+
+
+@register('LRN')
+class LRNLayer(Layer):
+    """Local response normalization, ACROSS_CHANNELS or WITHIN_CHANNEL, with Caffe's formulas."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.lrn_param
+        self.size = param.local_size
+        if self.size % 2 != 1:
+            raise self.error('LRN only supports odd values for local_size (got %d)' % self.size)
+        self.pre_pad = (self.size - 1) // 2
+        self.alpha, self.beta, self.k = param.alpha, param.beta, param.k
+        self.across = param.norm_region == param.ACROSS_CHANNELS
+        self.buffers = Buffers()
+        if not self.across:
+            self.pool = Pool2d(AVE, (self.size,) * 2, (1, 1), (self.pre_pad,) * 2)
+
+    def reshape(self, bottom, top):
+        _check_4d(self, bottom[0])
+        top[0].reshape(bottom[0].shape)
+        if not self.across:
+            self.pool.reshape(bottom[0].shape)
+
+    def _buf(self, name, like, shape=None, fill=None):
+        return self.buffers.get(name, like.shape if shape is None else shape, like.dtype, like, fill=fill)
+
+    def _window_sum(self, values, name, out):
+        """out[:, c] = sum of values over channels c - pre_pad .. c + pre_pad (zero outside)."""
+        n, c, h, w = values.shape
+        padded = self._buf(name, values, (n, c + self.size - 1, h, w), fill=0)
+        padded[:, self.pre_pad:self.pre_pad + c] = values
+        for j in range(self.size):
+            out += padded[:, j:j + c]
+        return out
+
+    def forward(self, bottom, top):
+        x, y = bottom[0].data, top[0].data
+        xp = backend.get_array_module(x)
+        dt = x.dtype.type
+        if self.across:
+            squares = self._buf('sq', x)
+            xp.multiply(x, x, out=squares)
+            squares *= dt(dt(self.alpha) / dt(self.size))
+            self.scale = self._buf('scale', x)
+            self.scale[...] = dt(self.k)
+            self._window_sum(squares, 'sqpad', self.scale)
+            self.factor = self._buf('factor', x)
+            xp.power(self.scale, dt(-self.beta), out=self.factor)
+        else:
+            squares = self._buf('sq', x)
+            xp.multiply(x, x, out=squares)
+            self.mean = self._buf('mean', x)
+            self.pool.forward(squares, self.mean)
+            self.factor = self._buf('factor', x)
+            if dt(-self.beta) * dt(self.alpha) == 0:
+                self.factor[...] = 1
+            else:
+                base = self.mean * dt(self.alpha) if self.alpha != 1 else self.mean.copy()
+                base += dt(1)
+                xp.power(base, dt(-self.beta), out=self.factor)
+        xp.multiply(x, self.factor, out=y)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        x, y, dy, dx = bottom[0].data, top[0].data, top[0].diff, bottom[0].diff
+        dt = x.dtype.type
+        if self.across:
+            ratio = dy * y
+            ratio /= self.scale
+            accum = self._buf('accum', x)
+            accum[...] = 0
+            self._window_sum(ratio, 'ratiopad', accum)
+            accum *= x
+            accum *= dt(-2.0 * self.alpha * self.beta / self.size)
+            dx[...] = dy * self.factor
+            dx += accum
+            return
+        # WITHIN_CHANNEL: Caffe's split -> square -> AVE pool -> power -> product, backwards
+        d_factor = x * dy
+        d_mean = _power_backward(self.mean, self.factor, d_factor, dt(-self.beta), dt(self.alpha), dt(1))
+        d_squares = self._buf('dsq', x)
+        self.pool.backward(d_mean, d_squares)
+        d_squares *= x * dt(2)
+        dx[...] = self.factor * dy
+        dx += d_squares
