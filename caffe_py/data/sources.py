@@ -11,22 +11,18 @@ import cv2
 import numpy as np
 
 from .. import log
-from ..proto import caffe_pb2
-from .db import Reader
 from .hdf5 import DataSourceError
-from .image import IMREAD_NATIVE, color_flag, datum_image, hwc_to_chw, parse_datum, read_image
+from .image import IMREAD_NATIVE, datum_image, decode_image, hwc_to_chw, parse_datum, read_image
 from .prefetch import ItemPool
 
 
 class DatumSource:
     """Datum records of an LMDB/LevelDB, in key order, wrapping around (Caffe's DataLayer)."""
 
-    def __init__(self, reader, transformer, batch_size, output_labels, force_encoded_color=False,
-                 workers=None):
+    def __init__(self, reader, transformer, batch_size, force_encoded_color=False, workers=None):
         self.reader = reader
         self.transformer = transformer
         self.batch_size = batch_size
-        self.output_labels = output_labels
         param = transformer.param
         if param.force_color and param.force_gray:
             raise DataSourceError('cannot set both force_color and force_gray')
@@ -108,12 +104,11 @@ class ImageListSource:
         order = self.shuffle_rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
 
-    def read(self, index):
-        path = self.root + self.lines[index][0]
-        return hwc_to_chw(read_image(path, self.new_height, self.new_width, self.is_color))
+    def read(self, name):
+        return hwc_to_chw(read_image(self.root + name, self.new_height, self.new_width, self.is_color))
 
     def first_shape(self):
-        return self.transformer.output_shape(self.read(self.pos).shape)
+        return self.transformer.output_shape(self.read(self.lines[self.pos][0]).shape)
 
     def load_batch(self, batch):
         picks = []
@@ -125,21 +120,15 @@ class ImageListSource:
                 if self.shuffle_rng is not None:
                     self.shuffle()
         draws = self.transformer.draw(self.batch_size)
-        images = [None] * self.batch_size
-
-        def load(i):
-            path = self.root + picks[i][0]
-            return hwc_to_chw(read_image(path, self.new_height, self.new_width, self.is_color))
-
-        images[0] = load(0)
-        shape = self.transformer.output_shape(images[0].shape)
-        batch.reshape((self.batch_size,) + shape, (self.batch_size,))
+        first = self.read(picks[0][0])
+        batch.reshape((self.batch_size,) + self.transformer.output_shape(first.shape), (self.batch_size,))
 
         def item(i):
-            image = images[0] if i == 0 else load(i)
+            name, label = picks[i]
+            image = first if i == 0 else self.read(name)
             self.transformer.transform(image, batch.data[i], None if draws is None else draws[i],
-                                       self.root + picks[i][0])
-            batch.label[i] = picks[i][1]
+                                       self.root + name)
+            batch.label[i] = label
 
         self.pool.run(self.batch_size, item)
 
@@ -204,7 +193,6 @@ class WindowSource:
     def _load(self, index):
         path = self.images[index][0]
         if self.cached is not None:
-            from .image import decode_image
             return decode_image(self.cached[index], cv2.IMREAD_COLOR, 'cached image %s' % path)
         return read_image(path)
 

@@ -290,8 +290,7 @@ class DataLayer(PrefetchingDataLayer):
             raise self.error('data_param.batch_size must be positive')
         reader = Reader(param.source, param.backend)
         try:
-            source = DatumSource(reader, self.transformer, param.batch_size, self.output_labels,
-                                 param.force_encoded_color)
+            source = DatumSource(reader, self.transformer, param.batch_size, param.force_encoded_color)
             if param.rand_skip:
                 skip = int(backend.rng().integers(0, 1 << 32)) % param.rand_skip
                 log.info('Skipping first %d data points.', skip)

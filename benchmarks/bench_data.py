@@ -1,0 +1,119 @@
+"""Images per second of the ImageData and Data (LMDB, encoded JPEG) layers, next to bare cv2.imdecode.
+
+    python benchmarks/bench_data.py [--images 300] [--batches 30] [--threads N]
+
+Generates 256x256 JPEGs (smooth colour fields with texture) in a temporary
+folder, converts them to an encoded LMDB with convert_imageset (file bytes
+kept), then measures in the same run:
+  - bare decode: cv2.imdecode of the same JPEG bytes, one thread, files in memory;
+  - ImageData and Data, batch 50, TRAIN, crop_size 227 + mirror + mean_value,
+    forward passes after the prefetch queue has drained once (steady state).
+--threads sets the decoding threads per layer (CAFFE_PY_DATA_THREADS); the
+default is min(4, CPU count). Nothing is written outside the temporary folder.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import caffe_py  # noqa: E402
+from caffe_py import log  # noqa: E402
+from caffe_py.tools.convert_imageset import convert_imageset  # noqa: E402
+
+BATCH = 50
+TRANSFORM = 'transform_param { crop_size: 227 mirror: true mean_value: 104 mean_value: 117 mean_value: 123 }'
+
+
+def make_images(folder, count, seed=0):
+    rng = np.random.default_rng(seed)
+    with open(os.path.join(folder, 'list.txt'), 'w') as listing:
+        for i in range(count):
+            base = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (256, 256),
+                              interpolation=cv2.INTER_CUBIC)
+            noise = rng.normal(0, 12, (256, 256, 3))
+            image = np.clip(base + noise, 0, 255).astype(np.uint8)
+            name = 'img%04d.jpg' % i
+            cv2.imwrite(os.path.join(folder, name), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            listing.write('%s %d\n' % (name, i % 10))
+
+
+def bare_decode_rate(blobs, rounds):
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for data in blobs:
+            cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return rounds * len(blobs) / (time.perf_counter() - start)
+
+
+def layer_rate(text, batches):
+    caffe_py.set_random_seed(0)
+    net = caffe_py.Net(_param(text), caffe_py.TRAIN)
+    try:
+        depth = net.layers[0].prefetcher.depth
+        for _ in range(depth + 2):          # drain the batches made during setup
+            net.forward()
+        start = time.perf_counter()
+        for _ in range(batches):
+            net.forward()
+        elapsed = time.perf_counter() - start
+        assert net.blobs['data'].shape == (BATCH, 3, 227, 227)
+        return batches * BATCH / elapsed
+    finally:
+        net.layers[0].close()
+
+
+def _param(text):
+    from google.protobuf import text_format
+    return text_format.Parse(text, caffe_py.proto.caffe_pb2.NetParameter())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--images', type=int, default=300)
+    parser.add_argument('--batches', type=int, default=30)
+    parser.add_argument('--threads', type=int, default=0)
+    parser.add_argument('--repeat', type=int, default=3, help='rounds; the median is reported')
+    args = parser.parse_args()
+    if args.threads:
+        os.environ['CAFFE_PY_DATA_THREADS'] = str(args.threads)
+    log.init(level=30)
+    folder = tempfile.mkdtemp(prefix='caffe_py_bench_data_')
+    old = os.getcwd()
+    try:
+        os.chdir(folder)
+        make_images(folder, args.images)
+        convert_imageset('./', 'list.txt', 'lmdb_jpeg', encoded=True)
+        blobs = [np.fromfile(name.split()[0], np.uint8) for name in open('list.txt')]
+        rounds = max(1, args.batches * BATCH // len(blobs))
+        bare_decode_rate(blobs[:20], 1)                     # warm up
+        image_text = ('layer { name: "d" type: "ImageData" top: "data" top: "label" %s image_data_param '
+                      '{ source: "list.txt" root_folder: "./" batch_size: %d } }' % (TRANSFORM, BATCH))
+        data_text = ('layer { name: "d" type: "Data" top: "data" top: "label" %s data_param '
+                     '{ source: "lmdb_jpeg" backend: LMDB batch_size: %d } }' % (TRANSFORM, BATCH))
+        rates = {'bare': [], 'image': [], 'data': []}
+        for _ in range(args.repeat):          # interleaved, so that load from elsewhere hits all alike
+            rates['bare'].append(bare_decode_rate(blobs, rounds))
+            rates['image'].append(layer_rate(image_text, args.batches))
+            rates['data'].append(layer_rate(data_text, args.batches))
+        bare, image_data, data = (float(np.median(rates[k])) for k in ('bare', 'image', 'data'))
+    finally:
+        os.chdir(old)
+        shutil.rmtree(folder, ignore_errors=True)
+    from caffe_py.data.prefetch import default_workers
+    print('%d JPEGs 256x256, batch %d, crop 227 + mirror + mean, %d CPU(s), %d decoding thread(s) per layer, '
+          'median of %d rounds' % (args.images, BATCH, os.cpu_count(), default_workers(), args.repeat))
+    print('%-34s %8.0f images/s' % ('bare cv2.imdecode (1 thread)', bare))
+    for name, rate in (('ImageData', image_data), ('Data (LMDB, encoded JPEG)', data)):
+        print('%-34s %8.0f images/s  (%.2f x bare decode)' % (name, rate, rate / bare))
+
+
+if __name__ == '__main__':
+    main()
