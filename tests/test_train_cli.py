@@ -200,6 +200,19 @@ def test_signal_handler_consumes_each_signal():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_train_level_and_stages(workdir, captured_log):
+    with open('net.prototxt') as f:
+        net = f.read()
+    with open('net.prototxt', 'w') as f:
+        f.write(net + 'layer { name: "quiet" type: "Silence" bottom: "label" '
+                      'include { phase: TRAIN stage: "b" min_level: 2 } }\n')
+    write_solver(workdir, 'display: 0\nmax_iter: 1\n')
+    train_ok('-solver', 'solver.prototxt', '-stage', 'a,b', '-level', '1')
+    assert 'Creating Layer quiet' not in captured_log.getvalue()
+    train_ok('-solver', 'solver.prototxt', '-stage', 'a,b', '-level', '2')
+    assert len(lines(captured_log, 'Creating Layer quiet')) == 1
+
+
 def test_train_errors(workdir, capsys):
     write_solver(workdir, 'max_iter: 1\n')
     assert error_of(capsys, 'train') == 'Need a solver definition to train (-solver).'

@@ -68,7 +68,7 @@ class SGDSolver(Solver):
         sumsq = f32(0)
         for blob in params:
             diff = blob.diff.ravel()
-            sumsq += f32(diff.dot(diff))
+            sumsq += f32(float(diff.dot(diff)))
         l2norm = f32(np.sqrt(sumsq))
         if l2norm > clip:
             scale = clip / l2norm

@@ -56,7 +56,7 @@ class Solver:
     """Base of the solvers: builds the train and test nets and runs Caffe's loop.
 
     Construct from a solver prototxt path or a SolverParameter. pycaffe's
-    surface: `net`, `test_nets`, `iter`, `param`, `step(n)`, `solve(resume)`,
+    surface: `net`, `test_nets`, `iter`, `param`, `step(n)`, `solve(resume=None)`,
     `restore(path)`, `snapshot()`, `add_callback(...)`.
     """
 
@@ -285,15 +285,15 @@ class Solver:
             self.smoothed_loss += (loss - self.losses[idx]) / f32(average_loss)
             self.losses[idx] = loss
 
-    def solve(self, resume_file=None):
-        """Train to max_iter, optionally resuming from a solver state (Caffe's Solver::Solve)."""
+    def solve(self, resume=None):
+        """Train to max_iter, first restoring the solver state file `resume` if given (Caffe's Solve)."""
         p = self.param
         log.info('Solving %s', self.net.name)
         log.info('Learning Rate Policy: %s', p.lr_policy)
         self.requested_early_exit = False
-        if resume_file:
-            log.info('Restoring previous solver status from %s', resume_file)
-            self.restore(resume_file)
+        if resume:
+            log.info('Restoring previous solver status from %s', resume)
+            self.restore(resume)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
