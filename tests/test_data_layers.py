@@ -452,3 +452,87 @@ def test_window_data_missing_image_named(in_dir):
             net.forward()
     finally:
         net.layers[0].close()
+
+
+# -- parameter checks, sizes, shutdown ------------------------------------------------
+
+def test_transform_parameter_refusals(in_dir):
+    write_images(str(in_dir), 2, 6, 6)
+    with pytest.raises(NetError, match='mean_file and mean_value'):
+        make_net(IMAGE_NET.replace('mirror: %s', 'mirror: %s mean_file: "m.binaryproto" mean_value: 1')
+                 % (0, 'false', ''))
+    with pytest.raises(NetError, match='m.binaryproto'):
+        make_net(IMAGE_NET.replace('mirror: %s', 'mirror: %s mean_file: "m.binaryproto"') % (0, 'false', ''))
+    with pytest.raises(NetError, match='1 mean_value or as many as channels'):
+        make_net(IMAGE_NET.replace('mirror: %s', 'mirror: %s mean_value: 1 mean_value: 2') % (0, 'false', ''))
+    with pytest.raises(NetError, match='smaller than crop_size'):
+        make_net(IMAGE_NET % (7, 'false', ''))
+    with pytest.raises(NetError, match='does not transform'):
+        make_net('layer { name: "d" type: "HDF5Data" top: "data" transform_param { scale: 2 } '
+                 'hdf5_data_param { source: "list.txt" batch_size: 1 } }')
+
+
+def test_mean_file_crop_train_matches_formula(in_dir):
+    from caffe_py import formats
+    images = write_images(str(in_dir), 2, 6, 7)
+    mean = np.random.default_rng(3).uniform(0, 255, (1, 3, 6, 7)).astype(np.float32)
+    formats.write_binaryproto('m.binaryproto', mean)
+    text = IMAGE_NET.replace('mirror: %s', 'mirror: %s mean_file: "m.binaryproto" scale: 0.125')
+    for data, labels in draw_batches(text % (4, 'true', ''), caffe.TRAIN, 5, seed=1):
+        for item, label in zip(data, labels):
+            chw = images[int(label)].transpose(2, 0, 1).astype(np.float32)
+            hits = []
+            for h in range(3):
+                for w in range(4):
+                    window = (chw[:, h:h + 4, w:w + 4] - mean[0, :, h:h + 4, w:w + 4]) * np.float32(0.125)
+                    hits += [np.array_equal(item, window), np.array_equal(item, window[:, :, ::-1])]
+            assert any(hits)
+
+
+def test_image_sizes_must_agree_within_a_batch(in_dir):
+    import cv2
+    write_images(str(in_dir), 2, 6, 6)
+    cv2.imwrite('im1.png', np.zeros((5, 6, 3), np.uint8))
+    net = make_net(IMAGE_NET % (0, 'false', ''))
+    try:
+        with pytest.raises(ValueError, match='im1.png'):
+            net.forward()
+    finally:
+        net.layers[0].close()
+
+
+def test_rand_skip_starts_inside_the_source(in_dir):
+    write_images(str(in_dir), 6, 4, 4)
+    firsts = set()
+    for seed in range(12):
+        caffe.set_random_seed(seed)
+        net = make_net(IMAGE_NET.replace('batch_size: 4', 'batch_size: 1') % (0, 'false', 'rand_skip: 5'))
+        try:
+            net.forward()
+            firsts.add(int(net.blobs['label'].data[0]))
+        finally:
+            net.layers[0].close()
+    assert firsts <= set(range(5)) and len(firsts) > 1
+
+
+def test_closed_layer_refuses_forward(in_dir):
+    write_images(str(in_dir), 2, 4, 4)
+    net = make_net(IMAGE_NET % (0, 'false', ''))
+    net.layers[0].close()
+    with pytest.raises(Exception, match='closed'):
+        net.forward()
+
+
+def test_interpreter_exits_with_prefetching_running(in_dir):
+    import subprocess
+    import sys
+    write_images(str(in_dir), 4, 30, 30)
+    script = ('import caffe_py as caffe\n'
+              'from google.protobuf import text_format\n'
+              'p = text_format.Parse(%r, caffe.net.caffe_pb2.NetParameter())\n'
+              'net = caffe.Net(p, caffe.TRAIN)\n'
+              'net.forward()\n' % (IMAGE_NET % (20, 'true', 'shuffle: true')))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, GLOG_minloglevel='2')
+    done = subprocess.run([sys.executable, '-c', script], env=env, timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

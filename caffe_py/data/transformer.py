@@ -57,6 +57,11 @@ class DataTransformer:
             raise TransformError('image has no channels')
         if height < self.crop_size or width < self.crop_size:
             raise TransformError('image of %dx%d is smaller than crop_size %d' % (height, width, self.crop_size))
+        self.mean_for(channels, 'image')
+        if self.mean_is_file and self.mean.shape != tuple(shape):
+            raise TransformError('image of shape %s does not match the mean file %s (%s)'
+                                 % ('x'.join(map(str, shape)), self.param.mean_file,
+                                    'x'.join(map(str, self.mean.shape))))
         if self.crop_size:
             return channels, self.crop_size, self.crop_size
         return channels, height, width
