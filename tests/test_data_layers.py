@@ -536,3 +536,20 @@ def test_interpreter_exits_with_prefetching_running(in_dir):
     env = dict(os.environ, PYTHONPATH=root, GLOG_minloglevel='2')
     done = subprocess.run([sys.executable, '-c', script], env=env, timeout=60, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_two_nets_read_the_same_lmdb(in_reference_data):
+    first = caffe.Net('data_lmdb_crop_mean_file.prototxt', caffe.TEST)
+    second = caffe.Net('data_lmdb_crop_mean_file.prototxt', caffe.TEST)
+    try:
+        first.forward()
+        first.forward()
+        second.forward()
+        np.testing.assert_array_equal(first.blobs['label'].data, [4, 0, 1, 2])
+        np.testing.assert_array_equal(second.blobs['label'].data, [0, 1, 2, 3])
+        first.layers[0].close()
+        second.forward()
+        np.testing.assert_array_equal(second.blobs['label'].data, [4, 0, 1, 2])
+    finally:
+        first.layers[0].close()
+        second.layers[0].close()

@@ -8,11 +8,38 @@ final name; like Caffe it refuses a target that already exists.
 import os
 import shutil
 import tempfile
+import threading
 
 from .. import log
 from .hdf5 import DataSourceError
 
 BACKENDS = ('lmdb', 'leveldb')
+
+# LMDB allows one environment per file per process: readers of the same path share it
+_LMDB_ENVS = {}
+_LMDB_LOCK = threading.Lock()
+
+
+def _open_lmdb(source):
+    import lmdb
+    key = os.path.realpath(source)
+    with _LMDB_LOCK:
+        entry = _LMDB_ENVS.get(key)
+        if entry is None:
+            env = lmdb.open(source, readonly=True, lock=False, readahead=False, max_readers=126,
+                            subdir=os.path.isdir(source))
+            entry = _LMDB_ENVS[key] = [env, 0]
+        entry[1] += 1
+        return key, entry[0]
+
+
+def _close_lmdb(key):
+    with _LMDB_LOCK:
+        entry = _LMDB_ENVS[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _LMDB_ENVS[key]
+            entry[0].close()
 
 
 def backend_name(backend):
@@ -45,9 +72,7 @@ class Reader:
                                   % (self.backend.upper(), source, os.getcwd()))
         try:
             if self.backend == 'lmdb':
-                import lmdb
-                self._env = lmdb.open(source, readonly=True, lock=False, readahead=False,
-                                      max_readers=4, subdir=os.path.isdir(source))
+                self._key, self._env = _open_lmdb(source)
                 self._txn = self._env.begin(buffers=False)
             else:
                 self._env = _plyvel().DB(source, create_if_missing=False)
@@ -97,7 +122,9 @@ class Reader:
         if self._env is not None:
             if self.backend == 'lmdb':
                 self._txn.abort()
-            self._env.close()
+                _close_lmdb(self._key)
+            else:
+                self._env.close()
             self._env = None
 
 

@@ -31,7 +31,7 @@ def load_hdf5_datasets(path, names, dtype):
             if name not in handle or not isinstance(handle[name], h5py.Dataset):
                 raise DataSourceError('Failed to find HDF5 dataset %s in %s' % (name, path))
             dataset = handle[name]
-            if dataset.dtype.kind not in 'fiub' or dataset.ndim < 1:
+            if dataset.dtype.kind not in 'fiu' or dataset.ndim < 1:
                 raise DataSourceError('HDF5 dataset %s in %s: unsupported type %s or shape %s '
                                       '(need a numeric array of at least 1 axis)'
                                       % (name, path, dataset.dtype, dataset.shape))
