@@ -151,6 +151,7 @@ def test_loss_top_is_a_scalar_created_automatically():
                    'layer { name: "L" type: "SoftmaxWithLoss" bottom: "x" bottom: "lbl" }', {})
     assert net.blobs['(automatic)'].shape == ()
     assert net.blob_loss_weights['(automatic)'] == 1.0
+    assert list(net.layer_dict['L'].layer_param.loss_weight) == [1.0]   # as Caffe's snapshots
 
 
 # -- Accuracy ------------------------------------------------------------------------

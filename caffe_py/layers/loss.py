@@ -67,6 +67,12 @@ class LossLayer(Layer):
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1
 
+    def set_loss_weights(self, top):
+        # Caffe writes the default weight into the layer's parameter (snapshots carry it)
+        if not self.layer_param.loss_weight:
+            self.layer_param.loss_weight.append(self.default_loss_weight)
+        super().set_loss_weights(top)
+
     def reshape(self, bottom, top):
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
             raise self.error('The data and label should have the same first dimension '
