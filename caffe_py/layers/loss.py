@@ -179,7 +179,6 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         self.refuse_backward(propagate_down)
         if not propagate_down[0]:
             return
-        xp = bottom[0].xp
         dx = bottom[0].diff.reshape(self.shape3())
         dx[...] = self._prob_blob(top).data.reshape(self.shape3())
         dx[self.labels.at] -= 1
