@@ -8,6 +8,8 @@ from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .blob import Blob
 from .layer import Layer, layer_type_list
 from .net import TEST, TRAIN, Net
+from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: F401
+                      RMSPropSolver, SGDSolver, get_solver)
 from . import layers  # noqa: F401  (registers every layer type)
 
 __version__ = '0.1.0'

@@ -87,7 +87,7 @@ class Blob:
     width = property(lambda self: self.legacy_dim(3))
 
     def shape_string(self):
-        return ' '.join(str(d) for d in self._shape) + ' (%d)' % self._count
+        return ''.join('%d ' % d for d in self._shape) + '(%d)' % self._count
 
     # -- data -------------------------------------------------------------
     @property

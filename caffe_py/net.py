@@ -195,12 +195,14 @@ class Net:
         self._has_lr, self._has_decay = [], []
         name_to_id = {}
         available = set()
+        memory_used = 0
         for layer_id, lp in enumerate(param.layer):
             if not lp.HasField('phase'):
                 lp.phase = self.phase
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise NetError('layer "%s": propagate_down must be given 0 or %d times (once per bottom)'
                                % (lp.name, len(lp.bottom)))
+            log.info('Creating layer %s', lp.name)
             try:
                 layer = create_layer(lp, self.dtype)
             except LayerError as exc:
@@ -251,6 +253,8 @@ class Net:
                 log.info('Top shape: %s', top.shape_string())
                 if layer.loss(j):
                     log.info('    with loss weight %s', log.fmt(layer.loss(j)))
+                memory_used += top.count
+            log.info('Memory required for data: %d', memory_used * self.dtype.itemsize)
             if len(lp.param) > len(layer.blobs):
                 raise NetError('Too many params specified for layer %s' % lp.name)
             for k in range(len(layer.blobs)):
@@ -635,7 +639,7 @@ class Net:
         """Share `other`'s trained layers' weights by layer name (Caffe's ShareTrainedLayersWith)."""
         for source in other.layers:
             if source.name not in self._layer_index:
-                log.info('Ignoring source layer %s', source.name)
+                log.debug('Ignoring source layer %s', source.name)
                 continue
             target = self.layers[self._layer_index[source.name]].blobs
             if len(target) != len(source.blobs):

@@ -37,7 +37,8 @@ def run_reference_case(path, rtol=2e-5):
         if key.startswith('param/'):
             _, layer, index = key.split('/')
             blob = net.layer_dict[layer].blobs[int(index)]
-            blob.reshape(case[key].shape) if blob.shape != case[key].shape else None
+            if blob.shape != case[key].shape:
+                blob.reshape(case[key].shape)
             blob.data[...] = case[key]
     net.forward_from_to()
     for key in case.files:
@@ -69,7 +70,7 @@ def numeric_gradient_check(prototxt, inputs, phase=TEST, no_grad=(), eps=1e-6, r
     `prototxt` is net text whose Input layers provide `inputs` (name -> array); outputs
     that are not losses get a fixed random top diff, so the objective is
     sum(loss * weight) + sum(output * R). `no_grad` names inputs without a
-    gradient (labels, indices). `params` (layer -> list of arrays) overrides fillers.
+    gradient (labels, indices) and parameters ('layer/index') not to check. `params` (layer -> list of arrays) overrides fillers.
     """
     param = text_format.Parse(prototxt, caffe_pb2.NetParameter())
     param.force_backward = True
@@ -99,7 +100,7 @@ def numeric_gradient_check(prototxt, inputs, phase=TEST, no_grad=(), eps=1e-6, r
                for n in inputs if n not in no_grad]
     for lname, layer in net.layer_dict.items():
         for i, blob in enumerate(layer.blobs):
-            if layer.param_needs_backward(i):
+            if layer.param_needs_backward(i) and '%s/%d' % (lname, i) not in no_grad:
                 targets.append(('param %s/%d' % (lname, i), blob.data, blob.diff.copy()))
     for what, data, analytic in targets:
         flat = data.reshape(-1)
