@@ -9,7 +9,9 @@ kept), then measures in the same run:
   - ImageData and Data, batch 50, TRAIN, crop_size 227 + mirror + mean_value,
     forward passes after the prefetch queue has drained once (steady state).
 --threads sets the decoding threads per layer (CAFFE_PY_DATA_THREADS); the
-default is min(4, CPU count). Nothing is written outside the temporary folder.
+default is min(4, CPU count). Wall-clock rates depend on what else runs on the
+machine; the CPU milliseconds per image (all threads of the process) do much
+less. Nothing is written outside the temporary folder.
 """
 import argparse
 import os
@@ -46,11 +48,13 @@ def make_images(folder, count, seed=0):
 
 
 def bare_decode_rate(blobs, rounds):
-    start = time.perf_counter()
+    """(images per second, CPU milliseconds per image) of cv2.imdecode in a loop."""
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(rounds):
         for data in blobs:
             cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return rounds * len(blobs) / (time.perf_counter() - start)
+    n = rounds * len(blobs)
+    return n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
 
 
 def layer_rate(text, batches):
@@ -60,12 +64,13 @@ def layer_rate(text, batches):
         depth = net.layers[0].prefetcher.depth
         for _ in range(depth + 2):          # drain the batches made during setup
             net.forward()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(batches):
             net.forward()
         elapsed = time.perf_counter() - start
         assert net.blobs['data'].shape == (BATCH, 3, 227, 227)
-        return batches * BATCH / elapsed
+        n = batches * BATCH
+        return n / elapsed, 1000 * (time.process_time() - cpu) / n
     finally:
         net.layers[0].close()
 
@@ -103,17 +108,19 @@ def main():
             rates['bare'].append(bare_decode_rate(blobs, rounds))
             rates['image'].append(layer_rate(image_text, args.batches))
             rates['data'].append(layer_rate(data_text, args.batches))
-        bare, image_data, data = (float(np.median(rates[k])) for k in ('bare', 'image', 'data'))
+        bare, image_data, data = (np.median(rates[k], axis=0) for k in ('bare', 'image', 'data'))
     finally:
         os.chdir(old)
         shutil.rmtree(folder, ignore_errors=True)
     from caffe_py.data.prefetch import default_workers
     print('%d JPEGs 256x256, batch %d, crop 227 + mirror + mean, %d CPU(s), %d decoding thread(s) per layer, '
           'median of %d rounds' % (args.images, BATCH, os.cpu_count(), default_workers(), args.repeat))
-    print('%-34s %8.0f images/s' % ('bare cv2.imdecode (1 thread)', bare))
-    for name, rate in (('ImageData', image_data), ('Data (LMDB, encoded JPEG)', data)):
-        print('%-34s %8.0f images/s  (%.2f x bare decode)' % (name, rate, rate / bare))
-
+    print('%-30s %8s %10s %16s' % ('', 'images/s', 'x bare', 'CPU ms / image'))
+    for name, (rate, cpu) in (('bare cv2.imdecode (1 thread)', bare), ('ImageData', image_data),
+                              ('Data (LMDB, encoded JPEG)', data)):
+        print('%-30s %8.0f %10.2f %16.2f' % (name, rate, rate / bare[0], cpu))
+    print('load average while measuring: %s' % ' '.join(open('/proc/loadavg').read().split()[:3])
+          if os.path.exists('/proc/loadavg') else '')
 
 if __name__ == '__main__':
     main()

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..blob import Blob
+
 _LIVE = weakref.WeakSet()
 
 
@@ -27,26 +29,25 @@ def default_workers():
 
 
 class Batch:
-    """Preallocated arrays of one batch: data (N x ...) and labels (N), regrown only when too small."""
+    """One batch: `data` (N x ...) held by a host Blob (so a top can share it) and `label` (N).
+
+    Buffers are regrown only when a batch needs more room.
+    """
 
     def __init__(self, dtype):
-        self.dtype = np.dtype(dtype)
-        self._data = np.empty(0, self.dtype)
-        self._label = np.empty(0, self.dtype)
-        self.data = self._data
+        self.blob = Blob(dtype=dtype, xp=np)
+        self.data = self.blob.data
+        self._label = np.empty(0, dtype)
         self.label = self._label
 
     def reshape(self, data_shape, label_shape=None):
-        self.data = _view(self, '_data', data_shape)
+        self.blob.reshape(data_shape)
+        self.data = self.blob.data
         if label_shape is not None:
-            self.label = _view(self, '_label', label_shape)
-
-
-def _view(batch, attr, shape):
-    count = int(np.prod(shape))
-    if getattr(batch, attr).size < count:
-        setattr(batch, attr, np.empty(count, batch.dtype))
-    return getattr(batch, attr)[:count].reshape(shape)
+            count = int(np.prod(label_shape))
+            if self._label.size < count:
+                self._label = np.empty(count, self._label.dtype)
+            self.label = self._label[:count].reshape(label_shape)
 
 
 class _Failure:

@@ -219,8 +219,10 @@ class PrefetchingDataLayer(Layer):
 
     Subclasses implement `make_source()` -> (loader, data shape of one batch);
     the loader fills batches in the prefetch thread (caffe_py.data.sources).
-    data_param.prefetch batches are kept ready, as in Caffe. `close()` stops the
-    thread; it also stops when the layer is garbage collected or at exit.
+    data_param.prefetch batches are kept ready, as in Caffe. On the CPU the data
+    top shares the memory of the batch it shows until the next forward pass (no
+    copy), as Caffe's set_cpu_data. `close()` stops the thread; it also stops
+    when the layer is garbage collected or at exit.
     """
     exact_num_bottom = 0
     min_top = 1
@@ -230,6 +232,7 @@ class PrefetchingDataLayer(Layer):
         from ..data.prefetch import Prefetcher
         from ..data.transformer import DataTransformer
         self.output_labels = len(top) > 1
+        self._current = None
         try:
             self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.dtype,
                                                seed=_child_seed())
@@ -251,17 +254,23 @@ class PrefetchingDataLayer(Layer):
         pass
 
     def forward(self, bottom, top):
+        if self._current is not None:            # the top no longer needs it
+            self.prefetcher.release(self._current)
+            self._current = None
         try:
             batch = self.prefetcher.get()
         except (ValueError, OSError) as exc:
             raise self.error(str(exc)) from None
-        try:
-            top[0].reshape(batch.data.shape)
+        top[0].reshape(batch.data.shape)
+        if top[0].xp is np:                      # CPU: the top uses the batch's memory, as Caffe's set_cpu_data
+            top[0].share_data(batch.blob)
+            self._current = batch
+        else:
             top[0].data[...] = top[0].xp.asarray(batch.data)
-            if self.output_labels:
-                top[1].reshape(batch.label.shape)
-                top[1].data[...] = top[1].xp.asarray(batch.label)
-        finally:
+        if self.output_labels:
+            top[1].reshape(batch.label.shape)
+            top[1].data[...] = top[1].xp.asarray(batch.label)
+        if self._current is None:
             self.prefetcher.release(batch)
 
     def close(self):

@@ -22,6 +22,9 @@ USAGE = ('Compute the mean_image of a set of images given by a leveldb/lmdb\n'
 
 
 def main(command, argv):
+    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+        print(USAGE)
+        return 0
     flags, args = parse(argv, FLAGS)
     if not 1 <= len(args) <= 2:
         print(USAGE, file=sys.stderr)

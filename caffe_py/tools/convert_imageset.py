@@ -26,6 +26,9 @@ COMMIT_EVERY = 1000
 
 
 def main(command, argv):
+    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+        print(USAGE)
+        return 0
     flags, args = parse(argv, FLAGS)
     if len(args) != 3:
         print(USAGE, file=sys.stderr)

@@ -21,9 +21,12 @@ COMMIT_EVERY = 1000
 
 
 def main(command, argv):
+    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+        print('Usage:\n' + USAGE)
+        return 0
     if len(argv) < 6:
         print('This program takes in a trained network and an input data layer, and then extracts '
-              'features of the input data produced by the net.\nUsage:' + USAGE, file=sys.stderr)
+              'features of the input data produced by the net.\nUsage:\n' + USAGE, file=sys.stderr)
         return 1
     weights, model, blob_names, dataset_names, num_batches, db_type = argv[:6]
     use_gpu = len(argv) > 6 and argv[6] == 'GPU'
