@@ -23,8 +23,8 @@ import caffe_py  # noqa: E402
 from caffe_py import formats  # noqa: E402
 
 NETS = [  # name, deploy prototxt, batch
-    ('LeNet', 'models/lenet/deploy.prototxt', 64),
-    ('CIFAR10-quick', 'models/cifar10_quick/deploy.prototxt', 100),
+    ('LeNet', 'models/lenet/lenet.prototxt', 64),
+    ('CIFAR10-quick', 'models/cifar10_quick/cifar10_quick.prototxt', 100),
     ('CaffeNet', 'models/bvlc_reference_caffenet/deploy.prototxt', 10),
 ]
 CAFFE_MS = {'LeNet': 39, 'CIFAR10-quick': 297, 'CaffeNet': 692}   # BVLC Caffe, OpenBLAS, 2 cores

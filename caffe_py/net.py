@@ -5,7 +5,6 @@ wiring (in-place tops reuse their bottom blob), which layers and blobs need
 backward, loss weights, force_backward, and parameter sharing by name.
 """
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -633,7 +632,7 @@ class Net:
                         group.create_dataset(str(k), data=_host(blob.data))
                     if write_diff:
                         dgroup.create_dataset(str(k), data=_host(blob.diff))
-        _write_hdf5_atomically(path, write)
+        formats.write_hdf5(path, write)
 
     def share_with(self, other):
         """Share `other`'s trained layers' weights by layer name (Caffe's ShareTrainedLayersWith)."""
@@ -667,19 +666,3 @@ def _shape_equals(proto, shape):
 def h5py_is_hdf5(path):
     import h5py
     return h5py.is_hdf5(path)
-
-
-def _write_hdf5_atomically(path, write):
-    """Create an HDF5 file with `write(h5file)` under a temporary name, then rename it to `path`."""
-    import h5py
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, 'w') as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -15,7 +15,7 @@ __all__ = [
     "looks_binary", "parse_binary", "parse_net_text", "parse_solver_text", "parse_text",
     "read_binaryproto", "read_net", "read_proto", "read_solver", "read_solverstate",
     "to_text", "write_binaryproto", "write_net", "write_proto", "write_solver",
-    "write_solverstate",
+    "write_solverstate", "write_hdf5", "atomic_path",
     "net_needs_upgrade", "solver_needs_type_upgrade", "upgrade_net",
     "upgrade_snapshot_prefix", "upgrade_solver",
 ]

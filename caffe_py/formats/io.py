@@ -5,6 +5,7 @@ unknown field or a missing required field is an error); binary parsing has
 no size limit below 2 GB. Writers are atomic: a temporary file in the target
 folder replaced into place.
 """
+import contextlib
 import os
 import tempfile
 
@@ -190,25 +191,42 @@ def read_binaryproto(path, named_by=None, dtype=None):
 
 # ----------------------------------------------------------------- writing
 
-def _atomic_write(path, payload):
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path in `path`'s folder; on success it is renamed to `path`, on failure removed.
+
+    A crash never leaves a truncated file under the final name.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
                                dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+        yield tmp
         # mkstemp makes the file 0600; give it the usual permissions
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        if os.path.exists(tmp):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
+
+
+def _atomic_write(path, payload):
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+
+
+def write_hdf5(path, fill):
+    """Create the HDF5 file `path` atomically, its contents written by `fill(h5py.File)`."""
+    import h5py
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
 
 
 def to_text(msg):

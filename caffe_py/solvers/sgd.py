@@ -5,7 +5,6 @@ gradient clipping, iter_size normalization, L2/L1 weight decay, and the
 solver state (history blobs) that snapshots write and restores read.
 """
 import os
-import tempfile
 
 import numpy as np
 
@@ -117,7 +116,7 @@ class SGDSolver(Solver):
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             filename = self.snapshot_filename('.solverstate.h5')
             log.info('Snapshotting solver state to HDF5 file %s', filename)
-            _write_hdf5(filename, lambda f: self._fill_hdf5_state(f, model_filename))
+            formats.write_hdf5(filename, lambda f: self._fill_hdf5_state(f, model_filename))
             return
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_filename,
                                       current_step=self.current_step)
@@ -201,25 +200,6 @@ class NesterovSolver(SGDSolver):
         blob.xp.multiply(history, f32(1) + momentum, out=diff)
         previous *= momentum
         diff -= previous
-
-
-def _write_hdf5(path, fill):
-    """Create an HDF5 file with `fill(h5file)` under a temporary name in the same folder, then rename it."""
-    import h5py
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, 'w') as f:
-            fill(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _hdf5_string(group, name, text):
