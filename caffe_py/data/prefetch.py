@@ -122,19 +122,23 @@ def _run(loader, free, full, stop):
 
 
 class ItemPool:
-    """Run `work(i)` for items 0..n-1 on a few threads in contiguous chunks (one chunk per thread)."""
+    """Run `work(i)` for items 0..n-1 on a few threads in contiguous chunks (one chunk per thread).
+
+    The calling thread takes the first chunk; helper threads start at the first `run`.
+    """
 
     def __init__(self, workers=None):
         self.workers = workers or default_workers()
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix='caffe_py-data') \
-            if self.workers > 1 else None
+        self._executor = None
 
     def run(self, n, work):
-        if self._executor is None or n < 2:
+        chunks = min(self.workers, n)
+        if chunks < 2:
             for i in range(n):
                 work(i)
             return
-        chunks = min(self.workers, n)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers - 1, thread_name_prefix='caffe_py-data')
         bounds = [n * k // chunks for k in range(chunks + 1)]
 
         def chunk(k):
@@ -142,7 +146,11 @@ class ItemPool:
                 work(i)
 
         futures = [self._executor.submit(chunk, k) for k in range(1, chunks)]
-        chunk(0)
+        try:
+            chunk(0)
+        finally:
+            for future in futures:       # wait for every chunk before the batch is handed on
+                future.exception()
         for future in futures:
             future.result()
 
