@@ -79,7 +79,13 @@ class Reader:
         except DataSourceError:
             raise
         except Exception as exc:  # lmdb.Error, plyvel.Error
-            raise DataSourceError('Failed to open %s %s: %s' % (self.backend, source, exc)) from None
+            hint = ''
+            if self.backend == 'leveldb' and os.path.exists(os.path.join(source, 'data.mdb')):
+                hint = ' (it holds an LMDB: set backend: LMDB)'
+            detail = exc.args[0] if exc.args else exc
+            if isinstance(detail, bytes):
+                detail = detail.decode(errors='replace')
+            raise DataSourceError('Failed to open %s %s: %s%s' % (self.backend, source, detail, hint)) from None
         log.info('Opened %s %s', self.backend, source)
         self._iter = None
         self.seek_to_first()
