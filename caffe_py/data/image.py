@@ -1,7 +1,7 @@
 """Images and Datums as Caffe's util/io.cpp handles them (OpenCV: BGR, HWC, uint8).
 
-Arrays handed to the transformer are CHW views: `hwc_to_chw` of a decoded
-image, or `datum_to_chw` of a raw Datum (uint8 data or float_data).
+The transformer takes decoded images as they are (HWC) and raw Datums as CHW
+arrays (`datum_to_chw`: uint8 data or float_data); `datum_image` says which.
 """
 import os
 
@@ -73,10 +73,11 @@ def datum_to_chw(datum, what):
 
 
 def datum_image(datum, flag, what):
-    """CHW array of a Datum: decoded with imdecode(`flag`) when encoded, else its raw values."""
+    """(pixels, chw) of a Datum: an OpenCV image decoded with imdecode(`flag`) when encoded
+    (chw False), else the CHW array of its raw values (chw True)."""
     if datum.encoded:
-        return hwc_to_chw(decode_image(datum.data, flag, what))
-    return datum_to_chw(datum, what)
+        return decode_image(datum.data, flag, what), False
+    return datum_to_chw(datum, what), True
 
 
 def image_to_datum(image, label, datum=None):

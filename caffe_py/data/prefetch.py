@@ -21,11 +21,11 @@ _LIVE = weakref.WeakSet()
 
 
 def default_workers():
-    """Threads decoding one batch: CAFFE_PY_DATA_THREADS, else min(4, CPU count)."""
+    """Threads decoding one batch: CAFFE_PY_DATA_THREADS, else half the CPUs (1 to 4), leaving the rest to the net."""
     value = os.environ.get('CAFFE_PY_DATA_THREADS')
     if value:
         return max(1, int(value))
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 class Batch:

@@ -14,6 +14,7 @@ from .. import log
 from .hdf5 import DataSourceError
 from .image import IMREAD_NATIVE, datum_image, decode_image, hwc_to_chw, parse_datum, read_image
 from .prefetch import ItemPool
+from .transformer import chw_shape
 
 
 class DatumSource:
@@ -44,14 +45,14 @@ class DatumSource:
                 and not self._warned_force:
             log.error('force_color and force_gray only for encoded datum')
             self._warned_force = True
-        return datum_image(datum, self.flag, self._what(key)), datum.label
+        return datum_image(datum, self.flag, self._what(key)) + (datum.label,)
 
     def first_shape(self):
         """The (C, H, W) of the current record after transformation (Caffe's InferBlobShape)."""
         if not self.reader.valid:
             raise DataSourceError('database %s is empty' % self.reader.source)
-        image, _ = self._image(self.reader.key(), self.reader.value())
-        return self.transformer.output_shape(image.shape)
+        image, chw, _ = self._image(self.reader.key(), self.reader.value())
+        return self.transformer.output_shape(chw_shape(image, chw))
 
     def skip(self, count):
         for _ in range(count):
@@ -70,13 +71,13 @@ class DatumSource:
             self._next()
         draws = self.transformer.draw(self.batch_size)
         first = self._image(*records[0])
-        shape = self.transformer.output_shape(first[0].shape)
+        shape = self.transformer.output_shape(chw_shape(first[0], first[1]))
         batch.reshape((self.batch_size,) + shape, (self.batch_size,))
 
         def item(i):
-            image, label = first if i == 0 else self._image(*records[i])
+            image, chw, label = first if i == 0 else self._image(*records[i])
             self.transformer.transform(image, batch.data[i], None if draws is None else draws[i],
-                                       self._what(records[i][0]))
+                                       self._what(records[i][0]), chw)
             batch.label[i] = label
 
         self.pool.run(self.batch_size, item)
@@ -105,10 +106,10 @@ class ImageListSource:
         self.lines = [self.lines[i] for i in order]
 
     def read(self, name):
-        return hwc_to_chw(read_image(self.root + name, self.new_height, self.new_width, self.is_color))
+        return read_image(self.root + name, self.new_height, self.new_width, self.is_color)
 
     def first_shape(self):
-        return self.transformer.output_shape(self.read(self.lines[self.pos][0]).shape)
+        return self.transformer.output_shape(chw_shape(self.read(self.lines[self.pos][0])))
 
     def load_batch(self, batch):
         picks = []
@@ -121,7 +122,7 @@ class ImageListSource:
                     self.shuffle()
         draws = self.transformer.draw(self.batch_size)
         first = self.read(picks[0][0])
-        batch.reshape((self.batch_size,) + self.transformer.output_shape(first.shape), (self.batch_size,))
+        batch.reshape((self.batch_size,) + self.transformer.output_shape(chw_shape(first)), (self.batch_size,))
 
         def item(i):
             name, label = picks[i]

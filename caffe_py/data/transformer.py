@@ -1,6 +1,7 @@
 """Caffe's DataTransformer: crop, mirror, mean subtraction and scale, with Caffe's order and rounding.
 
-Every input is a CHW array (uint8 pixels or float values). Per item Caffe
+An input is an OpenCV image (H x W x C or H x W, uint8) or, with chw=True, a
+C x H x W array (a raw Datum: uint8 pixels or float values). Per item Caffe
 computes `(x - mean) * scale` (or `x * scale` without a mean) in the net's
 dtype; the crop is random in TRAIN and centred in TEST; `mirror: true` flips
 at random in either phase, as Caffe does. The random numbers are drawn up
@@ -9,6 +10,7 @@ front (`draw`) from the transformer's own generator, in Caffe's order
 the image size is known, as Caffe's Rand(n) = rng() % n; the draws of a batch
 therefore do not depend on which thread decodes which image.
 """
+import cv2
 import numpy as np
 
 from .. import formats, log
@@ -18,6 +20,25 @@ from .hdf5 import DataSourceError
 
 class TransformError(ValueError):
     """An image does not fit the transformation (size, channels, mean)."""
+
+
+def chw_shape(image, chw=False):
+    """(channels, height, width) of an OpenCV image, or of a CHW array with chw=True."""
+    if chw:
+        return image.shape
+    if image.ndim == 2:
+        return (1,) + image.shape
+    return (image.shape[2],) + image.shape[:2]
+
+
+def _planes(image, chw, rows, cols, mirror):
+    """The cropped (and mirrored) channel planes; OpenCV splits an image into contiguous planes."""
+    if chw:
+        return [plane[rows, cols][:, ::-1] if mirror else plane[rows, cols] for plane in image]
+    crop = image[rows, cols]
+    if mirror:
+        crop = cv2.flip(crop, 1)
+    return [crop] if crop.ndim == 2 else cv2.split(crop)
 
 
 class DataTransformer:
@@ -45,6 +66,7 @@ class DataTransformer:
             self.mean = np.ascontiguousarray(mean[0], dtype=self.dtype)
         elif param.mean_value:
             self.mean_values = np.array(param.mean_value, dtype=self.dtype)
+            self._channel_means = {}        # channels -> C x 1 x 1 means
         self.needs_rand = self.mirror or (phase == caffe_pb2.TRAIN and self.crop_size > 0)
         self.rng = np.random.default_rng(seed) if self.needs_rand else None
         self.draws_per_item = int(self.mirror) + 2 * int(phase == caffe_pb2.TRAIN and self.crop_size > 0)
@@ -71,10 +93,14 @@ class DataTransformer:
         if self.mean_is_file:
             return self.mean
         if self.param.mean_value:
-            if len(self.mean_values) not in (1, channels):
-                raise TransformError('Specify either 1 mean_value or as many as channels: %d (%s)'
-                                     % (channels, what))
-            return np.broadcast_to(self.mean_values, (channels,)).reshape(channels, 1, 1)
+            mean = self._channel_means.get(channels)
+            if mean is None:
+                if len(self.mean_values) not in (1, channels):
+                    raise TransformError('Specify either 1 mean_value or as many as channels: %d (%s)'
+                                         % (channels, what))
+                mean = np.broadcast_to(self.mean_values, (channels,)).reshape(channels, 1, 1).copy()
+                self._channel_means[channels] = mean
+            return mean
         return None
 
     # -- randomness -----------------------------------------------------------
@@ -85,9 +111,11 @@ class DataTransformer:
         return self.rng.integers(0, 1 << 32, size=(count, self.draws_per_item), dtype=np.uint64)
 
     # -- the transformation -----------------------------------------------------
-    def transform(self, chw, out, draws=None, what='image'):
-        """Write the transformed CHW array `chw` into `out` (C x crop x crop, or C x H x W)."""
-        channels, height, width = chw.shape
+    def transform(self, image, out, draws=None, what='image', chw=False):
+        """Write the transformed `image` into `out` (C x crop x crop, or C x H x W); see the module doc."""
+        channels, height, width = chw_shape(image, chw)
+        if not chw and image.dtype != np.uint8:
+            raise TransformError('%s: image data type must be unsigned byte, got %s' % (what, image.dtype))
         if out.shape[0] != channels or (not self.crop_size and out.shape[1:] != (height, width)):
             raise TransformError('%s has shape %dx%dx%d; the batch expects %s (every item of a batch '
                                  'must have the shape of its first)' % (what, channels, height, width,
@@ -110,23 +138,22 @@ class DataTransformer:
             else:
                 h_off = (height - self.crop_size) // 2
                 w_off = (width - self.crop_size) // 2
-        window = (slice(None), slice(h_off, h_off + out_h), slice(w_off, w_off + out_w))
-        src = chw[window]
+        rows, cols = slice(h_off, h_off + out_h), slice(w_off, w_off + out_w)
+        planes = _planes(image, chw, rows, cols, do_mirror)
         mean = self.mean_for(channels, what)
         if self.mean_is_file:
             if self.mean.shape != (channels, height, width):
                 raise TransformError('%s has shape %dx%dx%d but the mean file %s is %s'
                                      % (what, channels, height, width, self.param.mean_file,
                                         'x'.join(map(str, self.mean.shape))))
-            mean = mean[window]
-        if do_mirror:
-            src = src[:, :, ::-1]
-            if mean is not None:
+            mean = mean[:, rows, cols]
+            if do_mirror:
                 mean = mean[:, :, ::-1]
-        if mean is not None:
-            np.subtract(src, mean, out=out, dtype=self.dtype, casting='unsafe')
-        else:
-            out[...] = src
+        for c, plane in enumerate(planes):
+            if mean is not None:
+                np.subtract(plane, mean[c], out=out[c], dtype=self.dtype, casting='unsafe')
+            else:
+                out[c] = plane
         if self.scale != 1:
             np.multiply(out, self.scale, out=out)
         return h_off, w_off, do_mirror

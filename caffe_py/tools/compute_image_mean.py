@@ -11,7 +11,7 @@ import numpy as np
 from .. import formats, log
 from ..data.db import Reader
 from ..data.hdf5 import DataSourceError
-from ..data.image import IMREAD_NATIVE, datum_image, parse_datum
+from ..data.image import IMREAD_NATIVE, datum_image, hwc_to_chw, parse_datum
 from .flags import parse
 
 FLAGS = {'backend': 'lmdb'}
@@ -46,7 +46,8 @@ def compute_image_mean(input_db, output_file=None, backend='lmdb'):
             datum = parse_datum(value, what)
             if count == 0 and datum.encoded:
                 log.info('Decoding Datum')
-            image = datum_image(datum, IMREAD_NATIVE, what)
+            image, chw = datum_image(datum, IMREAD_NATIVE, what)
+            image = image if chw else hwc_to_chw(image)
             if total is None:
                 total = np.zeros(image.shape, np.float32)
                 log.info('Starting iteration')
