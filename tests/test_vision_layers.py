@@ -185,14 +185,24 @@ def test_deconvolution_matches_naive_scatter():
     np.testing.assert_allclose(net.blobs['y'].data, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('layer', [conv('num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2'),
-                                   deconv('num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2')])
-def test_chunked_minibatch_equals_whole(monkeypatch, layer):
+@pytest.mark.parametrize('layer,batch_last', [
+    (conv('num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2'), False),
+    (conv('num_output: 2 kernel_size: 3 pad: 1 dilation: 2'), True),
+    (conv('num_output: 2 kernel_size: 1'), False),
+    (deconv('num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2'), False),
+    (deconv('num_output: 6 kernel_size: 3 pad: 1 group: 2'), True),
+])
+def test_chunks_and_column_orders_agree_with_naive(monkeypatch, layer, batch_last):
+    """Whole minibatch, one image per chunk, two images per chunk: same results, all as the loops."""
     x = rand(5, 4, 7, 6)
     results = []
-    for budget in (vision.COL_BYTES, 1, 2 * 18 * 4 * 8 * 8):
-        monkeypatch.setattr(vision, 'COL_BYTES', budget)
+    for images_per_chunk in (None, 1, 2):
         net = build({'x': x}, layer)
+        core = net.layer_dict['L'].core
+        assert core.batch_last == batch_last
+        if images_per_chunk:
+            per_image = core.group * core.kdim * core.window.out_count * 8
+            monkeypatch.setattr(vision, 'COL_BYTES', per_image * images_per_chunk)
         for i, blob in enumerate(net.layer_dict['L'].blobs):
             blob.data[...] = rand(*blob.shape, seed=3 + i)
         net.forward_from_to()
@@ -204,6 +214,28 @@ def test_chunked_minibatch_equals_whole(monkeypatch, layer):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    if 'Convolution' in layer:
+        w, b = (blob.data for blob in net.layer_dict['L'].blobs)
+        window = core.window
+        expected = naive_conv(x, w, b, window.stride, window.pad, window.dilation, core.group)
+        np.testing.assert_allclose(results[0][0], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('params', ['pad: 0', 'pad: 1', 'pad: 0 stride: 2', 'pad: 1 stride: 2'])
+def test_weight_gradient_reads_the_bottom_at_backward_time(params):
+    """As Caffe, which runs im2col again in backward: a bottom changed after forward counts."""
+    x, changed = rand(2, 2, 5, 5), rand(2, 2, 5, 5, seed=1)
+    layer = conv('num_output: 2 kernel_size: 3 %s' % params)
+    grads = []
+    for forward_input in (x, changed):
+        net = build({'x': forward_input}, layer, params=[np.ones((2, 2, 3, 3)), np.zeros(2)])
+        net.forward_from_to()
+        net.blobs['x'].data[...] = changed
+        net.blobs['y'].diff[...] = rand(*net.blobs['y'].shape, seed=2)
+        net.clear_param_diffs()
+        net.backward_from_to()
+        grads.append(net.layer_dict['L'].blobs[0].diff.copy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
 
 
 def test_param_diffs_accumulate_and_respect_lr_mult_zero():

@@ -57,39 +57,44 @@ class Window:
                      for k, d, s, o in zip(offset, self.dilation, self.stride, self.out))
 
     def padded_input(self, x, buffers, name='pad', fill=0):
-        """x itself, or x copied into the interior of a cached buffer whose border holds `fill`."""
+        """x (N, C, *size) itself, or copied into the interior of a cached buffer whose border holds `fill`."""
         if not self.needs_padding:
             return x
         shape = x.shape[:2] + self.padded
         buf = buffers.get(name, shape, x.dtype, x, fill=fill)
-        buf[(slice(None), slice(None)) + self.interior] = x
+        buf[self.inner(2)] = x
         return buf
 
-    def patches(self, xpad):
-        """The strided view (N, C, *kernel, *out) of a padded (C-contiguous) input."""
-        xp = _module(xpad)
-        n, c = xpad.shape[:2]
-        sn, sc = xpad.strides[:2]
-        spatial = xpad.strides[2:]
-        shape = (n, c) + self.kernel + self.out
-        strides = ((sn, sc) + tuple(s * d for s, d in zip(spatial, self.dilation))
-                   + tuple(s * st for s, st in zip(spatial, self.stride)))
-        return as_strided(xp, xpad, shape, strides)
+    def patches(self, xpad, first=2):
+        """A strided view of every window, no copy: the spatial axes of xpad (C-contiguous,
+        starting at axis `first`) become *kernel, *out; (N, C, *padded) -> (N, C, *kernel, *out)."""
+        d = len(self.kernel)
+        lead, spatial, trail = xpad.shape[:first], xpad.strides[first:first + d], xpad.shape[first + d:]
+        shape = lead + self.kernel + self.out + trail
+        strides = (xpad.strides[:first] + tuple(s * dl for s, dl in zip(spatial, self.dilation))
+                   + tuple(s * st for s, st in zip(spatial, self.stride)) + xpad.strides[first + d:])
+        return as_strided(_module(xpad), xpad, shape, strides)
 
-    def add_patches(self, dpad, cols, reverse=False):
-        """dpad (n, C, *padded) += every patch of cols (n, C, *kernel, *out), one add per offset.
+    def add_patches(self, acc, first, cols, cols_first, reverse=False):
+        """acc (spatial axes padded, from axis `first`) += every window of cols (kernel axes from
+        axis `cols_first`, then the other axes in acc's order with out in place of padded):
+        one vectorised add per kernel offset (Caffe's col2im).
 
         `reverse` walks the kernel offsets backwards, which sums each pixel's windows in
         increasing output order (Caffe's order for AVE pooling's backward).
         """
-        lead = (slice(None), slice(None))
+        lead, cols_lead = (slice(None),) * first, (slice(None),) * cols_first
         offsets = reversed(self.offsets) if reverse else self.offsets
         for offset in offsets:
-            dpad[lead + self.slices(offset)] += cols[lead + offset]
+            acc[lead + self.slices(offset)] += cols[cols_lead + offset]
 
-    def unpad(self, dpad):
-        """The interior (n, C, *size) of a padded array."""
-        return dpad[(slice(None), slice(None)) + self.interior]
+    def inner(self, first):
+        """The index of the image inside a padded array whose spatial axes start at `first`."""
+        return (slice(None),) * first + self.interior
+
+    def unpad(self, acc, first=2):
+        """The interior (*lead, *size, *trail) of a padded array."""
+        return acc[self.inner(first)]
 
 
 class Buffers:

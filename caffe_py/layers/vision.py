@@ -70,7 +70,14 @@ def conv_geometry(layer, param, num_spatial):
 class _GemmConv:
     """Convolution in Caffe's terms: `im` is the side that is im2col'd (conv_in_channels),
     `out` the side the GEMM writes (conv_out_channels). Arrays are (num, C, *spatial);
-    weights are (out_channels, in_channels / group, *kernel)."""
+    weights are (out_channels, in_channels / group, *kernel).
+
+    Per chunk of m images, the columns are one (in_channels * kernel, m * P) matrix and each
+    group is one GEMM. Two column orders: batch before the output positions (C, *k, m, *out),
+    or batch innermost (C, *k, *out, m). The second turns im2col and col2im into runs of
+    out_w * m contiguous values when the last axis has stride 1; it costs slower transposes of
+    the out side, so it is used where the columns are large next to the output.
+    """
 
     def __init__(self, window, group, in_channels, out_channels):
         self.window = window
@@ -80,35 +87,66 @@ class _GemmConv:
         self.kdim = in_channels // group * window.kernel_count
         self.is_1x1 = (all(k == 1 for k in window.kernel) and all(s == 1 for s in window.stride)
                        and all(p == 0 for p in window.pad))
+        self.batch_last = (not self.is_1x1 and window.stride[-1] == 1
+                           and self.kdim >= 4 * (out_channels // group))
         self.buffers = Buffers()
+        self.col_source = None
 
     def chunks(self, num, itemsize):
         per_image = self.group * self.kdim * self.window.out_count * itemsize
         step = max(1, COL_BYTES // max(per_image, 1))
         return [(n0, min(num, n0 + step)) for n0 in range(0, num, step)]
 
-    def im2col(self, im_pad, n0, n1):
-        """Columns (group, kdim, m*P) of images n0:n1 of a padded im-side array."""
-        m, g, p = n1 - n0, self.group, self.window.out_count
-        if self.is_1x1 and m == 1:
-            return im_pad[n0].reshape(g, self.kdim, p)
-        d = len(self.window.kernel)
-        col = self.buffers.flat('col', g * self.kdim * m * p, im_pad.dtype, im_pad)
-        view = self.window.patches(im_pad[n0:n1])
-        order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
-        col.reshape(view.shape[1:2 + d] + (m,) + self.window.out)[...] = view.transpose(order)
-        return col.reshape(g, self.kdim, m * p)
+    # -- layout ------------------------------------------------------------
+    def padded_chunk(self, im, n0, n1):
+        """Images n0:n1, zero-padded: (m, C, *padded), or (C, *padded, m) when batch_last."""
+        w, chunk = self.window, im[n0:n1]
+        if not self.batch_last:
+            if not w.needs_padding:
+                return chunk
+            buf = self.buffers.get('pad%d' % len(chunk), chunk.shape[:2] + w.padded, im.dtype, im, fill=0)
+            buf[w.inner(2)] = chunk
+            return buf
+        shape = (self.in_channels,) + w.padded + (len(chunk),)
+        buf = self.buffers.get('pad%d' % len(chunk), shape, im.dtype, im, fill=0)
+        buf[w.inner(1)] = _batch_last(chunk)
+        return buf
+
+    def padded_images(self, pad):
+        """The images inside a padded chunk, as (m, C, *size)."""
+        if not self.batch_last:
+            return self.window.unpad(pad)
+        return _batch_first(self.window.unpad(pad, 1))
+
+    def im2col(self, pad):
+        """Columns (group, kdim, m*P) of a padded chunk."""
+        g, p = self.group, self.window.out_count
+        if self.is_1x1 and len(pad) == 1:
+            return pad[0].reshape(g, self.kdim, p)
+        if self.batch_last:
+            view = self.window.patches(pad, 1)
+        else:
+            d = len(self.window.kernel)
+            order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
+            view = self.window.patches(pad, 2).transpose(order)
+        col = self.buffers.flat('col', view.size, pad.dtype, pad).reshape(view.shape)
+        col[...] = view
+        return col.reshape(g, self.kdim, -1)
 
     def channel_major(self, out_side, n0, n1, name):
-        """Out-side images n0:n1 as (group, out_channels / group, m*P)."""
-        m, g, p = n1 - n0, self.group, self.window.out_count
+        """Out-side images n0:n1 as (group, out_channels / group, m*P) in the column order."""
+        m, g, p, c = n1 - n0, self.group, self.window.out_count, self.out_channels
         if m == 1:
             return out_side[n0].reshape(g, -1, p)
-        buf = self.buffers.flat(name, self.out_channels * m * p, out_side.dtype, out_side)
-        buf.reshape(self.out_channels, m, p)[...] = out_side[n0:n1].reshape(m, self.out_channels, p) \
-            .transpose(1, 0, 2)
+        chunk = out_side[n0:n1].reshape(m, c, p)
+        buf = self.buffers.flat(name, c * m * p, out_side.dtype, out_side)
+        if self.batch_last:
+            buf.reshape(c, p, m)[...] = chunk.transpose(1, 2, 0)
+        else:
+            buf.reshape(c, m, p)[...] = chunk.transpose(1, 0, 2)
         return buf.reshape(g, -1, m * p)
 
+    # -- the GEMMs ---------------------------------------------------------
     def gemm_out(self, weight, col, out_side, n0, n1, bias=None):
         """out_side[n0:n1] = weight x columns (+ bias), written in (num, C, *spatial) order."""
         m, g, p, c = n1 - n0, self.group, self.window.out_count, self.out_channels
@@ -123,7 +161,10 @@ class _GemmConv:
         buf = self.buffers.flat('gemm', c * m * p, col.dtype, col).reshape(g, -1, m * p)
         for i in range(g):
             np.dot(wg[i], col[i], out=buf[i])
-        src = buf.reshape(c, m, p).transpose(1, 0, 2)
+        if self.batch_last:
+            src = buf.reshape(c, p, m).transpose(2, 0, 1)
+        else:
+            src = buf.reshape(c, m, p).transpose(1, 0, 2)
         dst = out_side[n0:n1].reshape(m, c, p)
         if bias is None:
             dst[...] = src
@@ -136,70 +177,90 @@ class _GemmConv:
         for i in range(self.group):
             wd[i] += np.dot(out_cm[i], col[i].T)
 
-    def col2im(self, weight, out_cm, im_acc, n0, n1):
-        """im_acc[n0:n1] (padded, zeroed) += col2im(weight^T x out-side)."""
-        m, g, p, d = n1 - n0, self.group, self.window.out_count, len(self.window.kernel)
+    def col2im(self, weight, out_cm, im, n0, n1):
+        """im[n0:n1] = col2im(weight^T x out-side columns)."""
+        m, g, w = n1 - n0, self.group, self.window
         wg = weight.reshape(g, -1, self.kdim)
-        col = self.buffers.flat('col', g * self.kdim * m * p, out_cm.dtype, out_cm).reshape(g, self.kdim, m * p)
+        col = self.buffers.flat('col', g * self.kdim * out_cm.shape[2], out_cm.dtype, out_cm)
+        col = col.reshape(g, self.kdim, -1)
         for i in range(g):
             np.dot(wg[i].T, out_cm[i], out=col[i])
-        cols = col.reshape((self.in_channels,) + self.window.kernel + (m,) + self.window.out)
-        order = (1 + d, 0) + tuple(range(1, 1 + d)) + tuple(range(2 + d, 2 + 2 * d))
-        cols = cols.transpose(order)
+        c = self.in_channels
         if self.is_1x1:
-            im_acc[n0:n1] = cols.reshape((m, self.in_channels) + self.window.out)
+            im[n0:n1] = col.reshape((c, m) + w.out).swapaxes(0, 1)
+            return
+        if self.batch_last:
+            acc = self.buffers.get('acc%d' % m, (c,) + w.padded + (m,), im.dtype, im)
+            acc[...] = 0
+            w.add_patches(acc, 1, col.reshape((c,) + w.kernel + w.out + (m,)), 1)
+            im[n0:n1] = _batch_first(w.unpad(acc, 1))
         else:
-            self.window.add_patches(im_acc[n0:n1], cols)
-
-    def zeroed_im_acc(self, im_arr):
-        """A zeroed accumulator for col2im: im_arr itself, or a padded buffer."""
-        if not self.window.needs_padding:
-            im_arr[...] = 0
-            return im_arr
-        acc = self.buffers.get('acc', im_arr.shape[:2] + self.window.padded, im_arr.dtype, im_arr)
-        acc[...] = 0
-        return acc
-
-    def finish_im(self, acc, im_arr):
-        if acc is not im_arr:
-            im_arr[...] = self.window.unpad(acc)
+            acc = self.buffers.get('acc%d' % m, (c, m) + w.padded, im.dtype, im)
+            acc[...] = 0
+            w.add_patches(acc, 2, col.reshape((c,) + w.kernel + (m,) + w.out), 1)
+            im[n0:n1] = w.unpad(acc).swapaxes(0, 1)
 
     # -- the four passes ---------------------------------------------------
     def forward(self, im, weight, out_side, bias=None):
         """Convolution: out_side = weight * im (+ bias)."""
-        im_pad = self.window.padded_input(im, self.buffers)
-        for n0, n1 in self.chunks(im.shape[0], im.itemsize):
-            self.gemm_out(weight, self.im2col(im_pad, n0, n1), out_side, n0, n1, bias)
+        chunks = self.chunks(im.shape[0], im.itemsize)
+        for n0, n1 in chunks:
+            pad = self.padded_chunk(im, n0, n1)
+            col = self.im2col(pad)
+            self.gemm_out(weight, col, out_side, n0, n1, bias)
+        self.col_source = None
+        if len(chunks) == 1 and not (self.is_1x1 and im.shape[0] == 1):
+            # backward reuses these columns if the bottom still holds the same values then
+            if self.batch_last or self.window.needs_padding:
+                seen = self.padded_images(pad)
+            else:
+                seen = self.buffers.get('seen', im.shape, im.dtype, im)
+                seen[...] = im
+            self.col_source = (seen, col)
+
+    def cached_col(self, im):
+        """The forward's columns if `im` is unchanged since (checked by value), else None."""
+        source, self.col_source = self.col_source, None
+        if source is None or source[0].shape != im.shape:
+            return None
+        return source[1] if backend.get_array_module(im).array_equal(source[0], im) else None
 
     def backward(self, im, out_diff, weight, weight_diff=None, im_diff=None):
         """Convolution's backward: weight_diff += ..., im_diff = ... (either may be None)."""
-        im_pad = self.window.padded_input(im, self.buffers) if weight_diff is not None else None
-        acc = self.zeroed_im_acc(im_diff) if im_diff is not None else None
+        col = self.cached_col(im) if weight_diff is not None else None
         for n0, n1 in self.chunks(out_diff.shape[0], out_diff.itemsize):
             out_cm = self.channel_major(out_diff, n0, n1, 'cm')
             if weight_diff is not None:
-                self.weight_grad(out_cm, self.im2col(im_pad, n0, n1), weight_diff)
+                if col is None:
+                    col = self.im2col(self.padded_chunk(im, n0, n1))
+                self.weight_grad(out_cm, col, weight_diff)
+                col = None
             if im_diff is not None:
-                self.col2im(weight, out_cm, acc, n0, n1)
-        if im_diff is not None:
-            self.finish_im(acc, im_diff)
+                self.col2im(weight, out_cm, im_diff, n0, n1)
 
     def transposed_forward(self, out_side, weight, im):
         """Deconvolution's forward: im = col2im(weight^T x out_side)."""
-        acc = self.zeroed_im_acc(im)
         for n0, n1 in self.chunks(out_side.shape[0], out_side.itemsize):
-            self.col2im(weight, self.channel_major(out_side, n0, n1, 'cm'), acc, n0, n1)
-        self.finish_im(acc, im)
+            self.col2im(weight, self.channel_major(out_side, n0, n1, 'cm'), im, n0, n1)
 
     def transposed_backward(self, im_diff, out_side, weight, weight_diff=None, out_diff=None):
         """Deconvolution's backward: one im2col of the top diff serves both gradients."""
-        im_pad = self.window.padded_input(im_diff, self.buffers)
         for n0, n1 in self.chunks(im_diff.shape[0], im_diff.itemsize):
-            col = self.im2col(im_pad, n0, n1)
+            col = self.im2col(self.padded_chunk(im_diff, n0, n1))
             if weight_diff is not None:
                 self.weight_grad(self.channel_major(out_side, n0, n1, 'cm'), col, weight_diff)
             if out_diff is not None:
                 self.gemm_out(weight, col, out_diff, n0, n1)
+
+
+def _batch_last(array):
+    """(m, C, *spatial) -> (C, *spatial, m), a view."""
+    return array.transpose(tuple(range(1, array.ndim)) + (0,))
+
+
+def _batch_first(array):
+    """(C, *spatial, m) -> (m, C, *spatial), a view."""
+    return array.transpose((array.ndim - 1,) + tuple(range(array.ndim - 1)))
 
 
 class _ConvolutionBase(Layer):
@@ -384,7 +445,7 @@ class Im2colLayer(Layer):
         if self.window.needs_padding:
             acc = self.buffers.get('acc', diff.shape[:2] + self.window.padded, diff.dtype, diff)
         acc[...] = 0
-        self.window.add_patches(acc, top[0].diff.reshape(self.cols_shape))
+        self.window.add_patches(acc, 2, top[0].diff.reshape(self.cols_shape), 2)
         if acc is not diff:
             diff[...] = self.window.unpad(acc)
 
@@ -394,7 +455,11 @@ MAX, AVE, STOCHASTIC = 0, 1, 2
 
 
 class Pool2d:
-    """Caffe's 2-D pooling over (N, C, H, W): window rules, MAX argmax mask, AVE divisor, STOCHASTIC."""
+    """Caffe's 2-D pooling over (N, C, H, W): window rules, MAX argmax mask, AVE divisor, STOCHASTIC.
+
+    MAX keeps, per output, the position of the first maximum inside its window (a small
+    integer code); the plane index Caffe's mask holds is looked up from it when needed.
+    """
 
     def __init__(self, method, kernel, stride, pad, ceil_mode=True, train=True):
         self.method = method
@@ -403,7 +468,6 @@ class Pool2d:
         self.train = train
         self.buffers = Buffers()
         self.shape = None
-        self.idx = None
 
     def pooled_size(self, height, width):
         """Caffe's pooled (height, width): CEIL or FLOOR, then the last window must start inside."""
@@ -423,20 +487,27 @@ class Pool2d:
         if tuple(shape) != self.shape:
             self.shape = tuple(shape)
             self.window = Window(self.kernel, self.stride, self.pad, (1, 1), (h, w), out)
+            # one window exactly covering the plane (global pooling, SPP's first level)
+            self.whole = out == (1, 1) and self.pad == (0, 0) and self.kernel == (h, w)
             rows = np.arange(out[0]) * self.stride[0] - self.pad[0]
             cols = np.arange(out[1]) * self.stride[1] - self.pad[1]
-            self.plane_index, self.inside = [], []
+            planes, inside = [], []
             for i, j in self.window.offsets:
                 r, q = rows[:, None] + i, cols[None, :] + j
-                self.plane_index.append((r * w + q).astype(np.int64))
-                self.inside.append((r >= 0) & (r < h) & (q >= 0) & (q < w))
+                planes.append((r * w + q).ravel())
+                inside.append((r >= 0) & (r < h) & (q >= 0) & (q < w))
+            # row `code` of the table: plane index of window offset `code`; the last row: none (-1)
+            self.table = np.vstack(planes + [np.full(out[0] * out[1], -1)]).astype(np.int64)
+            self.inside = inside
             hend = np.minimum(rows + self.kernel[0], h + self.pad[0])
             wend = np.minimum(cols + self.kernel[1], w + self.pad[1])
             self.pool_size = ((hend - rows)[:, None] * (wend - cols)[None, :]).astype(np.float64)
-            self.idx = None
+            self.code_dtype = np.uint8 if len(self.window.offsets) < 256 else np.int32
+            self.code = self.plane = None
         return (n, c) + out
 
-    def _views(self, xpad):
+    def _views(self, x, fill):
+        xpad = self.window.padded_input(x, self.buffers, fill=fill)
         lead = (slice(None), slice(None))
         return [xpad[lead + self.window.slices(o)] for o in self.window.offsets]
 
@@ -447,61 +518,94 @@ class Pool2d:
         """top (N, C, PH, PW) from x; MAX writes its plane indices to `mask` when given."""
         xp = backend.get_array_module(x)
         if self.method == MAX:
-            views = self._views(self.window.padded_input(x, self.buffers, fill=-np.inf))
-            idx = self.buffers.get('idx', top.shape, np.int64, x)
-            top[...] = -FLT_MAX
-            idx[...] = -1
-            better = self.buffers.get('better', top.shape, bool, x)
-            for view, plane in zip(views, self.plane_index):
-                xp.greater(view, top, out=better)
-                xp.copyto(top, view, where=better)
-                xp.copyto(idx, self._on(xp, plane), where=better)
-            self.idx = idx
+            self._max(xp, x, top)
             if mask is not None:
-                mask[...] = idx
+                mask[...] = self.plane_indices()
         elif self.method == AVE:
-            views = self._views(self.window.padded_input(x, self.buffers, fill=0))
-            top[...] = 0
-            for view in views:
-                top += view
+            if self.whole:
+                x.reshape(top.shape[:2] + (-1,)).sum(axis=2, out=top.reshape(top.shape[:2]))
+            else:
+                top[...] = 0
+                for view in self._views(x, 0):
+                    top += view
             top /= self._on(xp, self.pool_size, top.dtype)
         elif self.train:
             self._stochastic_train(xp, x, top)
         else:
-            views = self._views(self.window.padded_input(x, self.buffers, fill=0))
             total, squares = xp.zeros_like(top), xp.zeros_like(top)
-            for view in views:
+            for view in self._views(x, 0):
                 total += view
                 squares += view * view
             top[...] = 0
             xp.divide(squares, total, out=top, where=total > 0)
 
+    def _max(self, xp, x, top):
+        """Caffe's running max from -FLT_MAX with strict >: NaN never wins, the first maximum does."""
+        n, c = top.shape[:2]
+        if self.whole:
+            flat = x.reshape(n, c, -1)
+            xp.fmax.reduce(flat, axis=2, out=top.reshape(n, c), initial=-FLT_MAX)
+            equal = flat == top.reshape(n, c, 1)
+            plane = equal.argmax(axis=2)
+            plane[~equal.any(axis=2)] = -1
+            self.code, self.plane = None, plane.reshape(top.shape)
+            return
+        views = self._views(x, -np.inf)
+        top[...] = -FLT_MAX
+        for view in views:
+            xp.fmax(top, view, out=top)
+        code = self.buffers.get('code', top.shape, self.code_dtype, x)
+        step = self.buffers.get('step', top.shape, self.code_dtype, x)
+        equal = self.buffers.get('equal', top.shape, bool, x)
+        hit = equal.view(self.code_dtype) if self.code_dtype == np.uint8 else equal
+        code[...] = len(views)
+        # backwards over the offsets, so the first offset holding the maximum is the one kept:
+        # code += hit * (offset - code), exact in modular integer arithmetic
+        for offset in range(len(views) - 1, -1, -1):
+            xp.equal(views[offset], top, out=equal)
+            xp.subtract(self.code_dtype(offset), code, out=step)
+            xp.multiply(step, hit, out=step)
+            code += step
+        self.code, self.plane = code, None
+
+    def plane_indices(self):
+        """Per output, the plane index (h * W + w) its gradient goes to; -1 for none."""
+        if self.plane is None and self.code is not None:
+            xp = backend.get_array_module(self.code)
+            table = self._on(xp, self.table)
+            n, c, ph, pw = self.code.shape
+            flat = self.code.reshape(n * c, ph * pw).astype(np.intp)
+            self.plane = table[flat, xp.arange(ph * pw)].reshape(self.code.shape)
+        return self.plane
+
     def _stochastic_train(self, xp, x, top):
         """Sample one cell per window with probability value / window sum (Caffe's GPU kernel)."""
-        views = self._views(self.window.padded_input(x, self.buffers, fill=0))
+        views = self._views(x, 0)
         total = xp.zeros_like(top)
         for view in views:
             total += view
         # Caffe draws uniform (0, 1]
         threshold = xp.asarray(1.0 - backend.rng().random(top.shape), dtype=top.dtype) * total
-        idx = self.buffers.get('idx', top.shape, np.int64, x)
-        idx[...] = -1
+        plane = xp.full(top.shape, -1, np.int64)
         top[...] = 0
         running = xp.zeros_like(top)
         found = xp.zeros(top.shape, bool)
-        for view, plane, inside in zip(views, self.plane_index, self.inside):
+        for view, cells, inside in zip(views, self.table, self.inside):
             running += view
             hit = (running >= threshold) & ~found & self._on(xp, inside)
             xp.copyto(top, view, where=hit)
-            xp.copyto(idx, self._on(xp, plane), where=hit)
+            xp.copyto(plane, self._on(xp, cells.reshape(inside.shape)), where=hit)
             found |= hit
-        self.idx = idx
+        self.code, self.plane = None, plane
 
     def backward(self, top_diff, bottom_diff, mask=None):
         """bottom_diff (overwritten) from top_diff; MAX reads `mask` (plane indices) when given."""
         xp = backend.get_array_module(top_diff)
         if self.method == AVE:
             grad = top_diff / self._on(xp, self.pool_size, top_diff.dtype)
+            if self.whole:
+                bottom_diff[...] = grad
+                return
             acc = self.buffers.get('acc', bottom_diff.shape[:2] + self.window.padded,
                                    bottom_diff.dtype, bottom_diff)
             acc[...] = 0
@@ -511,17 +615,19 @@ class Pool2d:
             bottom_diff[...] = self.window.unpad(acc)
             return
         if mask is not None:
-            idx = mask.astype(np.int64)
-        elif self.idx is not None:
-            idx = self.idx
+            plane = mask.astype(np.int64)
         else:
-            idx = xp.full(top_diff.shape, -1, np.int64)
+            plane = self.plane_indices()
+            if plane is None:  # no forward in TRAIN yet (Caffe reads stale indices)
+                plane = xp.full(top_diff.shape, -1, np.int64)
         n, c, h, w = bottom_diff.shape
-        planes = (xp.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
-        valid = (idx >= 0) & (idx < h * w)
-        flat = xp.where(valid, idx + planes, 0).ravel()
-        weights = xp.where(valid, top_diff, 0).ravel()
-        bottom_diff[...] = xp.bincount(flat, weights, minlength=bottom_diff.size).reshape(bottom_diff.shape)
+        weights = top_diff
+        if (plane < 0).any() or (plane >= h * w).any():
+            valid = (plane >= 0) & (plane < h * w)
+            plane, weights = xp.where(valid, plane, 0), xp.where(valid, top_diff, 0)
+        flat = plane + (xp.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
+        bottom_diff[...] = xp.bincount(flat.ravel(), weights.ravel(), minlength=bottom_diff.size) \
+            .reshape(bottom_diff.shape)
 
 
 def _pooling_geometry(layer, param):
