@@ -125,6 +125,7 @@ def naive_pool(x, method, k, s, p, out):
     ('num_output: 3 kernel_size: 1 bias_term: false', (2, 2, 3, 3)),
     ('num_output: 2 kernel_size: 2 kernel_size: 1 kernel_size: 2 pad: 1', (1, 2, 3, 2, 3)),
     ('num_output: 2 kernel_size: 2 axis: 2', (2, 1, 2, 4, 3)),
+    ('num_output: 2', (3, 4)),  # no spatial axis: an inner product over channels
 ])
 def test_convolution_gradient(params, shape):
     check({'x': rand(*shape)}, conv(params))

@@ -29,6 +29,13 @@ def _canonical_axis(layer, blob, axis):
         raise layer.error(str(exc)) from None
 
 
+def _per_axis(values, num_spatial, default):
+    """Caffe's rule: no value (the default), one value for every axis, or one per axis."""
+    if not values:
+        return [default] * num_spatial
+    return [values[0 if len(values) == 1 else i] for i in range(num_spatial)]
+
+
 def _spatial_param(layer, param, name, plural, num_spatial, default):
     """One value per spatial axis from `plural` (repeated) or name_h/name_w, as Caffe reads them."""
     h, w = name + '_h', name + '_w'
@@ -37,16 +44,14 @@ def _spatial_param(layer, param, name, plural, num_spatial, default):
         if num_spatial != 2:
             raise layer.error('%s & %s can only be used for 2D convolution.' % (h, w))
         if repeated:
-            raise layer.error('Either %s or %s/w should be specified; not both.' % (plural, h[:-2] + '_h'))
+            raise layer.error('Either %s or %s/w should be specified; not both.' % (plural, h))
         return [getattr(param, h), getattr(param, w)]
     allowed = (1, num_spatial) if default is None else (0, 1, num_spatial)
     if len(repeated) not in allowed:
         raise layer.error('%s must be specified once, or once per spatial dimension '
                           '(%s specified %d times; %d spatial dims).'
                           % (plural, plural, len(repeated), num_spatial))
-    if not repeated:
-        return [default] * num_spatial
-    return [repeated[0 if len(repeated) == 1 else i] for i in range(num_spatial)]
+    return _per_axis(repeated, num_spatial, default)
 
 
 def conv_geometry(layer, param, num_spatial):
@@ -62,9 +67,7 @@ def conv_geometry(layer, param, num_spatial):
     if len(dilation) not in (0, 1, num_spatial):
         raise layer.error('dilation must be specified once, or once per spatial dimension '
                           '(dilation specified %d times; %d spatial dims).' % (len(dilation), num_spatial))
-    dilation = [dilation[0 if len(dilation) == 1 else i] for i in range(num_spatial)] if dilation \
-        else [1] * num_spatial
-    return kernel, stride, pad, dilation
+    return kernel, stride, pad, _per_axis(dilation, num_spatial, 1)
 
 
 class _GemmConv:
