@@ -1,6 +1,6 @@
 """Images per second of the ImageData and Data (LMDB, encoded JPEG) layers, next to bare cv2.imdecode.
 
-    python benchmarks/bench_data.py [--images 300] [--batches 30] [--threads N]
+    python benchmarks/bench_data.py [--images 300] [--batches 30] [--threads 1,2] [--repeat 3]
 
 Generates 256x256 JPEGs (smooth colour fields with texture) in a temporary
 folder, converts them to an encoded LMDB with convert_imageset (file bytes
@@ -8,8 +8,8 @@ kept), then measures in the same run:
   - bare decode: cv2.imdecode of the same JPEG bytes, one thread, files in memory;
   - ImageData and Data, batch 50, TRAIN, crop_size 227 + mirror + mean_value,
     forward passes after the prefetch queue has drained once (steady state).
---threads sets the decoding threads per layer (CAFFE_PY_DATA_THREADS); the
-default is min(4, CPU count). Wall-clock rates depend on what else runs on the
+--threads lists the decoding-thread counts per layer to measure
+(CAFFE_PY_DATA_THREADS; the library's default is half the CPUs, 1 to 4). Wall-clock rates depend on what else runs on the
 machine; the CPU milliseconds per image (all threads of the process) do much
 less. Nothing is written outside the temporary folder.
 """
@@ -84,11 +84,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--images', type=int, default=300)
     parser.add_argument('--batches', type=int, default=30)
-    parser.add_argument('--threads', type=int, default=0)
+    parser.add_argument('--threads', default='1,2', help='decoding threads per layer, comma-separated')
     parser.add_argument('--repeat', type=int, default=3, help='rounds; the median is reported')
     args = parser.parse_args()
-    if args.threads:
-        os.environ['CAFFE_PY_DATA_THREADS'] = str(args.threads)
+    threads = [int(t) for t in args.threads.split(',')]
     log.init(level=30)
     folder = tempfile.mkdtemp(prefix='caffe_py_bench_data_')
     old = os.getcwd()
@@ -103,24 +102,27 @@ def main():
                       '{ source: "list.txt" root_folder: "./" batch_size: %d } }' % (TRANSFORM, BATCH))
         data_text = ('layer { name: "d" type: "Data" top: "data" top: "label" %s data_param '
                      '{ source: "lmdb_jpeg" backend: LMDB batch_size: %d } }' % (TRANSFORM, BATCH))
-        rates = {'bare': [], 'image': [], 'data': []}
+        rates = {'bare': []}
         for _ in range(args.repeat):          # interleaved, so that load from elsewhere hits all alike
             rates['bare'].append(bare_decode_rate(blobs, rounds))
-            rates['image'].append(layer_rate(image_text, args.batches))
-            rates['data'].append(layer_rate(data_text, args.batches))
-        bare, image_data, data = (np.median(rates[k], axis=0) for k in ('bare', 'image', 'data'))
+            for n in threads:
+                os.environ['CAFFE_PY_DATA_THREADS'] = str(n)
+                rates.setdefault(('ImageData', n), []).append(layer_rate(image_text, args.batches))
+                rates.setdefault(('Data (LMDB, encoded JPEG)', n), []).append(layer_rate(data_text, args.batches))
+        medians = {key: np.median(values, axis=0) for key, values in rates.items()}
     finally:
         os.chdir(old)
         shutil.rmtree(folder, ignore_errors=True)
-    from caffe_py.data.prefetch import default_workers
-    print('%d JPEGs 256x256, batch %d, crop 227 + mirror + mean, %d CPU(s), %d decoding thread(s) per layer, '
-          'median of %d rounds' % (args.images, BATCH, os.cpu_count(), default_workers(), args.repeat))
-    print('%-30s %8s %10s %16s' % ('', 'images/s', 'x bare', 'CPU ms / image'))
-    for name, (rate, cpu) in (('bare cv2.imdecode (1 thread)', bare), ('ImageData', image_data),
-                              ('Data (LMDB, encoded JPEG)', data)):
-        print('%-30s %8.0f %10.2f %16.2f' % (name, rate, rate / bare[0], cpu))
-    print('load average while measuring: %s' % ' '.join(open('/proc/loadavg').read().split()[:3])
-          if os.path.exists('/proc/loadavg') else '')
+    print('%d JPEGs 256x256, batch %d, crop 227 + mirror + mean, %d CPU(s), median of %d rounds'
+          % (args.images, BATCH, os.cpu_count(), args.repeat))
+    print('%-40s %8s %8s %15s' % ('', 'images/s', 'x bare', 'CPU ms / image'))
+    bare = medians.pop('bare')
+    print('%-40s %8.0f %8.2f %15.2f' % ('bare cv2.imdecode (1 thread)', bare[0], 1.0, bare[1]))
+    for (name, n), (rate, cpu) in medians.items():
+        label = '%s, %d thread%s' % (name, n, 's' if n > 1 else '')
+        print('%-40s %8.0f %8.2f %15.2f' % (label, rate, rate / bare[0], cpu))
+    if os.path.exists('/proc/loadavg'):
+        print('load average after measuring: %s' % ' '.join(open('/proc/loadavg').read().split()[:3]))
 
 if __name__ == '__main__':
     main()
