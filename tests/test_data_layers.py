@@ -260,7 +260,8 @@ def draw_batches(text, phase, count, seed):
         net.layers[0].close()
 
 
-def test_train_crops_and_mirrors_cover_every_placement(in_dir):
+def test_train_crops_and_mirrors_cover_every_placement(in_dir, monkeypatch):
+    monkeypatch.setenv('CAFFE_PY_DATA_THREADS', '2')
     images = write_images(str(in_dir), 3, 6, 5)
     seen = set()
     for data, labels in draw_batches(IMAGE_NET % (4, 'true', ''), caffe.TRAIN, 60, seed=3):
@@ -272,10 +273,12 @@ def test_train_crops_and_mirrors_cover_every_placement(in_dir):
     assert len(seen) == 3 * 2 * 2
 
 
-def test_same_seed_gives_same_batches(in_dir):
+def test_same_seed_gives_same_batches(in_dir, monkeypatch):
     write_images(str(in_dir), 5, 9, 8)
     text = IMAGE_NET % (5, 'true', 'shuffle: true')
+    monkeypatch.setenv('CAFFE_PY_DATA_THREADS', '1')
     first = draw_batches(text, caffe.TRAIN, 4, seed=11)
+    monkeypatch.setenv('CAFFE_PY_DATA_THREADS', '3')          # decoded on 3 threads: the same batches
     again = draw_batches(text, caffe.TRAIN, 4, seed=11)
     other = draw_batches(text, caffe.TRAIN, 4, seed=12)
     for (a, la), (b, lb) in zip(first, again):
