@@ -24,6 +24,7 @@ setup(
         'gpu': ['cupy-cuda12x'],
         'test': ['pytest'],
         'plot': ['matplotlib'],
+        'leveldb': ['plyvel'],
     },
     entry_points={'console_scripts': ['caffe-py = caffe_py.tools.cli:main']},
 )

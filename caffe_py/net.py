@@ -509,6 +509,19 @@ class Net:
         self.backward_from_to(start_ind, end_ind)
         return {name: self.blobs[name].diff for name in outputs if name in self.blobs}
 
+    def set_input_arrays(self, data, labels):
+        """Feed a MemoryData first layer (pycaffe's Net.set_input_arrays)."""
+        first = self.layers[0] if self.layers else None
+        if first is None or first.type != 'MemoryData':
+            raise NetError('set_input_arrays needs a MemoryData first layer (net "%s")' % self.name)
+        first.set_input_arrays(data, labels)
+
+    def close(self):
+        """Stop the background work of layers that have any (data prefetching)."""
+        for layer in self.layers:
+            if hasattr(layer, 'close'):
+                layer.close()
+
     def reshape(self):
         for i, layer in enumerate(self.layers):
             layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
