@@ -363,6 +363,11 @@ class Solver:
     def snapshot_filename(self, extension):
         return '%s_iter_%d%s' % (self.param.snapshot_prefix, self.iter, extension)
 
+    def close(self):
+        """Stop the nets' background work (data prefetching threads)."""
+        for net in [self.net] + list(self.test_nets):
+            net.close()
+
     def snapshot(self):
         """Write the weights and the solver state (Caffe's Solver::Snapshot); returns the model file."""
         p = self.param

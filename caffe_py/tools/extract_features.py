@@ -83,8 +83,6 @@ def extract_features(weights, model, blob_names, dataset_names, num_batches, db_
             writer.abort()
         raise
     finally:
-        for layer in net.layers:
-            if hasattr(layer, 'close'):
-                layer.close()
+        net.close()
     log.info('Successfully extracted the features!')
     return counts

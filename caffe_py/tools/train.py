@@ -48,11 +48,14 @@ def main(command, argv):
 
     with handler:
         solver = get_solver(param)
-        solver.set_action_function(handler)
-        if flags['snapshot']:
-            log.info('Resuming from %s', flags['snapshot'])
-            solver.restore(flags['snapshot'])
-        log.info('Starting Optimization')
-        solver.solve()
+        try:
+            solver.set_action_function(handler)
+            if flags['snapshot']:
+                log.info('Resuming from %s', flags['snapshot'])
+                solver.restore(flags['snapshot'])
+            log.info('Starting Optimization')
+            solver.solve()
+        finally:
+            solver.close()
     log.info('Optimization Done.')
     return 0
