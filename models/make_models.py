@@ -334,7 +334,7 @@ def mini_caffenet_body(b, data, fc8_name, fc8_outputs, fc8_param=None):
     def stage(i, top):
         return b.lrn('norm%d' % i, b.pool('pool%d' % i, top, 'MAX', 3, 2))
 
-    x = b.relu('relu1', b.conv('conv1', data, 24, 5, pad=2, weight=msra))
+    x = b.relu('relu1', b.conv('conv1', data, 24, 5, stride=2, pad=2, weight=msra))
     x = stage(1, x)
     x = b.relu('relu2', b.conv('conv2', x, 48, 5, pad=2, group=2, weight=msra, bias=constant(0.1)))
     x = stage(2, x)
