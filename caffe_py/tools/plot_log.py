@@ -109,7 +109,7 @@ def plot(log, path, title=None):
     fig, (ax_loss, ax_test, ax_lr) = plt.subplots(3, 1, figsize=(8, 9), sharex=True,
                                                   gridspec_kw=dict(height_ratios=[3, 3, 1.4]))
     if log.train:
-        ax_loss.plot(*zip(*log.train), lw=1, color='tab:blue', label='train loss (smoothed)')
+        ax_loss.plot(*zip(*log.train), lw=1, color='tab:blue', label='train loss (as displayed)')
     colors = ['tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:olive',
               'tab:cyan']
     for k, (net, name) in enumerate(log.test_names()):
