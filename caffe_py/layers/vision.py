@@ -15,7 +15,7 @@ from ..layer import Layer, register
 from .im2col import Buffers, Window, conv_out_size
 
 FLT_MAX = float(np.finfo(np.float32).max)
-COL_BYTES = 64 << 20
+COL_BYTES = 128 << 20
 
 
 def _prod(values):
@@ -96,8 +96,10 @@ class _GemmConv:
         self.col_source = None
 
     def chunks(self, num, itemsize):
+        """Equal runs of images whose columns fit in COL_BYTES."""
         per_image = self.group * self.kdim * self.window.out_count * itemsize
-        step = max(1, COL_BYTES // max(per_image, 1))
+        most = max(1, COL_BYTES // max(per_image, 1))
+        step = -(-num // -(-num // most)) if num else 1
         return [(n0, min(num, n0 + step)) for n0 in range(0, num, step)]
 
     # -- layout ------------------------------------------------------------
@@ -153,17 +155,18 @@ class _GemmConv:
     def gemm_out(self, weight, col, out_side, n0, n1, bias=None):
         """out_side[n0:n1] = weight x columns (+ bias), written in (num, C, *spatial) order."""
         m, g, p, c = n1 - n0, self.group, self.window.out_count, self.out_channels
+        xp = backend.get_array_module(col)
         wg = weight.reshape(g, -1, self.kdim)
         if m == 1:
             dst = out_side[n0].reshape(g, -1, p)
             for i in range(g):
-                np.dot(wg[i], col[i], out=dst[i])
+                xp.dot(wg[i], col[i], out=dst[i])
             if bias is not None:
                 dst.reshape(c, p)[...] += bias[:, None]
             return
         buf = self.buffers.flat('gemm', c * m * p, col.dtype, col).reshape(g, -1, m * p)
         for i in range(g):
-            np.dot(wg[i], col[i], out=buf[i])
+            xp.dot(wg[i], col[i], out=buf[i])
         if self.batch_last:
             src = buf.reshape(c, p, m).transpose(2, 0, 1)
         else:
@@ -172,22 +175,24 @@ class _GemmConv:
         if bias is None:
             dst[...] = src
         else:
-            np.add(src, bias[:, None], out=dst)
+            xp.add(src, bias[:, None], out=dst)
 
     def weight_grad(self, out_cm, col, weight_diff):
         """weight_diff += out-side (channel-major) x columns^T, per group."""
+        xp = backend.get_array_module(col)
         wd = weight_diff.reshape(self.group, -1, self.kdim)
         for i in range(self.group):
-            wd[i] += np.dot(out_cm[i], col[i].T)
+            wd[i] += xp.dot(out_cm[i], col[i].T)
 
     def col2im(self, weight, out_cm, im, n0, n1):
         """im[n0:n1] = col2im(weight^T x out-side columns)."""
         m, g, w = n1 - n0, self.group, self.window
+        xp = backend.get_array_module(out_cm)
         wg = weight.reshape(g, -1, self.kdim)
         col = self.buffers.flat('col', g * self.kdim * out_cm.shape[2], out_cm.dtype, out_cm)
         col = col.reshape(g, self.kdim, -1)
         for i in range(g):
-            np.dot(wg[i].T, out_cm[i], out=col[i])
+            xp.dot(wg[i].T, out_cm[i], out=col[i])
         c = self.in_channels
         if self.is_1x1:
             im[n0:n1] = col.reshape((c, m) + w.out).swapaxes(0, 1)
