@@ -105,7 +105,7 @@ class Builder:
         self.n['data@test'], self.n['label@test'] = test_tops
         return tops
 
-    def finish(self, name, top, classes_top=None, accuracy_tops=(('accuracy', 1),)):
+    def finish(self, name, top, accuracy_tops=(('accuracy', 1),)):
         """prob (deploy) or accuracy + loss (train_val) on `top`."""
         if self.deploy:
             self.n.prob = L.Softmax(top)

@@ -196,3 +196,29 @@ def test_mini_caffenet_pretrained_weights_load_and_are_small():
     conv1 = formats.blob_to_array(next(l for l in trained.layer if l.name == 'conv1').blobs[0])
     np.testing.assert_array_equal(net.params['conv1'][0].data, conv1.reshape(net.params['conv1'][0].shape))
     assert float(np.abs(conv1).std()) > 0.01     # trained, not a filler's zeros
+
+
+def test_net_spec_names_tops_layers_and_in_place_blobs_as_pycaffe():
+    from caffe_py.net_spec import NetSpec, layers as L, params as P
+    n = NetSpec()
+    n.data, n.label = L.DummyData(ntop=2, shape=[dict(dim=[2, 3, 8, 8]), dict(dim=[2])])
+    n.conv = L.Convolution(n.data, num_output=4, kernel_size=3, param=[dict(lr_mult=1), dict(lr_mult=2)],
+                           weight_filler=dict(type='xavier'))
+    n.relu = L.ReLU(n.conv, in_place=True)
+    n.pool = L.Pooling(n.relu, pool=P.Pooling.AVE, kernel_size=2, stride=2)
+    n.ip = L.InnerProduct(n.pool, num_output=5)
+    n.loss = L.SoftmaxWithLoss(n.ip, n.label, loss_weight=2, include=dict(phase='TRAIN'))
+    param = n.to_proto()
+    by_name = {l.name: l for l in param.layer}
+    assert [l.name for l in param.layer] == ['data', 'conv', 'relu', 'pool', 'ip', 'loss']
+    assert list(by_name['data'].top) == ['data', 'label']
+    assert list(by_name['relu'].top) == ['conv'] and list(by_name['pool'].bottom) == ['conv']
+    assert by_name['pool'].pooling_param.pool == caffe_pb2.PoolingParameter.AVE
+    assert [p.lr_mult for p in by_name['conv'].param] == [1, 2]
+    assert by_name['conv'].convolution_param.weight_filler.type == 'xavier'
+    assert list(by_name['loss'].loss_weight) == [2] and by_name['loss'].include[0].phase == caffe_py.TRAIN
+    net = caffe_py.Net(param, caffe_py.TRAIN)
+    assert list(net.blobs['ip'].shape) == [2, 5]
+    n.bad = L.ReLU(n.ip, not_a_field=1)
+    with pytest.raises(ValueError, match='no field "not_a_field"'):
+        n.to_proto()

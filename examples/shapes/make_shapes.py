@@ -97,7 +97,7 @@ def figure_mask(figure, size, rng):
     return mask
 
 
-def surface(kind, size, rng, color, avoid):
+def surface(kind, size, rng, color):
     """The figure's fill: plain colour or a two-colour pattern."""
     img = np.empty((size, size, 3), np.float32)
     img[:] = color
@@ -127,7 +127,7 @@ def make_image(label, rng):
     big = SIZE * UP
     bg, base = background(rng, big)
     mask = figure_mask(figure, big, rng)[..., None]
-    img = bg * (1 - mask) + surface(fill, big, rng, random_color(rng, avoid=base), base) * mask
+    img = bg * (1 - mask) + surface(fill, big, rng, random_color(rng, avoid=base)) * mask
     small = cv2.resize(np.clip(img, 0, 255), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     return np.clip(np.round(small), 0, 255).astype(np.uint8)
 
