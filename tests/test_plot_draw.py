@@ -182,3 +182,11 @@ def test_draw_net_without_renderers_says_what_to_install(tmp_path, monkeypatch, 
     assert cli.main(['draw_net', os.path.join(ROOT, NETS[2]), str(tmp_path / 'x.svg')]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'dot' in err[0] and 'matplotlib' in err[0]
+
+
+@pytest.mark.skipif(not draw_net.shutil.which('dot'), reason="Graphviz's dot is not installed")
+def test_draw_net_renders_svg_with_graphviz(tmp_path):
+    out = tmp_path / 'net.svg'
+    assert cli.main(['draw_net', os.path.join(ROOT, NETS[1]), str(out)]) == 0
+    svg = out.read_text()
+    assert '<svg' in svg and 'inception_5b/output' in svg
