@@ -16,6 +16,8 @@ from .im2col import Buffers, Window, conv_out_size
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
+# forward GEMMs with at most this many output columns run transposed (see gemm_out)
+TALL_GEMM_COLUMNS = 8192
 
 
 def _prod(values):
@@ -157,32 +159,42 @@ class _GemmConv:
         m, g, p, c = n1 - n0, self.group, self.window.out_count, self.out_channels
         xp = backend.get_array_module(col)
         wg = weight.reshape(g, -1, self.kdim)
-        if m == 1:
-            dst = out_side[n0].reshape(g, -1, p)
+        dst = out_side[n0:n1].reshape(m, g, -1, p)
+        buf = self.buffers.flat('gemm', c * m * p, col.dtype, col)
+        if m * p <= TALL_GEMM_COLUMNS:
+            # (m*P, C/g) = columns^T x weight^T: a tall product, which threaded OpenBLAS runs well
+            buf = buf.reshape(g, m * p, -1)
             for i in range(g):
-                xp.dot(wg[i], col[i], out=dst[i])
-            if bias is not None:
-                dst.reshape(c, p)[...] += bias[:, None]
-            return
-        buf = self.buffers.flat('gemm', c * m * p, col.dtype, col).reshape(g, -1, m * p)
-        for i in range(g):
-            xp.dot(wg[i], col[i], out=buf[i])
-        if self.batch_last:
-            src = buf.reshape(c, p, m).transpose(2, 0, 1)
+                xp.dot(col[i].T, wg[i].T, out=buf[i])
+            if self.batch_last:
+                src = buf.reshape(g, p, m, -1).transpose(2, 0, 3, 1)
+            else:
+                src = buf.reshape(g, m, p, -1).transpose(1, 0, 3, 2)
+        elif m == 1:
+            for i in range(g):
+                xp.dot(wg[i], col[i], out=dst[0, i])
+            src = dst
         else:
-            src = buf.reshape(c, m, p).transpose(1, 0, 2)
-        dst = out_side[n0:n1].reshape(m, c, p)
-        if bias is None:
+            buf = buf.reshape(g, -1, m * p)
+            for i in range(g):
+                xp.dot(wg[i], col[i], out=buf[i])
+            if self.batch_last:
+                src = buf.reshape(g, -1, p, m).transpose(3, 0, 1, 2)
+            else:
+                src = buf.reshape(g, -1, m, p).transpose(2, 0, 1, 3)
+        if bias is not None:
+            xp.add(src, bias.reshape(g, -1, 1), out=dst)
+        elif src is not dst:
             dst[...] = src
-        else:
-            xp.add(src, bias[:, None], out=dst)
 
     def weight_grad(self, out_cm, col, weight_diff):
         """weight_diff += out-side (channel-major) x columns^T, per group."""
         xp = backend.get_array_module(col)
         wd = weight_diff.reshape(self.group, -1, self.kdim)
         for i in range(self.group):
-            wd[i] += xp.dot(out_cm[i], col[i].T)
+            # computed as the tall (kdim, C/g) product: threaded OpenBLAS can take seconds
+            # over the wide (C/g, kdim) one with a long inner dimension
+            wd[i] += xp.dot(col[i], out_cm[i].T).T
 
     def col2im(self, weight, out_cm, im, n0, n1):
         """im[n0:n1] = col2im(weight^T x out-side columns)."""
