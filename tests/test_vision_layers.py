@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_py import TEST, TRAIN, Net, backend
-from caffe_py.layers import vision
+from caffe_py.layers import im2col, vision
 from caffe_py.proto import caffe_pb2
 from harness import numeric_gradient_check
 
@@ -265,6 +265,36 @@ def test_param_diffs_accumulate_and_respect_lr_mult_zero():
     layer.backward([plain.blobs['y']], [False], [plain.blobs['x']])
     assert not plain.layer_dict['L'].blobs[1].diff.any()
     assert plain.layer_dict['L'].blobs[0].diff.any()
+
+
+@pytest.mark.parametrize('layer,shape', [
+    (conv('num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2'), (5, 4, 7, 6)),
+    (conv('num_output: 2 kernel_size: 3 pad: 1'), (5, 4, 7, 6)),
+    (conv('num_output: 3 kernel_size: 1'), (5, 4, 3, 3)),
+    (deconv('num_output: 6 kernel_size: 3 pad: 1 group: 2'), (5, 4, 4, 3)),
+    ('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }', (3, 5, 7, 6)),
+    ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }', (3, 5, 7, 6)),
+    ('type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }', (3, 5, 4, 3)),
+    ('type: "LRN" lrn_param { local_size: 3 alpha: 0.5 norm_region: WITHIN_CHANNEL }', (3, 5, 4, 3)),
+])
+def test_work_split_over_threads_changes_nothing(monkeypatch, layer, shape):
+    """Element-wise work runs in parallel parts (here 3, on tiny arrays): same numbers as serial."""
+    x = rand(*shape)
+    results = []
+    for cores, smallest in ((1, im2col.MIN_PARALLEL), (3, 0)):
+        monkeypatch.setattr(im2col, 'CORES', cores)
+        monkeypatch.setattr(im2col, 'MIN_PARALLEL', smallest)
+        net = build({'x': x}, layer, dtype=np.float32)
+        for i, blob in enumerate(net.layer_dict['L'].blobs):
+            blob.data[...] = rand(*blob.shape, seed=3 + i)
+        net.forward_from_to()
+        net.blobs['y'].diff[...] = rand(*net.blobs['y'].shape, seed=4)
+        net.clear_param_diffs()
+        net.backward_from_to()
+        results.append([net.blobs['y'].data.copy(), net.blobs['x'].diff.copy()]
+                       + [blob.diff.copy() for blob in net.layer_dict['L'].blobs])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 def weights_blob(shape):

@@ -7,6 +7,8 @@ input into a reusable buffer, exposes every patch as one strided view
 padded image with one vectorised add per kernel offset (Caffe's col2im).
 """
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -62,7 +64,7 @@ class Window:
             return x
         shape = x.shape[:2] + self.padded
         buf = buffers.get(name, shape, x.dtype, x, fill=fill)
-        buf[self.inner(2)] = x
+        split_apply(assign, buf[self.inner(2)], x)
         return buf
 
     def patches(self, xpad, first=2):
@@ -75,17 +77,12 @@ class Window:
                    + tuple(s * st for s, st in zip(spatial, self.stride)) + xpad.strides[first + d:])
         return as_strided(_module(xpad), xpad, shape, strides)
 
-    def add_patches(self, acc, first, cols, cols_first, reverse=False):
+    def add_patches(self, acc, first, cols, cols_first):
         """acc (spatial axes padded, from axis `first`) += every window of cols (kernel axes from
         axis `cols_first`, then the other axes in acc's order with out in place of padded):
-        one vectorised add per kernel offset (Caffe's col2im).
-
-        `reverse` walks the kernel offsets backwards, which sums each pixel's windows in
-        increasing output order (Caffe's order for AVE pooling's backward).
-        """
+        one vectorised add per kernel offset (Caffe's col2im)."""
         lead, cols_lead = (slice(None),) * first, (slice(None),) * cols_first
-        offsets = reversed(self.offsets) if reverse else self.offsets
-        for offset in offsets:
+        for offset in self.offsets:
             acc[lead + self.slices(offset)] += cols[cols_lead + offset]
 
     def inner(self, first):
@@ -122,3 +119,46 @@ class Buffers:
             self._arrays[name] = array
         return array[:count]
 
+
+
+# NumPy releases the GIL inside its loops: element-wise work on big arrays is split over the cores
+CORES = min(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1, 4)
+MIN_PARALLEL = 1 << 17
+_executor = []
+
+
+def parallel(fn, count, work, like):
+    """fn(part) for `count` rows split into contiguous slices, run on the cores at once.
+
+    Serial for CuPy arrays, one core, or less than MIN_PARALLEL elements of `work`.
+    `fn` must only touch its own rows and must not call parallel itself.
+    """
+    parts = min(CORES, count)
+    if parts < 2 or work < MIN_PARALLEL or not isinstance(like, np.ndarray):
+        fn(slice(0, count))
+        return
+    if not _executor:
+        _executor.append(ThreadPoolExecutor(CORES - 1, thread_name_prefix='caffe_py'))
+    bounds = [count * i // parts for i in range(parts + 1)]
+    futures = [_executor[0].submit(fn, slice(bounds[i], bounds[i + 1])) for i in range(1, parts)]
+    fn(slice(bounds[0], bounds[1]))
+    for future in futures:
+        future.result()
+
+
+def split_apply(fn, out, *args):
+    """fn(out_part, *arg_parts) over slices of `out` along its first axis with at least CORES
+    entries, in parallel; arguments are sliced alongside where they span that axis (they
+    broadcast against `out` as NumPy aligns shapes, from the right)."""
+    axis = next((i for i, n in enumerate(out.shape) if n >= CORES), 0)
+    args = [a.reshape((1,) * (out.ndim - a.ndim) + a.shape) for a in args]
+
+    def part(sl):
+        index = (slice(None),) * axis + (sl,)
+        fn(out[index], *[a[index] if a.shape[axis] == out.shape[axis] else a for a in args])
+    parallel(part, out.shape[axis] if out.ndim else 1, out.size, out)
+
+
+def assign(dst, src):
+    """dst[...] = src (a function, for split_apply)."""
+    dst[...] = src

@@ -12,7 +12,7 @@ import numpy as np
 from .. import backend
 from ..fillers import fill
 from ..layer import Layer, register
-from .im2col import Buffers, Window, conv_out_size
+from .im2col import Buffers, Window, assign, conv_out_size, parallel, split_apply
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
@@ -112,11 +112,11 @@ class _GemmConv:
             if not w.needs_padding:
                 return chunk
             buf = self.buffers.get('pad%d' % len(chunk), chunk.shape[:2] + w.padded, im.dtype, im, fill=0)
-            buf[w.inner(2)] = chunk
+            split_apply(assign, buf[w.inner(2)], chunk)
             return buf
         shape = (self.in_channels,) + w.padded + (len(chunk),)
         buf = self.buffers.get('pad%d' % len(chunk), shape, im.dtype, im, fill=0)
-        buf[w.inner(1)] = _batch_last(chunk)
+        split_apply(assign, buf[w.inner(1)], _batch_last(chunk))
         return buf
 
     def padded_images(self, pad):
@@ -137,7 +137,7 @@ class _GemmConv:
             order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
             view = self.window.patches(pad, 2).transpose(order)
         col = self.buffers.flat('col', view.size, pad.dtype, pad).reshape(view.shape)
-        col[...] = view
+        split_apply(assign, col, view)
         return col.reshape(g, self.kdim, -1)
 
     def channel_major(self, out_side, n0, n1, name):
@@ -148,9 +148,9 @@ class _GemmConv:
         chunk = out_side[n0:n1].reshape(m, c, p)
         buf = self.buffers.flat(name, c * m * p, out_side.dtype, out_side)
         if self.batch_last:
-            buf.reshape(c, p, m)[...] = chunk.transpose(1, 2, 0)
+            split_apply(assign, buf.reshape(c, p, m), chunk.transpose(1, 2, 0))
         else:
-            buf.reshape(c, m, p)[...] = chunk.transpose(1, 0, 2)
+            split_apply(assign, buf.reshape(c, m, p), chunk.transpose(1, 0, 2))
         return buf.reshape(g, -1, m * p)
 
     # -- the GEMMs ---------------------------------------------------------
@@ -183,9 +183,9 @@ class _GemmConv:
             else:
                 src = buf.reshape(g, -1, m, p).transpose(2, 0, 1, 3)
         if bias is not None:
-            xp.add(src, bias.reshape(g, -1, 1), out=dst)
+            split_apply(_add, dst, src, bias.reshape(g, -1, 1))
         elif src is not dst:
-            dst[...] = src
+            split_apply(assign, dst, src)
 
     def weight_grad(self, out_cm, col, weight_diff):
         """weight_diff += out-side (channel-major) x columns^T, per group."""
@@ -207,18 +207,20 @@ class _GemmConv:
             xp.dot(wg[i].T, out_cm[i], out=col[i])
         c = self.in_channels
         if self.is_1x1:
-            im[n0:n1] = col.reshape((c, m) + w.out).swapaxes(0, 1)
+            split_apply(assign, im[n0:n1].swapaxes(0, 1), col.reshape((c, m) + w.out))
             return
         if self.batch_last:
             acc = self.buffers.get('acc%d' % m, (c,) + w.padded + (m,), im.dtype, im)
-            acc[...] = 0
-            w.add_patches(acc, 1, col.reshape((c,) + w.kernel + w.out + (m,)), 1)
-            im[n0:n1] = _batch_first(w.unpad(acc, 1))
+            cols, first, images = col.reshape((c,) + w.kernel + w.out + (m,)), 1, _batch_last(im[n0:n1])
         else:
             acc = self.buffers.get('acc%d' % m, (c, m) + w.padded, im.dtype, im)
-            acc[...] = 0
-            w.add_patches(acc, 2, col.reshape((c,) + w.kernel + (m,) + w.out), 1)
-            im[n0:n1] = w.unpad(acc).swapaxes(0, 1)
+            cols, first, images = col.reshape((c,) + w.kernel + (m,) + w.out), 2, im[n0:n1].swapaxes(0, 1)
+
+        def channels(part):
+            acc[part] = 0
+            w.add_patches(acc[part], first, cols[part], 1)
+            images[part] = w.unpad(acc[part], first)
+        parallel(channels, c, cols.size, acc)
 
     # -- the four passes ---------------------------------------------------
     def forward(self, im, weight, out_side, bias=None):
@@ -271,6 +273,10 @@ class _GemmConv:
                 self.weight_grad(self.channel_major(out_side, n0, n1, 'cm'), col, weight_diff)
             if out_diff is not None:
                 self.gemm_out(weight, col, out_diff, n0, n1)
+
+
+def _add(dst, a, b):
+    backend.get_array_module(dst).add(a, b, out=dst)
 
 
 def _batch_last(array):
@@ -544,11 +550,17 @@ class Pool2d:
         elif self.method == AVE:
             if self.whole:
                 x.reshape(top.shape[:2] + (-1,)).sum(axis=2, out=top.reshape(top.shape[:2]))
+                top /= self._on(xp, self.pool_size, top.dtype)
             else:
-                top[...] = 0
-                for view in self._views(x, 0):
-                    top += view
-            top /= self._on(xp, self.pool_size, top.dtype)
+                views, size = self._views(x, 0), self._on(xp, self.pool_size, top.dtype)
+
+                def channels(part):
+                    t = top[:, part]
+                    t[...] = 0
+                    for view in views:
+                        t += view[:, part]
+                    t /= size
+                parallel(channels, top.shape[1], top.size * len(views), x)
         elif self.train:
             self._stochastic_train(xp, x, top)
         else:
@@ -571,21 +583,25 @@ class Pool2d:
             self.code, self.plane = None, plane.reshape(top.shape)
             return
         views = self._views(x, -np.inf)
-        top[...] = -FLT_MAX
-        for view in views:
-            xp.fmax(top, view, out=top)
         code = self.buffers.get('code', top.shape, self.code_dtype, x)
         step = self.buffers.get('step', top.shape, self.code_dtype, x)
         equal = self.buffers.get('equal', top.shape, bool, x)
-        hit = equal.view(self.code_dtype) if self.code_dtype == np.uint8 else equal
-        code[...] = len(views)
-        # backwards over the offsets, so the first offset holding the maximum is the one kept:
-        # code += hit * (offset - code), exact in modular integer arithmetic
-        for offset in range(len(views) - 1, -1, -1):
-            xp.equal(views[offset], top, out=equal)
-            xp.subtract(self.code_dtype(offset), code, out=step)
-            xp.multiply(step, hit, out=step)
-            code += step
+
+        def channels(part):
+            t, k, st, eq = top[:, part], code[:, part], step[:, part], equal[:, part]
+            hit = eq.view(self.code_dtype) if self.code_dtype == np.uint8 else eq
+            t[...] = -FLT_MAX
+            for view in views:
+                xp.fmax(t, view[:, part], out=t)
+            k[...] = len(views)
+            # backwards over the offsets, so the first offset holding the maximum is the one
+            # kept: code += hit * (offset - code), exact in modular integer arithmetic
+            for offset in range(len(views) - 1, -1, -1):
+                xp.equal(views[offset][:, part], t, out=eq)
+                xp.subtract(self.code_dtype(offset), k, out=st)
+                xp.multiply(st, hit, out=st)
+                k += st
+        parallel(channels, c, top.size * len(views), x)
         self.code, self.plane = code, None
 
     def plane_indices(self):
@@ -628,11 +644,15 @@ class Pool2d:
                 return
             acc = self.buffers.get('acc', bottom_diff.shape[:2] + self.window.padded,
                                    bottom_diff.dtype, bottom_diff)
-            acc[...] = 0
-            lead = (slice(None), slice(None))
-            for offset in reversed(self.window.offsets):
-                acc[lead + self.window.slices(offset)] += grad
-            bottom_diff[...] = self.window.unpad(acc)
+
+            def channels(part):
+                a, g = acc[:, part], grad[:, part]
+                a[...] = 0
+                # offsets backwards: each pixel sums its windows in Caffe's (increasing) order
+                for offset in reversed(self.window.offsets):
+                    a[(slice(None), slice(None)) + self.window.slices(offset)] += g
+                bottom_diff[:, part] = self.window.unpad(a)
+            parallel(channels, grad.shape[1], grad.size * len(self.window.offsets), grad)
             return
         if mask is not None:
             plane = mask.astype(np.int64)
@@ -640,14 +660,18 @@ class Pool2d:
             plane = self.plane_indices()
             if plane is None:  # no forward in TRAIN yet (Caffe reads stale indices)
                 plane = xp.full(top_diff.shape, -1, np.int64)
-        n, c, h, w = bottom_diff.shape
-        weights = top_diff
-        if (plane < 0).any() or (plane >= h * w).any():
-            valid = (plane >= 0) & (plane < h * w)
-            plane, weights = xp.where(valid, plane, 0), xp.where(valid, top_diff, 0)
-        flat = plane + (xp.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
-        bottom_diff[...] = xp.bincount(flat.ravel(), weights.ravel(), minlength=bottom_diff.size) \
-            .reshape(bottom_diff.shape)
+        n, h, w = bottom_diff.shape[0], bottom_diff.shape[2], bottom_diff.shape[3]
+
+        def channels(part):
+            cells, weights = plane[:, part], top_diff[:, part]
+            size = bottom_diff[:, part].shape
+            if (cells < 0).any() or (cells >= h * w).any():
+                valid = (cells >= 0) & (cells < h * w)
+                cells, weights = xp.where(valid, cells, 0), xp.where(valid, weights, 0)
+            flat = cells + (xp.arange(n * size[1], dtype=np.int64) * (h * w)).reshape(n, -1, 1, 1)
+            bottom_diff[:, part] = xp.bincount(flat.ravel(), weights.ravel(),
+                                               minlength=_prod(size)).reshape(size)
+        parallel(channels, bottom_diff.shape[1], bottom_diff.size, bottom_diff)
 
 
 def _pooling_geometry(layer, param):
@@ -848,57 +872,71 @@ class LRNLayer(Layer):
     def _buf(self, name, like, shape=None, fill=None):
         return self.buffers.get(name, like.shape if shape is None else shape, like.dtype, like, fill=fill)
 
-    def _window_sum(self, values, name, out):
-        """out[:, c] = sum of values over channels c - pre_pad .. c + pre_pad (zero outside)."""
-        n, c, h, w = values.shape
-        padded = self._buf(name, values, (n, c + self.size - 1, h, w), fill=0)
-        padded[:, self.pre_pad:self.pre_pad + c] = values
-        for j in range(self.size):
-            out += padded[:, j:j + c]
-        return out
+    def _channel_padded(self, name, x):
+        """A cached (N, C + size - 1, H, W) buffer, zero outside channels pre_pad .. pre_pad + C."""
+        n, c, h, w = x.shape
+        return self._buf(name, x, (n, c + self.size - 1, h, w), fill=0)
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
         xp = backend.get_array_module(x)
         dt = x.dtype.type
+        self.factor = self._buf('factor', x)
         if self.across:
-            squares = self._buf('sq', x)
-            xp.multiply(x, x, out=squares)
-            squares *= dt(dt(self.alpha) / dt(self.size))
+            padded = self._channel_padded('sqpad', x)
             self.scale = self._buf('scale', x)
-            self.scale[...] = dt(self.k)
-            self._window_sum(squares, 'sqpad', self.scale)
-            self.factor = self._buf('factor', x)
-            xp.power(self.scale, dt(-self.beta), out=self.factor)
+            c, pre = x.shape[1], self.pre_pad
+            alpha_over_size, k, power = dt(dt(self.alpha) / dt(self.size)), dt(self.k), dt(-self.beta)
+
+            def images(part):
+                squares = padded[part, pre:pre + c]
+                xp.multiply(x[part], x[part], out=squares)
+                squares *= alpha_over_size
+                scale = self.scale[part]
+                scale[...] = k
+                for j in range(self.size):
+                    scale += padded[part, j:j + c]
+                xp.power(scale, power, out=self.factor[part])
+                xp.multiply(x[part], self.factor[part], out=y[part])
+            parallel(images, x.shape[0], x.size * self.size, x)
+            return
+        squares = self._buf('sq', x)
+        xp.multiply(x, x, out=squares)
+        self.mean = self._buf('mean', x)
+        self.pool.forward(squares, self.mean)
+        if dt(-self.beta) * dt(self.alpha) == 0:
+            self.factor[...] = 1
         else:
-            squares = self._buf('sq', x)
-            xp.multiply(x, x, out=squares)
-            self.mean = self._buf('mean', x)
-            self.pool.forward(squares, self.mean)
-            self.factor = self._buf('factor', x)
-            if dt(-self.beta) * dt(self.alpha) == 0:
-                self.factor[...] = 1
-            else:
-                base = self.mean * dt(self.alpha) if self.alpha != 1 else self.mean.copy()
-                base += dt(1)
-                xp.power(base, dt(-self.beta), out=self.factor)
+            base = self.mean * dt(self.alpha) if self.alpha != 1 else self.mean.copy()
+            base += dt(1)
+            xp.power(base, dt(-self.beta), out=self.factor)
         xp.multiply(x, self.factor, out=y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         x, y, dy, dx = bottom[0].data, top[0].data, top[0].diff, bottom[0].diff
+        xp = backend.get_array_module(x)
         dt = x.dtype.type
         if self.across:
-            ratio = dy * y
-            ratio /= self.scale
+            padded = self._channel_padded('ratiopad', x)
             accum = self._buf('accum', x)
-            accum[...] = 0
-            self._window_sum(ratio, 'ratiopad', accum)
-            accum *= x
-            accum *= dt(-2.0 * self.alpha * self.beta / self.size)
-            dx[...] = dy * self.factor
-            dx += accum
+            c, pre = x.shape[1], self.pre_pad
+            cache_ratio = dt(-2.0 * self.alpha * self.beta / self.size)
+
+            def images(part):
+                ratio = padded[part, pre:pre + c]
+                xp.multiply(dy[part], y[part], out=ratio)
+                ratio /= self.scale[part]
+                acc = accum[part]
+                acc[...] = 0
+                for j in range(self.size):
+                    acc += padded[part, j:j + c]
+                acc *= x[part]
+                acc *= cache_ratio
+                xp.multiply(dy[part], self.factor[part], out=dx[part])
+                dx[part] += acc
+            parallel(images, x.shape[0], x.size * self.size, x)
             return
         # WITHIN_CHANNEL: Caffe's split -> square -> AVE pool -> power -> product, backwards
         d_factor = x * dy
