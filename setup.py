@@ -1,5 +1,10 @@
 """caffe-py: a pip-installable reimplementation of BVLC Caffe on NumPy and CuPy."""
+import os
+
 from setuptools import find_packages, setup
+
+# kernels/*.cu ship inside the package as caffe_py.kernels (loaded by CuPy in GPU mode)
+KERNELS = ['caffe_py.kernels'] if os.path.isdir('kernels') else []
 
 setup(
     name='caffe-py',
@@ -9,7 +14,7 @@ setup(
     long_description_content_type='text/markdown',
     license='BSD-2-Clause',
     python_requires='>=3.10',
-    packages=find_packages(include=['caffe_py', 'caffe_py.*']) + ['caffe_py.kernels'],
+    packages=find_packages(include=['caffe_py', 'caffe_py.*']) + KERNELS,
     package_dir={'caffe_py.kernels': 'kernels'},
     package_data={'caffe_py.kernels': ['*.cu']},
     install_requires=[
