@@ -5,6 +5,7 @@ dilation along each spatial axis and the input and output extents. It pads an
 input into a reusable buffer, exposes every patch as one strided view
 (N, C, *kernel, *out) without copying, and adds patch-shaped arrays back into a
 padded image with one vectorised add per kernel offset (Caffe's col2im).
+`parallel`/`split_apply` run element-wise work in slices on all cores.
 """
 import itertools
 import os
@@ -121,10 +122,16 @@ class Buffers:
 
 
 
+def _cores():
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 # NumPy releases the GIL inside its loops: element-wise work on big arrays is split over the cores
-CORES = min(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1, 4)
+CORES = min(_cores(), 4)
 MIN_PARALLEL = 1 << 17
-_executor = []
+_executor = None
 
 
 def parallel(fn, count, work, like):
@@ -133,14 +140,15 @@ def parallel(fn, count, work, like):
     Serial for CuPy arrays, one core, or less than MIN_PARALLEL elements of `work`.
     `fn` must only touch its own rows and must not call parallel itself.
     """
+    global _executor
     parts = min(CORES, count)
     if parts < 2 or work < MIN_PARALLEL or not isinstance(like, np.ndarray):
         fn(slice(0, count))
         return
-    if not _executor:
-        _executor.append(ThreadPoolExecutor(CORES - 1, thread_name_prefix='caffe_py'))
+    if _executor is None:
+        _executor = ThreadPoolExecutor(CORES - 1, thread_name_prefix='caffe_py')
     bounds = [count * i // parts for i in range(parts + 1)]
-    futures = [_executor[0].submit(fn, slice(bounds[i], bounds[i + 1])) for i in range(1, parts)]
+    futures = [_executor.submit(fn, slice(bounds[i], bounds[i + 1])) for i in range(1, parts)]
     fn(slice(bounds[0], bounds[1]))
     for future in futures:
         future.result()

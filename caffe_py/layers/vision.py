@@ -4,6 +4,7 @@ The CPU path works on whole minibatches: im2col is one strided-view copy into a
 channel-major column buffer (C*k, n*P), each group is one GEMM, col2im is one
 vectorised add per kernel offset, and pooling loops over kernel offsets only.
 Minibatches whose column buffer would exceed COL_BYTES run in chunks of images.
+Element-wise work is split over the cores (im2col.parallel); BLAS threads itself.
 """
 import math
 
@@ -237,7 +238,7 @@ class _GemmConv:
                 seen = self.padded_images(pad)
             else:
                 seen = self.buffers.get('seen', im.shape, im.dtype, im)
-                seen[...] = im
+                split_apply(assign, seen, im)
             self.col_source = (seen, col)
 
     def cached_col(self, im):
