@@ -449,3 +449,52 @@ class WindowDataLayer(PrefetchingDataLayer):
         log.info('Amount of context padding: %d', param.context_pad)
         log.info('Crop mode: %s', param.crop_mode)
         return images, fg, bg, channels, cached
+
+
+@register('HDF5Output')
+class HDF5OutputLayer(Layer):
+    """Writes its two bottoms to hdf5_output_param.file_name as datasets "data" and "label".
+
+    The file is created (truncated) at setup, as Caffe does. Caffe can write only
+    one batch (a second forward fails on the existing datasets); here every
+    forward appends its rows, so a `caffe-py test` run collects all its batches.
+    Shapes are stored as Caffe's legacy 4-d (num, channels, height, width).
+    """
+    exact_num_bottom = 2
+    exact_num_top = 0
+
+    def setup(self, bottom, top):
+        import h5py
+        self.file_name = self.layer_param.hdf5_output_param.file_name
+        try:
+            self._file = h5py.File(self.file_name, 'w')
+        except OSError as exc:
+            raise self.error('Failed to open HDF5 file %s: %s' % (self.file_name, exc)) from None
+
+    def reshape(self, bottom, top):
+        if bottom[0].num != bottom[1].num:
+            raise self.error('data and label must have the same batch size (%d vs %d)'
+                             % (bottom[0].num, bottom[1].num))
+
+    def forward(self, bottom, top):
+        log.info('Saving HDF5 file %s', self.file_name)
+        for name, blob in (('data', bottom[0]), ('label', bottom[1])):
+            rows = backend.to_numpy(blob.data).reshape(
+                (blob.num, blob.channels, blob.height, blob.width)).astype(np.float32)
+            if name not in self._file:
+                self._file.create_dataset(name, data=rows, maxshape=(None,) + rows.shape[1:])
+            else:
+                dataset = self._file[name]
+                if dataset.shape[1:] != rows.shape[1:]:
+                    raise self.error('%s rows of shape %s cannot join rows of shape %s in %s'
+                                     % (name, rows.shape[1:], dataset.shape[1:], self.file_name))
+                start = dataset.shape[0]
+                dataset.resize(start + rows.shape[0], axis=0)
+                dataset[start:] = rows
+        self._file.flush()
+        log.info('Successfully saved %d rows', bottom[0].num)
+
+    def close(self):
+        if getattr(self, '_file', None) is not None:
+            self._file.close()
+            self._file = None
