@@ -1,25 +1,71 @@
-"""Compute mode and device: which array module (NumPy or CuPy) new blobs live in."""
+"""Compute mode and device: which array module (NumPy or CuPy) new blobs live in.
+
+GPU mode needs CuPy and a CUDA device; without them `set_mode_gpu()` raises a
+ModeError with one readable line. Blobs, layers and nets created in GPU mode
+keep their arrays on the device (see caffe_py.blob); switch the mode before
+building nets, as pycaffe scripts do.
+
+float32 matrix products go through cuBLAS in full float32. TF32 tensor cores
+(faster, about 3 decimal digits in the products' inputs) are used only when
+the environment variable CAFFE_PY_ALLOW_TF32=1 is set when GPU mode starts:
+results then differ from the CPU's and from Caffe's beyond the usual float32
+rounding.
+
+Tests may stand a fake device module in for CuPy with `use_device_module`.
+"""
+import os
+
 import numpy as np
 
-_state = {'mode': 'cpu', 'device': 0}
+_state = {'mode': 'cpu', 'device': 0, 'module': None}   # module: CuPy (or its stand-in) once checked
+_device = {'module': None}      # a stand-in for cupy (tests), or None: import cupy
 
 
 class ModeError(RuntimeError):
     """Asking for the GPU where CuPy or a CUDA device is missing."""
 
 
-def _cupy():
+def use_device_module(module):
+    """Use `module` in place of CuPy (a test double); None restores CuPy. Returns the previous one."""
+    previous, _device['module'] = _device['module'], module
+    _state['module'] = None
+    return previous
+
+
+def device_module():
+    """CuPy (or its stand-in) after checking once that a CUDA device is there; ModeError otherwise."""
+    module = _state['module']
+    if module is None:
+        module = _state['module'] = _check_device_module()
+    return module
+
+
+def _check_device_module():
+    module = _device['module']
+    if module is None:
+        try:
+            import cupy as module
+        except ImportError as exc:
+            raise ModeError('GPU mode needs CuPy (pip install caffe-py[gpu]): %s' % exc) from None
     try:
-        import cupy
-    except ImportError as exc:
-        raise ModeError('GPU mode needs CuPy (pip install caffe-py[gpu]): %s' % exc) from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
+        count = module.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken
-        raise ModeError('GPU mode needs a CUDA device: %s' % exc) from None
+        raise ModeError('GPU mode needs a CUDA device: %s' % _first_line(exc)) from None
     if count == 0:
         raise ModeError('GPU mode needs a CUDA device: none found')
-    return cupy
+    return module
+
+
+def _first_line(exc):
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _use(module, device_id):
+    count = module.cuda.runtime.getDeviceCount()
+    if not 0 <= device_id < count:
+        raise ModeError('GPU %d does not exist (found %d device(s))' % (device_id, count))
+    module.cuda.Device(device_id).use()
 
 
 def set_mode_cpu():
@@ -27,19 +73,18 @@ def set_mode_cpu():
 
 
 def set_mode_gpu():
-    cupy = _cupy()
-    cupy.cuda.Device(_state['device']).use()
+    """Compute on the current device (set_device) from now on; ModeError without CuPy or a device."""
+    module = device_module()
+    _use(module, _state['device'])
+    set_tf32(allow_tf32())
     _state['mode'] = 'gpu'
 
 
 def set_device(device_id):
+    """Select the CUDA device for GPU mode (checked now when CuPy is there or the id is not 0)."""
     device_id = int(device_id)
     if _state['mode'] == 'gpu' or device_id != 0:
-        cupy = _cupy()
-        count = cupy.cuda.runtime.getDeviceCount()
-        if not 0 <= device_id < count:
-            raise ModeError('GPU %d does not exist (found %d device(s))' % (device_id, count))
-        cupy.cuda.Device(device_id).use()
+        _use(device_module(), device_id)
     _state['device'] = device_id
 
 
@@ -51,27 +96,54 @@ def device():
     return _state['device']
 
 
+def allow_tf32():
+    """Whether CAFFE_PY_ALLOW_TF32 asks for TF32 tensor-core matrix products."""
+    return os.environ.get('CAFFE_PY_ALLOW_TF32', '0').strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def set_tf32(allow):
+    """Set CuPy's float32 matmul compute type: TF32 when `allow`, else full float32."""
+    module = device_module()
+    linalg = getattr(getattr(module, '_core', None), '_routines_linalg', None)
+    if linalg is None:        # a stand-in module, or a CuPy without the setting
+        return
+    kind = 'COMPUTE_TYPE_TF32' if allow else 'COMPUTE_TYPE_DEFAULT'
+    linalg.set_compute_type(np.float32, getattr(linalg, kind, 7 if allow else 1))
+
+
 def xp():
     """The array module for arrays created now."""
     if _state['mode'] == 'gpu':
-        import cupy
-        return cupy
+        return _state['module']
     return np
 
 
 def get_array_module(array):
-    """numpy or cupy, whichever owns `array`."""
-    if isinstance(array, np.ndarray):
+    """numpy or the device module, whichever owns `array`."""
+    if isinstance(array, np.ndarray) and not is_device_array(array):
         return np
-    import cupy
-    return cupy.get_array_module(array)
+    return device_module().get_array_module(array)
+
+
+def is_device_array(array):
+    """Whether `array` lives on the device (a CuPy array or the stand-in's)."""
+    if isinstance(array, np.ndarray):
+        module = _device['module']
+        return module is not None and isinstance(array, module.ndarray)
+    return hasattr(array, 'device') and hasattr(array, 'get')
 
 
 def to_numpy(array):
-    """A host (NumPy) copy or view of a NumPy or CuPy array."""
-    if isinstance(array, np.ndarray):
-        return array
-    return array.get()
+    """A host (NumPy) copy or view of a NumPy or device array."""
+    if is_device_array(array):
+        return array.get()
+    return array
+
+
+def synchronize():
+    """Wait for the device's queued work (no-op in CPU mode)."""
+    if _state['mode'] == 'gpu':
+        device_module().cuda.runtime.deviceSynchronize()
 
 
 _rng = {'gen': np.random.default_rng()}

@@ -1,13 +1,66 @@
 """Blob: an N-d array of data with a diff of the same shape, as Caffe's Blob.
 
-The storage is a flat buffer that only grows: reshaping to a count within the
+Data and diff are each a SyncedMemory, as in Caffe: a flat host (NumPy) buffer
+and, for a blob made in GPU mode, a flat device buffer, with a head telling
+which copy is current. The buffers only grow: reshaping to a count within the
 capacity keeps the memory (and its contents), as Caffe's Blob::Reshape does.
+
+A blob made in GPU mode faces the device: its `.data`/`.diff` are device
+arrays, which layers and solvers compute on. `host_view()` is its pycaffe
+surface, the same blob with NumPy `.data`/`.diff` (Net.blobs, Net.params and
+Python layers hand these out). Taking either side's array syncs it from the
+other side only when that side is ahead, and makes its side the head (the
+array may be written, as with pycaffe's mutable_cpu_data); `read_data()` and
+`read_diff()` give read-only host copies that leave the device the head.
 """
 import numpy as np
 
 from . import backend
 
 MAX_BLOB_AXES = 32
+HOST, DEVICE, SYNCED = 'host', 'device', 'synced'
+
+
+class SyncedMemory:
+    """`size` values of `dtype` on the host and, once needed, on the device of `module`."""
+
+    __slots__ = ('size', 'dtype', 'module', 'host', 'device', 'head')
+
+    def __init__(self, size, dtype, module=None):
+        """Zeros on the host, or on the device when `module` (CuPy or a stand-in) is given."""
+        self.size, self.dtype, self.module = size, dtype, module
+        self.host = self.device = None
+        if module is None:
+            self.host = np.zeros(size, dtype)
+            self.head = HOST
+        else:
+            self.device = module.zeros(size, dtype)
+            self.head = DEVICE
+
+    def buffer(self, side):
+        """The flat buffer of `side`, allocated if missing; its values may be stale (see `get`)."""
+        if side is HOST:
+            if self.host is None:
+                self.host = np.empty(self.size, self.dtype)
+            return self.host
+        if self.device is None:
+            self.module = self.module or backend.device_module()
+            self.device = self.module.empty(self.size, self.dtype)
+        return self.device
+
+    def get(self, side, write=True):
+        """The current flat buffer of `side`: copied from the other side only if that one is
+        ahead; `write` makes `side` the head (the other copy is stale from then on)."""
+        buffer = self.buffer(side)
+        if self.head is not side and self.head is not SYNCED:
+            if side is HOST:
+                self.device.get(out=buffer)
+            else:
+                buffer.set(self.host)
+            self.head = SYNCED
+        if write:
+            self.head = side
+        return buffer
 
 
 class Blob:
@@ -16,12 +69,15 @@ class Blob:
     def __init__(self, shape=None, dtype=np.float32, xp=None):
         self.dtype = np.dtype(dtype)
         self._xp = xp or backend.xp()
+        self._module = None if self._xp is np else self._xp
+        self._side = HOST if self._module is None else DEVICE
+        self._host_view = self if self._module is None else HostView(self)
         self._shape = ()
-        self._data_buf = self._xp.zeros(0, self.dtype)
-        self._diff_buf = self._xp.zeros(0, self.dtype)
-        self._data = self._data_buf
-        self._diff = self._diff_buf
         self._count = 0
+        self._data_mem = SyncedMemory(0, self.dtype, self._module)
+        self._diff_mem = SyncedMemory(0, self.dtype, self._module)
+        self._data = self._shaped(self._data_mem, self._side)
+        self._diff = self._shaped(self._diff_mem, self._side)
         if shape is not None:
             self.reshape(shape)
 
@@ -36,17 +92,20 @@ class Blob:
         if any(s < 0 for s in shape):
             raise ValueError('blob shape %s has a negative dimension' % (shape,))
         count = int(np.prod(shape, dtype=np.int64))
-        if count > self._data_buf.size:
-            self._data_buf = self._xp.zeros(count, self.dtype)
-        if count > self._diff_buf.size:
-            self._diff_buf = self._xp.zeros(count, self.dtype)
+        if count > self._data_mem.size:
+            self._data_mem = SyncedMemory(count, self.dtype, self._module)
+        if count > self._diff_mem.size:
+            self._diff_mem = SyncedMemory(count, self.dtype, self._module)
         self._shape = shape
         self._count = count
-        self._data = self._data_buf[:count].reshape(shape)
-        self._diff = self._diff_buf[:count].reshape(shape)
+        self._data = self._shaped(self._data_mem, self._side)
+        self._diff = self._shaped(self._diff_mem, self._side)
 
     def reshape_like(self, other):
         self.reshape(other.shape)
+
+    def _shaped(self, mem, side):
+        return _view(mem.buffer(side), self._count, self._shape)
 
     @property
     def shape(self):
@@ -92,35 +151,65 @@ class Blob:
     # -- data -------------------------------------------------------------
     @property
     def data(self):
+        mem = self._data_mem
+        if mem.head is not self._side:
+            mem.get(self._side)
         return self._data
 
     @data.setter
     def data(self, value):
-        self._data[...] = value
+        self.data[...] = self._xp.asarray(value)
 
     @property
     def diff(self):
+        mem = self._diff_mem
+        if mem.head is not self._side:
+            mem.get(self._side)
         return self._diff
 
     @diff.setter
     def diff(self, value):
-        self._diff[...] = value
+        self.diff[...] = self._xp.asarray(value)
 
     @property
     def xp(self):
+        """The array module of `.data`/`.diff`: numpy, or cupy for a blob on the device."""
         return self._xp
+
+    @property
+    def on_device(self):
+        return self._module is not None
+
+    def host_view(self):
+        """This blob with host (NumPy) `.data`/`.diff`: the blob itself unless it is on the device."""
+        return self._host_view
+
+    def read_data(self):
+        """A read-only host array of the data, copied from the device only if it is ahead there."""
+        return self._read(self._data_mem)
+
+    def read_diff(self):
+        """A read-only host array of the diff, copied from the device only if it is ahead there."""
+        return self._read(self._diff_mem)
+
+    def _read(self, mem):
+        view = _view(mem.get(HOST, write=False), self._count, self._shape)
+        view.flags.writeable = False
+        return view
 
     def share_data(self, other):
         """Use `other`'s data memory (same count), as Caffe's ShareData."""
+        other = _blob(other)
         self._check_share(other)
-        self._data_buf = other._data_buf
-        self._data = other._data_buf[:self._count].reshape(self._shape)
+        self._data_mem = other._data_mem
+        self._data = self._shaped(self._data_mem, self._side)
 
     def share_diff(self, other):
         """Use `other`'s diff memory (same count), as Caffe's ShareDiff."""
+        other = _blob(other)
         self._check_share(other)
-        self._diff_buf = other._diff_buf
-        self._diff = other._diff_buf[:self._count].reshape(self._shape)
+        self._diff_mem = other._diff_mem
+        self._diff = self._shaped(self._diff_mem, self._side)
 
     def _check_share(self, other):
         if other.count != self._count:
@@ -128,13 +217,66 @@ class Blob:
                              % (other.count, self._count))
 
     def asum_data(self):
-        return float(self._xp.abs(self._data).sum())
+        return float(self._xp.abs(self.data).sum())
 
     def sumsq_data(self):
-        return float((self._data.astype(np.float64) ** 2).sum())
+        return float((self.data.astype(np.float64) ** 2).sum())
 
     def sumsq_diff(self):
-        return float((self._diff.astype(np.float64) ** 2).sum())
+        return float((self.diff.astype(np.float64) ** 2).sum())
 
     def __repr__(self):
-        return 'Blob(%s)' % (self._shape,)
+        return 'Blob(%s%s)' % (self._shape, ', on the device' if self.on_device else '')
+
+
+class HostView:
+    """The host side of a blob on the device: pycaffe's Blob, whose `.data`/`.diff` are NumPy
+    arrays; shape and everything else are the blob's own."""
+
+    __slots__ = ('blob',)
+    xp = np
+    on_device = False
+
+    def __init__(self, blob):
+        self.blob = blob
+
+    @property
+    def data(self):
+        blob = self.blob
+        return _view(blob._data_mem.get(HOST), blob.count, blob.shape)
+
+    @data.setter
+    def data(self, value):
+        self.data[...] = value
+
+    @property
+    def diff(self):
+        blob = self.blob
+        return _view(blob._diff_mem.get(HOST), blob.count, blob.shape)
+
+    @diff.setter
+    def diff(self, value):
+        self.diff[...] = value
+
+    def host_view(self):
+        return self
+
+    def __getattr__(self, name):
+        if name == 'blob':            # not yet set (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self.blob, name)
+
+    def __repr__(self):
+        return 'Blob(%s, host view)' % (self.blob.shape,)
+
+
+def _view(buffer, count, shape):
+    """The first `count` values of a flat buffer in `shape` (a blob never shaped: empty, 1-d)."""
+    if not count and not shape:
+        return buffer[:0]
+    return buffer[:count].reshape(shape)
+
+
+def _blob(blob):
+    """The Blob behind a host view."""
+    return blob.blob if isinstance(blob, HostView) else blob

@@ -280,7 +280,8 @@ class Net:
         for name in sorted(available):
             log.info('This network produces output %s', name)
         self._share_weights()
-        self.blobs = OrderedDict(zip(self._blob_names, self._blobs))
+        # pycaffe's surface: host views (the blobs themselves unless they are on the device)
+        self.blobs = OrderedDict((name, blob.host_view()) for name, blob in zip(self._blob_names, self._blobs))
         self._layer_index = {name: i for i, name in enumerate(self._layer_names)}
         log.info('Network initialization done.')
 
@@ -391,9 +392,9 @@ class Net:
     # -- pycaffe's read-only views ---------------------------------------------
     @property
     def params(self):
-        """layer name -> list of its parameter Blobs, for layers that have any."""
-        return OrderedDict((name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
-                           if layer.blobs)
+        """layer name -> list of its parameter Blobs (host views on the GPU), for layers that have any."""
+        return OrderedDict((name, _host_views(layer.blobs)) for name, layer
+                           in zip(self._layer_names, self.layers) if layer.blobs)
 
     @property
     def layer_dict(self):
@@ -622,7 +623,7 @@ class Net:
             lp.CopyFrom(layer.layer_param)
             del lp.blobs[:]
             for blob in layer.blobs:
-                formats.array_to_blob(_host(blob.data), _host(blob.diff) if write_diff else None,
+                formats.array_to_blob(blob.read_data(), blob.read_diff() if write_diff else None,
                                       blob=lp.blobs.add())
         return param
 
@@ -642,9 +643,9 @@ class Net:
                 dgroup = diff.create_group(layer.name) if write_diff else None
                 for k, blob in enumerate(layer.blobs):
                     if self._param_owners[self.param_id_vecs[layer_id][k]] == -1:
-                        group.create_dataset(str(k), data=_host(blob.data))
+                        group.create_dataset(str(k), data=blob.read_data())
                     if write_diff:
-                        dgroup.create_dataset(str(k), data=_host(blob.diff))
+                        dgroup.create_dataset(str(k), data=blob.read_diff())
         formats.write_hdf5(path, write)
 
     def share_with(self, other):
@@ -664,8 +665,11 @@ class Net:
                 mine.share_data(theirs)
 
 
-def _host(array):
-    return array if isinstance(array, np.ndarray) else array.get()
+def _host_views(blobs):
+    """`blobs` as pycaffe shows them: the list itself on the CPU, host views of device blobs."""
+    if blobs and blobs[0].on_device:
+        return [blob.host_view() for blob in blobs]
+    return blobs
 
 
 def _shape_equals(proto, shape):

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from .. import backend
 from ..blob import Blob
 from ..layer import Layer, LayerError, register
 
@@ -40,6 +41,34 @@ class BlobVec(list):
         self.append(Blob(shape, dtype=self.dtype))
 
 
+class HostBlobVec:
+    """What the user's layer sees of a BlobVec of device blobs: their host views (pycaffe's Blobs)."""
+
+    def __init__(self, blobs):
+        self._blobs = blobs
+
+    def add_blob(self, *shape):
+        self._blobs.add_blob(*shape)
+
+    def __len__(self):
+        return len(self._blobs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [blob.host_view() for blob in self._blobs[index]]
+        return self._blobs[index].host_view()
+
+    def __iter__(self):
+        return (blob.host_view() for blob in self._blobs)
+
+
+def _host(blobs):
+    """The user's code sees host (NumPy) blobs, as pycaffe's; device blobs are shown by their host views."""
+    if any(blob.on_device for blob in blobs):
+        return [blob.host_view() for blob in blobs]
+    return blobs
+
+
 @register('Python')
 class PythonLayer(Layer):
     """Runs the user's layer object; attributes it has and this layer lacks read through to it."""
@@ -53,22 +82,22 @@ class PythonLayer(Layer):
         self.blobs = BlobVec(self.blobs, self.dtype)
         cls = self._call('loading', _find_class, param.module, param.layer)
         impl = self._call('creating the layer', _instantiate, cls, layer_param)
-        impl.blobs = self.blobs
+        impl.blobs = self.blobs if backend.mode() == 'cpu' else HostBlobVec(self.blobs)
         impl.param_str = param.param_str
         impl.phase = self.phase
         self.impl = impl
 
     def setup(self, bottom, top):
-        self._call('setup', self.impl.setup, bottom, top)
+        self._call('setup', self.impl.setup, _host(bottom), _host(top))
 
     def reshape(self, bottom, top):
-        self._call('reshape', self.impl.reshape, bottom, top)
+        self._call('reshape', self.impl.reshape, _host(bottom), _host(top))
 
     def forward(self, bottom, top):
-        self._call('forward', self.impl.forward, bottom, top)
+        self._call('forward', self.impl.forward, _host(bottom), _host(top))
 
     def backward(self, top, propagate_down, bottom):
-        self._call('backward', self.impl.backward, top, list(propagate_down), bottom)
+        self._call('backward', self.impl.backward, _host(top), list(propagate_down), _host(bottom))
 
     def __getattr__(self, name):
         # only reached for names this layer lacks: the user's methods and attributes

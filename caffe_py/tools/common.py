@@ -56,8 +56,7 @@ def get_gpus(flag):
     if not flag:
         return []
     if flag == 'all':
-        cupy = _cupy()
-        return list(range(cupy.cuda.runtime.getDeviceCount()))
+        return list(range(backend.device_module().cuda.runtime.getDeviceCount()))
     try:
         return [int(part) for part in flag.split(',')]
     except ValueError:
@@ -75,20 +74,12 @@ def use_gpu(gpus):
 
 def device_properties(device_id):
     """cudaGetDeviceProperties of a device as a dict."""
-    return _cupy().cuda.runtime.getDeviceProperties(device_id)
+    return backend.device_module().cuda.runtime.getDeviceProperties(device_id)
 
 
 def device_name(device_id):
     name = device_properties(device_id)['name']
     return name.decode() if isinstance(name, bytes) else str(name)
-
-
-def _cupy():
-    try:
-        import cupy
-    except ImportError as exc:
-        raise backend.ModeError('GPU use needs CuPy (pip install caffe-py[gpu]): %s' % exc) from None
-    return cupy
 
 
 def get_phase(flag, default):
