@@ -6,7 +6,7 @@ CPU path works on whole blobs (views reshaped to (outer, axis, inner)).
 """
 import numpy as np
 
-from .. import fillers
+from .. import fillers, gpu
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from .neuron import scratch
@@ -21,12 +21,19 @@ def _axis(layer, blob, axis):
 
 
 def _scatter_add(xp, target, indices, values):
-    """target[indices] += values, adding repeated indices up."""
+    """target[indices] += values, adding repeated indices up in their order (on the GPU too: a
+    gather per table entry, no atomics)."""
     if xp is np:
         np.add.at(target, indices, values)
-    else:
-        import cupyx
-        cupyx.scatter_add(target, indices, values)
+        return
+    n, rows = indices.size, target.shape[0]
+    order = xp.argsort(indices * n + xp.arange(n))          # by index, then position
+    placed = indices[order]
+    every_row = xp.arange(rows)
+    start = xp.searchsorted(placed, every_row, side='left').astype(np.int32)
+    end = xp.searchsorted(placed, every_row, side='right').astype(np.int32)
+    gpu.kernel('embed.cu', 'embed_backward', target.dtype)(
+        target.size, values, order.astype(np.int32), start, end, target.shape[1], target)
 
 
 def _share(top, bottom):

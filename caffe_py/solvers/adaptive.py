@@ -6,7 +6,7 @@ and weight decay; the result is left in the parameter diff.
 """
 import numpy as np
 
-from .sgd import SGDSolver
+from .sgd import SGDSolver, device_update
 from .solver import SolverError
 
 f32 = np.float32
@@ -27,6 +27,10 @@ class AdaGradSolver(SGDSolver):
         blob = self.net.learnable_params[param_id]
         xp, g = blob.xp, blob.diff
         history = self.history[param_id]
+        if xp is not np:
+            device_update('adagrad_update', blob, history, f32(self.param.delta),
+                          self.local_rate(param_id, rate))
+            return
         update = self.buffer('update', param_id)
         xp.multiply(g, g, out=update)
         history += update
@@ -53,8 +57,12 @@ class RMSPropSolver(SGDSolver):
         blob = self.net.learnable_params[param_id]
         xp, g = blob.xp, blob.diff
         history = self.history[param_id]
-        update = self.buffer('update', param_id)
         rms_decay = f32(self.param.rms_decay)
+        if xp is not np:
+            device_update('rmsprop_update', blob, history, rms_decay, f32(1) - rms_decay,
+                          f32(self.param.delta), self.local_rate(param_id, rate))
+            return
+        update = self.buffer('update', param_id)
         xp.multiply(g, g, out=update)
         update *= f32(1) - rms_decay
         history *= rms_decay
@@ -79,10 +87,14 @@ class AdaDeltaSolver(SGDSolver):
         xp, g = blob.xp, blob.diff
         grad_history = self.history[param_id]
         step_history = self.history[len(self.net.learnable_params) + param_id]
-        update = self.buffer('update', param_id)
-        temp = self.buffer('temp', param_id)
         momentum = f32(self.param.momentum)
         delta = f32(self.param.delta)
+        if xp is not np:
+            device_update('adadelta_update', blob, grad_history, step_history, momentum,
+                          f32(1) - momentum, delta, self.local_rate(param_id, rate))
+            return
+        update = self.buffer('update', param_id)
+        temp = self.buffer('temp', param_id)
         xp.multiply(g, g, out=update)
         update *= f32(1) - momentum
         grad_history *= momentum
@@ -113,11 +125,15 @@ class AdamSolver(SGDSolver):
         xp, g = blob.xp, blob.diff
         m = self.history[param_id]
         v = self.history[len(self.net.learnable_params) + param_id]
-        temp = self.buffer('temp', param_id)
         beta1, beta2 = f32(self.param.momentum), f32(self.param.momentum2)
         t = self.iter + 1
         # pow(float, int) runs in double in C++; the quotient is stored as float
         correction = f32(np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
+        if xp is not np:
+            device_update('adam_update', blob, m, v, beta1, f32(1) - beta1, beta2, f32(1) - beta2,
+                          f32(self.param.delta), self.local_rate(param_id, rate) * correction)
+            return
+        temp = self.buffer('temp', param_id)
         xp.multiply(g, f32(1) - beta1, out=temp)
         m *= beta1
         m += temp

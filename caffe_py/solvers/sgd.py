@@ -3,12 +3,15 @@
 SGDSolver also holds what every Caffe solver shares: the learning rate,
 gradient clipping, iter_size normalization, L2/L1 weight decay, and the
 solver state (history blobs) that snapshots write and restores read.
+In GPU mode the parameters and histories stay on the device; each update
+rule is one fused kernel there (kernels/solver_updates.cu) that rounds as
+the CPU path does.
 """
 import os
 
 import numpy as np
 
-from .. import backend, formats, log
+from .. import backend, formats, gpu, log
 from ..proto import caffe_pb2
 from .lr_policies import learning_rate
 from .solver import Solver, SolverError
@@ -104,6 +107,10 @@ class SGDSolver(Solver):
     def compute_update_value(self, param_id, rate):
         blob = self.net.learnable_params[param_id]
         history = self.history[param_id]
+        if blob.xp is not np:
+            device_update('sgd_update', blob, history, f32(self.param.momentum),
+                          self.local_rate(param_id, rate))
+            return
         diff = blob.diff
         diff *= self.local_rate(param_id, rate)
         history *= f32(self.param.momentum)
@@ -190,8 +197,12 @@ class NesterovSolver(SGDSolver):
     def compute_update_value(self, param_id, rate):
         blob = self.net.learnable_params[param_id]
         history = self.history[param_id]
-        previous = self.buffer('update', param_id)
         momentum = f32(self.param.momentum)
+        if blob.xp is not np:
+            device_update('nesterov_update', blob, history, momentum, f32(1) + momentum,
+                          self.local_rate(param_id, rate))
+            return
+        previous = self.buffer('update', param_id)
         diff = blob.diff
         previous[...] = history
         diff *= self.local_rate(param_id, rate)
@@ -200,6 +211,11 @@ class NesterovSolver(SGDSolver):
         blob.xp.multiply(history, f32(1) + momentum, out=diff)
         previous *= momentum
         diff -= previous
+
+
+def device_update(name, blob, *args):
+    """Run the fused update kernel `name` of kernels/solver_updates.cu on a parameter's diff."""
+    gpu.kernel('solver_updates.cu', name, blob.dtype)(blob.count, blob.diff, *args)
 
 
 def _hdf5_string(group, name, text):

@@ -269,7 +269,7 @@ class Solver:
         index = 0
         for name in self.net.outputs:
             weight = f32(self.net.blob_loss_weights[name])
-            for value in backend.to_numpy(self.net.blobs[name].data).ravel():
+            for value in self.net.blobs[name].read_data().ravel():
                 log.info('    Train net output #%d: %s = %s%s', index, name, fmt(value),
                          _loss_suffix(weight, value))
                 index += 1
@@ -339,7 +339,7 @@ class Solver:
             iter_loss = test_net.forward_from_to()
             if p.test_compute_loss:
                 loss += f32(iter_loss)
-            values = [backend.to_numpy(test_net.blobs[name].data).ravel() for name in test_net.outputs]
+            values = [test_net.blobs[name].read_data().ravel() for name in test_net.outputs]
             batch = np.concatenate(values).astype(f32) if values else np.zeros(0, f32)
             if scores is None:
                 scores = batch

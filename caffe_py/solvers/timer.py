@@ -10,9 +10,7 @@ from .. import backend
 
 
 def _sync():
-    if backend.mode() == 'gpu':
-        import cupy
-        cupy.cuda.runtime.deviceSynchronize()
+    backend.synchronize()
 
 
 class Timer:
