@@ -7,9 +7,10 @@ that gathers from and scatters into (outer, classes, inner) views.
 """
 import numpy as np
 
-from .. import formats
+from .. import formats, gpu
 from ..layer import Layer, create_layer, register
 from ..proto import caffe_pb2
+from .neuron import scratch
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # SoftmaxWithLoss's clamp before the log
 LOG_THRESHOLD = 1e-20                        # Caffe's kLOG_THRESHOLD (other losses)
@@ -167,6 +168,9 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         xp = bottom[0].xp
         prob = self._prob_blob(top)
         self.softmax.forward([bottom[0]], [prob])
+        if xp is not np:
+            self._device_forward(xp, bottom, top, prob)
+            return
         p = prob.data.reshape(self.shape3())
         self.labels = labels = _Labels(self, bottom[1], self.outer, self.inner, self.classes,
                                        self.ignore_label())
@@ -179,11 +183,30 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         self.refuse_backward(propagate_down)
         if not propagate_down[0]:
             return
+        if bottom[0].xp is not np:
+            ignore = self.ignore_label()
+            gpu.kernel('softmax_loss.cu', 'softmax_loss_backward', self.dtype)(
+                bottom[0].count, self._prob_blob(top).data, bottom[1].data, self.classes, self.inner,
+                ignore is not None, ignore or 0, top[0].diff, self.norm, bottom[0].diff)
+            return
         dx = bottom[0].diff.reshape(self.shape3())
         dx[...] = self._prob_blob(top).data.reshape(self.shape3())
         dx[self.labels.at] -= 1
         self.labels.mask(dx)
         dx *= top[0].diff.reshape(()) / self.norm
+
+    def _device_forward(self, xp, bottom, top, prob):
+        """The loss by kernels/softmax_loss.cu: per-position logs and flags, then two sums."""
+        n, ignore = self.outer * self.inner, self.ignore_label()
+        logs = scratch(self, 'logs', (n,), self.dtype, xp)
+        flags = scratch(self, 'flags', (n,), self.dtype, xp)
+        gpu.kernel('softmax_loss.cu', 'softmax_loss_forward', self.dtype)(
+            n, prob.data, bottom[1].data, self.classes, self.inner, ignore is not None, ignore or 0,
+            logs, flags)
+        if n and float(flags.min()) < 0:
+            _Labels(self, bottom[1], self.outer, self.inner, self.classes, ignore)   # raises, naming the labels
+        self.norm = self.normalizer(self.mode, self.outer, self.inner, int(flags.sum()))
+        top[0].data[...] = -logs.sum() / self.norm
 
 
 @register('InfogainLoss')

@@ -5,6 +5,8 @@ channel-major column buffer (C*k, n*P), each group is one GEMM, col2im is one
 vectorised add per kernel offset, and pooling loops over kernel offsets only.
 Minibatches whose column buffer would exceed COL_BYTES run in chunks of images.
 Element-wise work is split over the cores (im2col.parallel); BLAS threads itself.
+On the device, convolution (1-D and 2-D), Im2col, pooling and LRN across channels
+run CUDA kernels instead (vision_gpu).
 """
 import math
 
@@ -13,7 +15,8 @@ import numpy as np
 from .. import backend
 from ..fillers import fill
 from ..layer import Layer, register
-from .im2col import Buffers, Window, assign, conv_out_size, parallel, split_apply
+from . import vision_gpu
+from .im2col import Buffers, Window, assign, conv_out_size, matmul, matmul_add, parallel, split_apply
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
@@ -166,19 +169,19 @@ class _GemmConv:
             # (m*P, C/g) = columns^T x weight^T: a tall product, which threaded OpenBLAS runs well
             buf = buf.reshape(g, m * p, -1)
             for i in range(g):
-                xp.dot(col[i].T, wg[i].T, out=buf[i])
+                matmul(col[i].T, wg[i].T, buf[i])
             if self.batch_last:
                 src = buf.reshape(g, p, m, -1).transpose(2, 0, 3, 1)
             else:
                 src = buf.reshape(g, m, p, -1).transpose(1, 0, 3, 2)
         elif m == 1:
             for i in range(g):
-                xp.dot(wg[i], col[i], out=dst[0, i])
+                matmul(wg[i], col[i], dst[0, i])
             src = dst
         else:
             buf = buf.reshape(g, -1, m * p)
             for i in range(g):
-                xp.dot(wg[i], col[i], out=buf[i])
+                matmul(wg[i], col[i], buf[i])
             if self.batch_last:
                 src = buf.reshape(g, -1, p, m).transpose(3, 0, 1, 2)
             else:
@@ -195,7 +198,7 @@ class _GemmConv:
         for i in range(self.group):
             # computed as the tall (kdim, C/g) product: threaded OpenBLAS can take seconds
             # over the wide (C/g, kdim) one with a long inner dimension
-            wd[i] += xp.dot(col[i], out_cm[i].T).T
+            matmul_add(col[i], out_cm[i].T, wd[i].T)
 
     def col2im(self, weight, out_cm, im, n0, n1):
         """im[n0:n1] = col2im(weight^T x out-side columns)."""
@@ -205,7 +208,7 @@ class _GemmConv:
         col = self.buffers.flat('col', g * self.kdim * out_cm.shape[2], out_cm.dtype, out_cm)
         col = col.reshape(g, self.kdim, -1)
         for i in range(g):
-            xp.dot(wg[i].T, out_cm[i], out=col[i])
+            matmul(wg[i].T, out_cm[i], col[i])
         c = self.in_channels
         if self.is_1x1:
             split_apply(assign, im[n0:n1].swapaxes(0, 1), col.reshape((c, m) + w.out))
@@ -368,7 +371,8 @@ class _ConvolutionBase(Layer):
         key = (tuple(im_size), tuple(out_size))
         if key != self._core_key:
             window = Window(self.kernel, self.stride, self.pad, self.dilation, im_size, out_size)
-            self.core = _GemmConv(window, self.group, self.conv_in, self.conv_out)
+            core = _GemmConv if first.xp is np or self.num_spatial > 2 else vision_gpu.DeviceConv
+            self.core = core(window, self.group, self.conv_in, self.conv_out)
             self._core_key = key
 
     def _bias(self):
@@ -461,6 +465,10 @@ class Im2colLayer(Layer):
         self.window = Window(self.kernel, self.stride, self.pad, self.dilation, spatial, out)
 
     def forward(self, bottom, top):
+        if bottom[0].xp is not np and self.num_spatial <= 2:
+            vision_gpu.im2col_layer(self.window, bottom[0].data.reshape(self.bottom_shape),
+                                    top[0].data.reshape(self.bottom_shape[0], -1))
+            return
         x = self.window.padded_input(bottom[0].data.reshape(self.bottom_shape), self.buffers)
         top[0].data.reshape(self.cols_shape)[...] = self.window.patches(x)
 
@@ -468,6 +476,9 @@ class Im2colLayer(Layer):
         if not propagate_down[0]:
             return
         diff = bottom[0].diff.reshape(self.bottom_shape)
+        if bottom[0].xp is not np and self.num_spatial <= 2:
+            vision_gpu.col2im_layer(self.window, top[0].diff.reshape(diff.shape[0], -1), diff)
+            return
         acc = diff
         if self.window.needs_padding:
             acc = self.buffers.get('acc', diff.shape[:2] + self.window.padded, diff.dtype, diff)
@@ -495,6 +506,7 @@ class Pool2d:
         self.train = train
         self.buffers = Buffers()
         self.shape = None
+        self.device = None       # vision_gpu.DevicePool, for device arrays
 
     def pooled_size(self, height, width):
         """Caffe's pooled (height, width): CEIL or FLOOR, then the last window must start inside."""
@@ -530,7 +542,7 @@ class Pool2d:
             wend = np.minimum(cols + self.kernel[1], w + self.pad[1])
             self.pool_size = ((hend - rows)[:, None] * (wend - cols)[None, :]).astype(np.float64)
             self.code_dtype = np.uint8 if len(self.window.offsets) < 256 else np.int32
-            self.code = self.plane = None
+            self.code = self.plane = self.device = None
         return (n, c) + out
 
     def _views(self, x, fill):
@@ -544,6 +556,12 @@ class Pool2d:
     def forward(self, x, top, mask=None):
         """top (N, C, PH, PW) from x; MAX writes its plane indices to `mask` when given."""
         xp = backend.get_array_module(x)
+        if xp is not np:
+            uniform = None
+            if self.method == STOCHASTIC and self.train:    # the same draw as the CPU's, below
+                uniform = xp.asarray(1.0 - backend.rng().random(top.shape), dtype=top.dtype)
+            self._device().forward(x, top, mask, uniform)
+            return
         if self.method == MAX:
             self._max(xp, x, top)
             if mask is not None:
@@ -605,8 +623,15 @@ class Pool2d:
         parallel(channels, c, top.size * len(views), x)
         self.code, self.plane = code, None
 
+    def _device(self):
+        if self.device is None:
+            self.device = vision_gpu.DevicePool(self)
+        return self.device
+
     def plane_indices(self):
         """Per output, the plane index (h * W + w) its gradient goes to; -1 for none."""
+        if self.device is not None:
+            return self.device.argmax
         if self.plane is None and self.code is not None:
             xp = backend.get_array_module(self.code)
             table = self._on(xp, self.table)
@@ -638,6 +663,9 @@ class Pool2d:
     def backward(self, top_diff, bottom_diff, mask=None):
         """bottom_diff (overwritten) from top_diff; MAX reads `mask` (plane indices) when given."""
         xp = backend.get_array_module(top_diff)
+        if xp is not np:
+            self._device().backward(top_diff, bottom_diff, mask)
+            return
         if self.method == AVE:
             grad = top_diff / self._on(xp, self.pool_size, top_diff.dtype)
             if self.whole:
@@ -882,6 +910,9 @@ class LRNLayer(Layer):
         x, y = bottom[0].data, top[0].data
         xp = backend.get_array_module(x)
         dt = x.dtype.type
+        if self.across and xp is not np:
+            vision_gpu.lrn_forward(self, x, y)
+            return
         self.factor = self._buf('factor', x)
         if self.across:
             padded = self._channel_padded('sqpad', x)
@@ -919,6 +950,9 @@ class LRNLayer(Layer):
         x, y, dy, dx = bottom[0].data, top[0].data, top[0].diff, bottom[0].diff
         xp = backend.get_array_module(x)
         dt = x.dtype.type
+        if self.across and xp is not np:
+            vision_gpu.lrn_backward(self, x, y, dy, dx)
+            return
         if self.across:
             padded = self._channel_padded('ratiopad', x)
             accum = self._buf('accum', x)
