@@ -9,6 +9,7 @@ import numpy as np
 from .. import fillers, gpu
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from .im2col import matmul, matmul_add
 from .neuron import scratch
 
 
@@ -80,27 +81,25 @@ class InnerProductLayer(Layer):
         return w if self.transpose else w.T
 
     def forward(self, bottom, top):
-        xp = bottom[0].xp
         x = bottom[0].data.reshape(self.m, self.k)
         y = top[0].data.reshape(self.m, self.num_output)
-        xp.matmul(x, self._weight_t(), out=y)
+        matmul(x, self._weight_t(), y)
         if self.bias_term:
             y += self.blobs[1].data
 
     def backward(self, top, propagate_down, bottom):
-        xp = bottom[0].xp
         dy = top[0].diff.reshape(self.m, self.num_output)
         if self.param_needs_backward(0):
             x = bottom[0].data.reshape(self.m, self.k)
             if self.transpose:
-                self.blobs[0].diff[...] += xp.matmul(x.T, dy)
+                matmul_add(x.T, dy, self.blobs[0].diff)
             else:
-                self.blobs[0].diff[...] += xp.matmul(dy.T, x)
+                matmul_add(dy.T, x, self.blobs[0].diff)
         if self.bias_term and self.param_needs_backward(1):
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
             w = self.blobs[0].data
-            xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
+            matmul(dy, w.T if self.transpose else w, bottom[0].diff.reshape(self.m, self.k))
 
 
 @register('Concat')

@@ -5,10 +5,13 @@ dilation along each spatial axis and the input and output extents. It pads an
 input into a reusable buffer, exposes every patch as one strided view
 (N, C, *kernel, *out) without copying, and adds patch-shaped arrays back into a
 padded image with one vectorised add per kernel offset (Caffe's col2im).
-`parallel`/`split_apply` run element-wise work in slices on all cores.
+`parallel`/`split_apply` run element-wise work in slices on all cores; `matmul` and
+`matmul_add` split NumPy matrix products over the same cores.
 """
+import ctypes
 import itertools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -170,3 +173,105 @@ def split_apply(fn, out, *args):
 def assign(dst, src):
     """dst[...] = src (a function, for split_apply)."""
     dst[...] = src
+
+
+# -- matrix products -----------------------------------------------------------
+# OpenBLAS's own threads keep spinning on the cores for a while after each threaded product,
+# which slows the element-wise work that follows severalfold. Products of NumPy arrays are
+# therefore split over the cores here, each part a single-threaded BLAS call.
+MIN_SPLIT_GEMM = 1 << 22       # multiply-adds below which a product runs in one piece
+ACCUMULATE_BYTES = 1 << 20     # matmul_add's scratch rows per core, at least 64 of them
+
+
+def _find_openblas():
+    """(get_num_threads, set_num_threads) of the OpenBLAS NumPy loaded, or None."""
+    try:
+        with open('/proc/self/maps') as maps:
+            paths = sorted({line.split()[-1] for line in maps if 'openblas' in line.lower()})
+    except OSError:
+        return None
+    names = ['scipy_openblas_%s_num_threads64_', 'scipy_openblas_%s_num_threads',
+             'openblas_%s_num_threads64_', 'openblas_%s_num_threads']
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            get, put = getattr(lib, name % 'get', None), getattr(lib, name % 'set', None)
+            if get is not None and put is not None:
+                return get, put
+    return None
+
+
+class _SingleThreadedBlas:
+    """A context in which OpenBLAS runs on the calling thread only (nested and thread-safe)."""
+
+    def __init__(self, functions):
+        self.get, self.set = functions
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved = 1
+
+    def __enter__(self):
+        with self.lock:
+            if self.depth == 0:
+                self.saved = self.get()
+                self.set(1)
+            self.depth += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                self.set(self.saved)
+
+
+_openblas = _find_openblas()
+_single_blas = _SingleThreadedBlas(_openblas) if _openblas is not None else None
+
+
+def _ours(out):
+    return _single_blas is not None and isinstance(out, np.ndarray)
+
+
+def _split(out, a):
+    return CORES > 1 and out.size * a.shape[1] >= MIN_SPLIT_GEMM
+
+
+def matmul(a, b, out):
+    """out = a @ b for 2-D arrays (`out` may be a strided view); split along out's longer side."""
+    if not _ours(out):
+        _module(out).matmul(a, b, out=out)
+        return
+    with _single_blas:
+        if not _split(out, a):
+            np.matmul(a, b, out=out)
+        elif out.shape[0] >= out.shape[1]:
+            parallel(lambda rows: np.matmul(a[rows], b, out=out[rows]), out.shape[0], MIN_SPLIT_GEMM, out)
+        else:
+            parallel(lambda cols: np.matmul(a, b[:, cols], out=out[:, cols]), out.shape[1], MIN_SPLIT_GEMM,
+                     out)
+
+
+def matmul_add(a, b, out):
+    """out += a @ b for 2-D arrays, through scratch blocks of rows rather than one temporary
+    the size of `out` (weight gradients of large layers)."""
+    if not _ours(out):
+        out += _module(out).matmul(a, b)
+        return
+    n = out.shape[1]
+    step = max(64, ACCUMULATE_BYTES // max(1, n * out.itemsize))
+
+    def rows(part):
+        start, stop = part.start, part.stop
+        scratch = np.empty((min(step, stop - start), n), out.dtype)
+        for r0 in range(start, stop, step):
+            r1 = min(stop, r0 + step)
+            np.matmul(a[r0:r1], b, out=scratch[:r1 - r0])
+            out[r0:r1] += scratch[:r1 - r0]
+    with _single_blas:
+        if _split(out, a):
+            parallel(rows, out.shape[0], MIN_SPLIT_GEMM, out)
+        else:
+            rows(slice(0, out.shape[0]))

@@ -161,12 +161,11 @@ class _GemmConv:
     def gemm_out(self, weight, col, out_side, n0, n1, bias=None):
         """out_side[n0:n1] = weight x columns (+ bias), written in (num, C, *spatial) order."""
         m, g, p, c = n1 - n0, self.group, self.window.out_count, self.out_channels
-        xp = backend.get_array_module(col)
         wg = weight.reshape(g, -1, self.kdim)
         dst = out_side[n0:n1].reshape(m, g, -1, p)
         buf = self.buffers.flat('gemm', c * m * p, col.dtype, col)
         if m * p <= TALL_GEMM_COLUMNS:
-            # (m*P, C/g) = columns^T x weight^T: a tall product, which threaded OpenBLAS runs well
+            # (m*P, C/g) = columns^T x weight^T: a tall product
             buf = buf.reshape(g, m * p, -1)
             for i in range(g):
                 matmul(col[i].T, wg[i].T, buf[i])
@@ -193,17 +192,14 @@ class _GemmConv:
 
     def weight_grad(self, out_cm, col, weight_diff):
         """weight_diff += out-side (channel-major) x columns^T, per group."""
-        xp = backend.get_array_module(col)
         wd = weight_diff.reshape(self.group, -1, self.kdim)
         for i in range(self.group):
-            # computed as the tall (kdim, C/g) product: threaded OpenBLAS can take seconds
-            # over the wide (C/g, kdim) one with a long inner dimension
+            # computed as the tall (kdim, C/g) product, split over kdim
             matmul_add(col[i], out_cm[i].T, wd[i].T)
 
     def col2im(self, weight, out_cm, im, n0, n1):
         """im[n0:n1] = col2im(weight^T x out-side columns)."""
         m, g, w = n1 - n0, self.group, self.window
-        xp = backend.get_array_module(out_cm)
         wg = weight.reshape(g, -1, self.kdim)
         col = self.buffers.flat('col', g * self.kdim * out_cm.shape[2], out_cm.dtype, out_cm)
         col = col.reshape(g, self.kdim, -1)
