@@ -90,7 +90,8 @@ def kernel(filename, name, dtype):
     if launcher is None:
         raw, kernels = _module(module, filename, device_id)
         if name not in kernels:
-            raise KernelError('kernels/%s has no kernel %s (it has %s)' % (filename, name, ', '.join(kernels)))
+            raise KernelError('kernels/%s has no kernel %s (it has %s)'
+                              % (filename, name, ', '.join(kernels)))
         if dtype not in CTYPES:
             raise KernelError('kernel %s runs on float32 or float64, not %s' % (name, dtype))
         function = raw.get_function('%s<%s>' % (name, CTYPES[dtype]))

@@ -633,8 +633,6 @@ class Net:
 
     def save_hdf5(self, path, write_diff=False):
         """Write the weights as Caffe's HDF5 caffemodel (data/<layer>/<i>, atomically)."""
-        import h5py
-
         def write(f):
             data = f.create_group('data')
             diff = f.create_group('diff') if write_diff else None

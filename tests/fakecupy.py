@@ -27,15 +27,19 @@ from caffe_py import backend, gpu
 TRANSFERS = {'h2d': 0, 'd2h': 0}
 
 # numpy callables that CuPy 14 does not provide
-_MISSING = set('''asmatrix block bmat busday_count busday_offset busdaycalendar einsum_path errstate frompyfunc
-fromregex geomspace get_include getbufsize geterr geterrcall histogram_bin_edges info insert is_busday isnat
-matrix matvec memmap nanpercentile nanquantile ndenumerate nditer nested_iters polyder polydiv polyint
-recarray record setbufsize seterr seterrcall show_runtime spacing test unstack vecdot vecmat'''.split())
+_MISSING = set('''
+asmatrix block bmat busday_count busday_offset busdaycalendar einsum_path errstate frompyfunc
+fromregex geomspace get_include getbufsize geterr geterrcall histogram_bin_edges info insert
+is_busday isnat matrix matvec memmap nanpercentile nanquantile ndenumerate nditer nested_iters
+polyder polydiv polyint recarray record setbufsize seterr seterrcall show_runtime spacing test
+unstack vecdot vecmat'''.split())
 # the public attributes of cupy.ndarray (CuPy 14)
-_NDARRAY_ATTRIBUTES = set('''T all any argmax argmin argpartition argsort astype base byteswap choose clip compress
-conj conjugate copy cumprod cumsum data device diagonal dot dtype fill flags flat flatten get imag item itemsize
-mT max mean min nbytes ndim nonzero partition prod ptp put ravel real repeat reshape round searchsorted set shape
-size sort squeeze std strides sum swapaxes take tobytes tolist trace transpose var view'''.split())
+_NDARRAY_ATTRIBUTES = set('''
+T all any argmax argmin argpartition argsort astype base byteswap choose clip compress conj
+conjugate copy cumprod cumsum data device diagonal dot dtype fill flags flat flatten get imag item
+itemsize mT max mean min nbytes ndim nonzero partition prod ptp put ravel real repeat reshape round
+searchsorted set shape size sort squeeze std strides sum swapaxes take tobytes tolist trace
+transpose var view'''.split())
 _HOST_INPUT_OK = {'asarray', 'array', 'asnumpy', 'ascontiguousarray'}
 
 

@@ -204,7 +204,8 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
             n, prob.data, bottom[1].data, self.classes, self.inner, ignore is not None, ignore or 0,
             logs, flags)
         if n and float(flags.min()) < 0:
-            _Labels(self, bottom[1], self.outer, self.inner, self.classes, ignore)   # raises, naming the labels
+            # a label outside [0, classes): _Labels raises, naming the labels
+            _Labels(self, bottom[1], self.outer, self.inner, self.classes, ignore)
         self.norm = self.normalizer(self.mode, self.outer, self.inner, int(flags.sum()))
         top[0].data[...] = -logs.sum() / self.norm
 

@@ -165,19 +165,19 @@ class DevicePool:
     def forward(self, x, top, mask=None, uniform=None):
         """top from x (both contiguous); `uniform` in (0, 1] per output for STOCHASTIC in TRAIN."""
         method, dtype = self.pool.method, x.dtype
+        geometry = self._geometry(x.shape, top.shape, padded=method in (MAX, AVE))
         if method == MAX or (method != AVE and self.pool.train):
             self.argmax = self.pool.buffers.get('argmax', top.shape, np.int32, x)
         if method == MAX:
-            _pool('max_pool_forward', dtype, top.size, x, *self._geometry(x.shape, top.shape), top, self.argmax)
+            _pool('max_pool_forward', dtype, top.size, x, *geometry, top, self.argmax)
             if mask is not None:
                 mask[...] = self.argmax
         elif method == AVE:
-            _pool('ave_pool_forward', dtype, top.size, x, *self._geometry(x.shape, top.shape), top)
+            _pool('ave_pool_forward', dtype, top.size, x, *geometry, top)
         elif self.pool.train:
-            _pool('sto_pool_forward_train', dtype, top.size, x, *self._geometry(x.shape, top.shape, False),
-                  uniform, top, self.argmax)
+            _pool('sto_pool_forward_train', dtype, top.size, x, *geometry, uniform, top, self.argmax)
         else:
-            _pool('sto_pool_forward_test', dtype, top.size, x, *self._geometry(x.shape, top.shape, False), top)
+            _pool('sto_pool_forward_test', dtype, top.size, x, *geometry, top)
 
     def backward(self, top_diff, bottom_diff, mask=None):
         """bottom_diff (contiguous, overwritten): each pixel gathers over the windows covering it."""
@@ -193,7 +193,8 @@ class DevicePool:
             argmax = self.argmax
         else:                                   # no forward in TRAIN yet (Caffe reads stale indices)
             argmax = xp.full(top_diff.shape, -1, np.int32)
-        _pool('argmax_pool_backward', top_diff.dtype, bottom_diff.size, top_diff, argmax, *geometry, bottom_diff)
+        _pool('argmax_pool_backward', top_diff.dtype, bottom_diff.size, top_diff, argmax, *geometry,
+              bottom_diff)
 
 
 def _pool(name, dtype, *args):
