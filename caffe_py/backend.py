@@ -120,17 +120,14 @@ def xp():
 
 def get_array_module(array):
     """numpy or the device module, whichever owns `array`."""
-    if isinstance(array, np.ndarray) and not is_device_array(array):
+    if isinstance(array, np.ndarray):
         return np
     return device_module().get_array_module(array)
 
 
 def is_device_array(array):
     """Whether `array` lives on the device (a CuPy array or the stand-in's)."""
-    if isinstance(array, np.ndarray):
-        module = _device['module']
-        return module is not None and isinstance(array, module.ndarray)
-    return hasattr(array, 'device') and hasattr(array, 'get')
+    return not isinstance(array, np.ndarray) and hasattr(array, 'device') and hasattr(array, 'get')
 
 
 def to_numpy(array):

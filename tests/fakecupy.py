@@ -345,6 +345,7 @@ def _build(source):
 def make_module():
     """A fresh stand-in for the `cupy` module."""
     module = _Namespace('fakecupy', np)
+    module.__version__ = 'fakecupy (NumPy %s)' % np.__version__
     module.ndarray = FakeArray
     module.get_array_module = lambda *arrays: module if any(isinstance(a, FakeArray) for a in arrays) else np
     module.RawModule = RawModule

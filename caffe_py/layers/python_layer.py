@@ -8,7 +8,9 @@ __init__. The object sees what pycaffe gives it: `param_str`, `phase`
 (caffe_py.TRAIN / caffe_py.TEST) and `blobs`, its learnable Blobs (a list with
 `add_blob(*shape)`), and is called as setup(bottom, top), reshape(bottom, top),
 forward(bottom, top) and backward(top, propagate_down, bottom) with lists of
-Blobs. `loss_weight` in the layer definition makes its tops losses, as in Caffe.
+Blobs whose .data/.diff are NumPy arrays (in GPU mode the host views of the
+device blobs, as pycaffe's: copies happen only when one side is stale).
+`loss_weight` in the layer definition makes its tops losses, as in Caffe.
 share_in_parallel has no effect (one process).
 
 An exception raised by the user's code comes back with the same type where it
