@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         'gpu': ['cupy-cuda12x'],
-        'test': ['pytest'],
+        'test': ['pytest', 'matplotlib'],  # matplotlib: plot_log/draw_net PNG tests
         'plot': ['matplotlib'],
         'leveldb': ['plyvel'],
     },
