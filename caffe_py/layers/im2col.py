@@ -98,6 +98,87 @@ class Window:
         return acc[self.inner(first)]
 
 
+class PhaseGrid:
+    """2-D windows over planes (P, H, W) in which every kernel offset is one contiguous slice.
+
+    The padded planes are split by stride phase: phase (qr, qc) holds the cells
+    (a * sh + qr, b * sw + qc), a < hq, b < wq, cells outside the image holding a fill value.
+    Outputs live in an extended (P, hq, wq) layout whose first (oh, ow) cells are the real
+    ones; kernel offset (i, j) then reads phase (i % sh, j % sw) shifted by
+    (i // sh) * wq + j // sw cells, over the flattened planes. Cells beyond the real outputs
+    read neighbouring rows or planes and are ignored; the last `tail` cells of a run of planes
+    are never computed. Splitting goes through row phases of full padded width (contiguous row
+    copies) and then column phases (one strided copy each).
+    """
+
+    def __init__(self, kernel, stride, pad, size, out):
+        (kh, kw), (sh, sw), (ph, pw), (h, w), (oh, ow) = kernel, stride, pad, size, out
+        self.stride, self.out = (sh, sw), (oh, ow)
+        self.hq, self.wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
+        self.row_phases, self.col_phases = min(sh, kh), min(sw, kw)
+        self.span = self.hq * self.wq
+        # per kernel offset, row-major: (phase, shift)
+        self.offsets = [((i % sh) * self.col_phases + j % sw, (i // sh) * self.wq + j // sw)
+                        for i in range(kh) for j in range(kw)]
+        self.tail = max(shift for _, shift in self.offsets)
+        self.rows = [self._axis(q, sh, ph, h, self.hq) for q in range(self.row_phases)]
+        self.cols = self._axis(0, 1, pw, w, self.wq * sw)
+        # whether every image cell is in some phase (else split leaves some out, merge zeroes them)
+        self.covers = kh >= sh and h + ph <= self.hq * sh and w + pw <= self.wq * sw
+
+    @staticmethod
+    def _axis(q, s, p, size, extent):
+        """(grid slice, image slice) of the grid cells a < extent whose image cell a*s + q - p
+        lies inside 0 .. size."""
+        a0 = -(-(p - q) // s) if p > q else 0
+        a1 = max(a0, min(extent, (size - 1 + p - q) // s + 1))
+        start = a0 * s + q - p
+        return slice(a0, a1), slice(start, start + (a1 - a0 - 1) * s + 1, s)
+
+    def buffers(self, buffers, name, planes, dtype, like, fill):
+        """(row phases, phases) scratch arrays for `planes` planes; cells outside the image hold
+        `fill`. Both are one array when the column stride is 1."""
+        sw = self.stride[1]
+        rows = buffers.get(name + 'rows', (self.row_phases, planes, self.hq, self.wq * sw), dtype, like,
+                           fill=fill)
+        if sw == 1:
+            return rows, rows
+        phases = buffers.get(name + 'phases', (self.row_phases * self.col_phases, planes, self.hq, self.wq),
+                             dtype, like)
+        return rows, phases
+
+    def split(self, x, rows, phases, part):
+        """Planes `part` of x (P, H, W) into the phases."""
+        grid_cols, image_cols = self.cols
+        for q, (grid_rows, image_rows) in enumerate(self.rows):
+            rows[q, part, grid_rows, grid_cols] = x[part, image_rows, image_cols]
+        if phases is not rows:
+            for q in range(self.row_phases):
+                for c in range(self.col_phases):
+                    phases[q * self.col_phases + c, part] = rows[q, part, :, c::self.stride[1]]
+
+    def merge(self, rows, phases, x, part):
+        """Planes `part` of the phases back into x (P, H, W); cells in no phase become 0."""
+        if phases is not rows:
+            for q in range(self.row_phases):
+                for c in range(self.col_phases):
+                    rows[q, part, :, c::self.stride[1]] = phases[q * self.col_phases + c, part]
+        if not self.covers:
+            x[part] = 0
+        grid_cols, image_cols = self.cols
+        for q, (grid_rows, image_rows) in enumerate(self.rows):
+            x[part, image_rows, image_cols] = rows[q, part, grid_rows, grid_cols]
+
+    def shifted(self, flat_phases, offset, start, stop):
+        """Extended cells start .. stop as read by kernel offset `offset` (a view)."""
+        phase, shift = self.offsets[offset]
+        return flat_phases[phase, start + shift:stop + shift]
+
+    def runs(self, part):
+        """The computed extended cells (start, stop) of planes `part`."""
+        return part.start * self.span, part.stop * self.span - self.tail
+
+
 class Buffers:
     """Scratch arrays kept across calls, reallocated only when shape or dtype changes."""
 

@@ -16,7 +16,8 @@ from .. import backend
 from ..fillers import fill
 from ..layer import Layer, register
 from . import vision_gpu
-from .im2col import Buffers, Window, assign, conv_out_size, matmul, matmul_add, parallel, split_apply
+from .im2col import (Buffers, PhaseGrid, Window, assign, conv_out_size, matmul, matmul_add, parallel,
+                     split_apply)
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
@@ -493,6 +494,8 @@ class Pool2d:
 
     MAX keeps, per output, the position of the first maximum inside its window (a small
     integer code); the plane index Caffe's mask holds is looked up from it when needed.
+    MAX and AVE run on a PhaseGrid (contiguous passes, one per kernel offset); outputs and
+    codes live in its extended layout until copied out.
     """
 
     def __init__(self, method, kernel, stride, pad, ceil_mode=True, train=True):
@@ -522,6 +525,7 @@ class Pool2d:
         if tuple(shape) != self.shape:
             self.shape = tuple(shape)
             self.window = Window(self.kernel, self.stride, self.pad, (1, 1), (h, w), out)
+            self.grid = PhaseGrid(self.kernel, self.stride, self.pad, (h, w), out)
             # one window exactly covering the plane (global pooling, SPP's first level)
             self.whole = out == (1, 1) and self.pad == (0, 0) and self.kernel == (h, w)
             rows = np.arange(out[0]) * self.stride[0] - self.pad[0]
@@ -567,15 +571,7 @@ class Pool2d:
                 x.reshape(top.shape[:2] + (-1,)).sum(axis=2, out=top.reshape(top.shape[:2]))
                 top /= self._on(xp, self.pool_size, top.dtype)
             else:
-                views, size = self._views(x, 0), self._on(xp, self.pool_size, top.dtype)
-
-                def channels(part):
-                    t = top[:, part]
-                    t[...] = 0
-                    for view in views:
-                        t += view[:, part]
-                    t /= size
-                parallel(channels, top.shape[1], top.size * len(views), x)
+                self._average(x, top)
         elif self.train:
             self._stochastic_train(xp, x, top)
         else:
@@ -597,27 +593,59 @@ class Pool2d:
             plane[~equal.any(axis=2)] = -1
             self.code, self.plane = None, plane.reshape(top.shape)
             return
-        views = self._views(x, -np.inf)
-        code = self.buffers.get('code', top.shape, self.code_dtype, x)
-        step = self.buffers.get('step', top.shape, self.code_dtype, x)
-        equal = self.buffers.get('equal', top.shape, bool, x)
+        grid, count, (oh, ow) = self.grid, len(self.grid.offsets), top.shape[2:]
+        rows, phases, ext, x_planes, top_planes = self._phase_arrays(x, top, 'x', -np.inf)
+        code = self.buffers.get('code', ext.shape, self.code_dtype, x)
+        step = self.buffers.get('step', (ext.size,), self.code_dtype, x)
+        equal = self.buffers.get('equal', (ext.size,), bool, x)
+        flat, flat_ext, flat_code = phases.reshape(len(phases), -1), ext.reshape(-1), code.reshape(-1)
 
-        def channels(part):
-            t, k, st, eq = top[:, part], code[:, part], step[:, part], equal[:, part]
-            hit = eq.view(self.code_dtype) if self.code_dtype == np.uint8 else eq
-            t[...] = -FLT_MAX
-            for view in views:
-                xp.fmax(t, view[:, part], out=t)
-            k[...] = len(views)
+        def planes(part):
+            grid.split(x_planes, rows, phases, part)
+            a, b = grid.runs(part)
+            t, k, st, eq = flat_ext[a:b], flat_code[a:b], step[a:b], equal[a:b]
+            hit = eq.view(np.uint8) if self.code_dtype == np.uint8 else eq
+            t.fill(-FLT_MAX)
+            for offset in range(count):
+                np.fmax(t, grid.shifted(flat, offset, a, b), out=t)
+            k.fill(count)
             # backwards over the offsets, so the first offset holding the maximum is the one
             # kept: code += hit * (offset - code), exact in modular integer arithmetic
-            for offset in range(len(views) - 1, -1, -1):
-                xp.equal(views[offset][:, part], t, out=eq)
-                xp.subtract(self.code_dtype(offset), k, out=st)
-                xp.multiply(st, hit, out=st)
+            for offset in range(count - 1, -1, -1):
+                np.equal(grid.shifted(flat, offset, a, b), t, out=eq)
+                np.subtract(self.code_dtype(offset), k, out=st)
+                np.multiply(st, hit, out=st)
                 k += st
-        parallel(channels, c, top.size * len(views), x)
+            top_planes[part] = ext[part, :oh, :ow]
+        parallel(planes, len(ext), ext.size * count, x)
         self.code, self.plane = code, None
+
+    def _phase_arrays(self, image, pooled, name, fill):
+        """For image (N, C, H, W) and pooled (N, C, PH, PW): the grid's row-phase and phase
+        buffers (cells outside the image hold `fill`), the extended outputs (zero when
+        allocated), and image and pooled as planes."""
+        n, c, h, w = image.shape
+        grid = self.grid
+        rows, phases = grid.buffers(self.buffers, name, n * c, image.dtype, image, fill)
+        ext = self.buffers.get(name + 'ext', (n * c, grid.hq, grid.wq), image.dtype, image, fill=0)
+        return rows, phases, ext, image.reshape(n * c, h, w), pooled.reshape((n * c,) + pooled.shape[2:])
+
+    def _average(self, x, top):
+        """Caffe's AVE: window sums from 0 in window order (padding adds zeros), then / pool_size."""
+        grid, count, (oh, ow) = self.grid, len(self.grid.offsets), top.shape[2:]
+        rows, phases, ext, x_planes, top_planes = self._phase_arrays(x, top, 'x', 0)
+        size = np.asarray(self.pool_size, top.dtype)
+        flat, flat_ext = phases.reshape(len(phases), -1), ext.reshape(-1)
+
+        def planes(part):
+            grid.split(x_planes, rows, phases, part)
+            a, b = grid.runs(part)
+            t = flat_ext[a:b]
+            t.fill(0)
+            for offset in range(count):
+                t += grid.shifted(flat, offset, a, b)
+            np.divide(ext[part, :oh, :ow], size, out=top_planes[part])
+        parallel(planes, len(ext), ext.size * count, x)
 
     def _device(self):
         if self.device is None:
@@ -629,11 +657,10 @@ class Pool2d:
         if self.device is not None:
             return self.device.argmax
         if self.plane is None and self.code is not None:
-            xp = backend.get_array_module(self.code)
-            table = self._on(xp, self.table)
-            n, c, ph, pw = self.code.shape
-            flat = self.code.reshape(n * c, ph * pw).astype(np.intp)
-            self.plane = table[flat, xp.arange(ph * pw)].reshape(self.code.shape)
+            n, c = self.shape[:2]
+            ph, pw = self.grid.out
+            flat = self.code[:, :ph, :pw].reshape(n * c, ph * pw).astype(np.intp)
+            self.plane = self.table[flat, np.arange(ph * pw)].reshape(n, c, ph, pw)
         return self.plane
 
     def _stochastic_train(self, xp, x, top):
@@ -662,22 +689,11 @@ class Pool2d:
         if xp is not np:
             self._device().backward(top_diff, bottom_diff, mask)
             return
-        if self.method == AVE:
-            grad = top_diff / self._on(xp, self.pool_size, top_diff.dtype)
-            if self.whole:
-                bottom_diff[...] = grad
-                return
-            acc = self.buffers.get('acc', bottom_diff.shape[:2] + self.window.padded,
-                                   bottom_diff.dtype, bottom_diff)
-
-            def channels(part):
-                a, g = acc[:, part], grad[:, part]
-                a[...] = 0
-                # offsets backwards: each pixel sums its windows in Caffe's (increasing) order
-                for offset in reversed(self.window.offsets):
-                    a[(slice(None), slice(None)) + self.window.slices(offset)] += g
-                bottom_diff[:, part] = self.window.unpad(a)
-            parallel(channels, grad.shape[1], grad.size * len(self.window.offsets), grad)
+        if self.method == AVE and self.whole:
+            bottom_diff[...] = top_diff / self._on(xp, self.pool_size, top_diff.dtype)
+            return
+        if self.method == AVE or (mask is None and self.code is not None):
+            self._scatter(top_diff, bottom_diff)
             return
         if mask is not None:
             plane = mask.astype(np.int64)
@@ -697,6 +713,47 @@ class Pool2d:
             bottom_diff[:, part] = xp.bincount(flat.ravel(), weights.ravel(),
                                                minlength=_prod(size)).reshape(size)
         parallel(channels, bottom_diff.shape[1], bottom_diff.size, bottom_diff)
+
+    def _scatter(self, top_diff, bottom_diff):
+        """bottom_diff from top_diff through the grid: AVE spreads dy / pool_size over each
+        window, MAX routes dy to the code's cell. Offsets run backwards, so that every bottom
+        cell adds up its outputs in Caffe's (row-major) order."""
+        grid, count, (oh, ow) = self.grid, len(self.grid.offsets), top_diff.shape[2:]
+        rows, phases, ext, dx_planes, dy_planes = self._phase_arrays(bottom_diff, top_diff, 'd', 0)
+        flat, flat_ext = phases.reshape(len(phases), -1), ext.reshape(-1)
+        average = self.method == AVE
+        if average:
+            size = np.asarray(self.pool_size, top_diff.dtype)
+        else:
+            flat_code = self.code.reshape(-1)
+            hit = self.buffers.get('hit', (ext.size,), bool, ext)
+            routed = self.buffers.get('routed', (ext.size,), ext.dtype, ext)
+            # dy * hit is dy or 0 for finite dy; otherwise only the hits may see it
+            finite = bool(np.isfinite(top_diff).all())
+
+        def planes(part):
+            if average:
+                np.divide(dy_planes[part], size, out=ext[part, :oh, :ow])
+            else:
+                ext[part, :oh, :ow] = dy_planes[part]
+            phases[:, part] = 0
+            a, b = grid.runs(part)
+            dy = flat_ext[a:b]
+            for offset in range(count - 1, -1, -1):
+                cells = grid.shifted(flat, offset, a, b)
+                if average:
+                    cells += dy
+                    continue
+                h, r = hit[a:b], routed[a:b]
+                np.equal(flat_code[a:b], offset, out=h)
+                if finite:
+                    np.multiply(dy, h, out=r)
+                else:
+                    r.fill(0)
+                    np.copyto(r, dy, where=h)
+                cells += r
+            grid.merge(rows, phases, dx_planes, part)
+        parallel(planes, len(ext), ext.size * count, ext)
 
 
 def _pooling_geometry(layer, param):

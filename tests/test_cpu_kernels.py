@@ -1,0 +1,133 @@
+"""CPU fast paths: pooling on the phase grid (bit-exact with Caffe's loops) and the split matrix products."""
+import numpy as np
+import pytest
+
+from caffe_py.layers import im2col
+from caffe_py.layers.vision import AVE, MAX, Pool2d
+
+FLT_MAX = np.finfo(np.float32).max
+
+
+def caffe_pooling(method, x, dy, kernel, stride, pad, ceil_mode):
+    """Caffe's CPU MAX/AVE pooling forward and backward, loop by loop: (top, mask, bottom diff)."""
+    pool = Pool2d(method, kernel, stride, pad, ceil_mode)
+    shape = pool.reshape(x.shape)
+    height, width = x.shape[2:]
+    real = x.dtype.type
+    top, mask, dx = np.zeros(shape, x.dtype), -np.ones(shape, int), np.zeros_like(x)
+    for n, c, ph, pw in np.ndindex(*shape):
+        h0, w0 = ph * stride[0] - pad[0], pw * stride[1] - pad[1]
+        h1, w1 = min(h0 + kernel[0], height + pad[0]), min(w0 + kernel[1], width + pad[1])
+        size = real((h1 - h0) * (w1 - w0))
+        rows, cols = range(max(h0, 0), min(h1, height)), range(max(w0, 0), min(w1, width))
+        if method == MAX:
+            best, index = real(-FLT_MAX), -1
+            for h in rows:
+                for w in cols:
+                    if x[n, c, h, w] > best:
+                        best, index = x[n, c, h, w], h * width + w
+            top[n, c, ph, pw], mask[n, c, ph, pw] = best, index
+            if index >= 0:
+                dx[n, c, index // width, index % width] += dy[n, c, ph, pw]
+        else:
+            total = real(0)
+            for h in rows:
+                for w in cols:
+                    total = real(total + x[n, c, h, w])
+            top[n, c, ph, pw] = total / size
+            for h in rows:
+                for w in cols:
+                    dx[n, c, h, w] = real(dx[n, c, h, w] + dy[n, c, ph, pw] / size)
+    return top, mask, dx
+
+
+GEOMETRIES = [  # kernel, stride, pad, (H, W), ceil_mode
+    ((3, 3), (2, 2), (0, 0), (9, 8), True),
+    ((3, 3), (2, 2), (1, 1), (7, 9), True),
+    ((2, 2), (2, 2), (0, 0), (6, 6), True),
+    ((3, 2), (1, 2), (1, 0), (5, 7), True),
+    ((2, 2), (3, 3), (0, 0), (10, 11), True),
+    ((4, 3), (2, 3), (2, 1), (8, 9), False),
+    ((3, 3), (2, 2), (0, 0), (8, 8), False),
+    ((1, 1), (2, 1), (0, 0), (5, 4), True),
+]
+
+
+@pytest.mark.parametrize('kernel,stride,pad,size,ceil_mode', GEOMETRIES)
+@pytest.mark.parametrize('method', [MAX, AVE])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_pooling_is_bit_exact_with_caffe_loops(method, kernel, stride, pad, size, ceil_mode, dtype):
+    rng = np.random.default_rng(sum(kernel) * 7 + sum(size))
+    x = rng.standard_normal((2, 3) + size).astype(dtype)
+    x[0] = np.round(x[0])                     # ties: the first maximum in row-major order wins
+    if method == MAX:
+        x.flat[::7] = np.nan                  # never wins
+        x.flat[3::11] = -np.inf
+    pool = Pool2d(method, kernel, stride, pad, ceil_mode)
+    shape = pool.reshape(x.shape)
+    dy = rng.standard_normal(shape).astype(dtype)
+    top, mask, dx = np.empty(shape, dtype), np.empty(shape, dtype), np.full(x.shape, 5, dtype)
+    with np.errstate(all='ignore'):
+        pool.forward(x, top, mask if method == MAX else None)
+        pool.backward(dy, dx)
+        ref_top, ref_mask, ref_dx = caffe_pooling(method, x, dy, kernel, stride, pad, ceil_mode)
+    np.testing.assert_array_equal(top, ref_top)
+    np.testing.assert_array_equal(dx, ref_dx)
+    if method == MAX:
+        np.testing.assert_array_equal(mask, ref_mask)
+
+
+def test_max_pooling_with_non_finite_top_diff_routes_only_to_the_maxima():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 7, 7)).astype(np.float32)
+    pool = Pool2d(MAX, (3, 3), (2, 2), (1, 1))
+    shape = pool.reshape(x.shape)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dy[0, 0, 1, 1], dy[1, 1, 2, 0] = np.inf, np.nan
+    top, dx = np.empty(shape, np.float32), np.empty_like(x)
+    pool.forward(x, top)
+    pool.backward(dy, dx)
+    ref_dx = caffe_pooling(MAX, x, dy, (3, 3), (2, 2), (1, 1), True)[2]
+    np.testing.assert_array_equal(dx, ref_dx)
+
+
+def test_pooling_split_over_threads_is_identical(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 6, 13, 13)).astype(np.float32)
+    results = []
+    for cores in (1, 3):
+        monkeypatch.setattr(im2col, 'CORES', cores)
+        monkeypatch.setattr(im2col, 'MIN_PARALLEL', 1)
+        pool = Pool2d(MAX, (3, 3), (2, 2), (0, 0))
+        shape = pool.reshape(x.shape)
+        top, dx = np.empty(shape, np.float32), np.empty_like(x)
+        pool.forward(x, top)
+        pool.backward(top, dx)
+        results.append((top, dx))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('m,k,n', [(300, 40, 7), (5, 60, 400), (64, 64, 64)])
+def test_split_matmul_and_accumulation(monkeypatch, m, k, n):
+    monkeypatch.setattr(im2col, 'MIN_SPLIT_GEMM', 1)
+    monkeypatch.setattr(im2col, 'ACCUMULATE_BYTES', 256)
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    out = np.empty((n, m)).T                  # a strided view
+    im2col.matmul(a, b, out)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    acc = np.ones((m, n))
+    im2col.matmul_add(a, b, acc)
+    np.testing.assert_allclose(acc, 1 + a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_blas_threads_are_restored_after_products():
+    if im2col._openblas is None:
+        pytest.skip('no OpenBLAS found in this process')
+    get = im2col._openblas[0]
+    before = get()
+    a = np.ones((512, 512), np.float32)
+    im2col.matmul(a, a, np.empty_like(a))
+    im2col.matmul_add(a, a, np.zeros_like(a))
+    assert get() == before
