@@ -21,8 +21,6 @@ from .im2col import (Buffers, PhaseGrid, Window, assign, conv_out_size, matmul, 
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
-# forward GEMMs with at most this many output columns run transposed (see gemm_out)
-TALL_GEMM_COLUMNS = 8192
 
 
 def _prod(values):
@@ -124,12 +122,6 @@ class _GemmConv:
         split_apply(assign, buf[w.inner(1)], _batch_last(chunk))
         return buf
 
-    def padded_images(self, pad):
-        """The images inside a padded chunk, as (m, C, *size)."""
-        if not self.batch_last:
-            return self.window.unpad(pad)
-        return _batch_first(self.window.unpad(pad, 1))
-
     def im2col(self, pad):
         """Columns (group, kdim, m*P) of a padded chunk."""
         g, p = self.group, self.window.out_count
@@ -164,22 +156,12 @@ class _GemmConv:
         m, g, p, c = n1 - n0, self.group, self.window.out_count, self.out_channels
         wg = weight.reshape(g, -1, self.kdim)
         dst = out_side[n0:n1].reshape(m, g, -1, p)
-        buf = self.buffers.flat('gemm', c * m * p, col.dtype, col)
-        if m * p <= TALL_GEMM_COLUMNS:
-            # (m*P, C/g) = columns^T x weight^T: a tall product
-            buf = buf.reshape(g, m * p, -1)
-            for i in range(g):
-                matmul(col[i].T, wg[i].T, buf[i])
-            if self.batch_last:
-                src = buf.reshape(g, p, m, -1).transpose(2, 0, 3, 1)
-            else:
-                src = buf.reshape(g, m, p, -1).transpose(1, 0, 3, 2)
-        elif m == 1:
+        if m == 1:
             for i in range(g):
                 matmul(wg[i], col[i], dst[0, i])
             src = dst
         else:
-            buf = buf.reshape(g, -1, m * p)
+            buf = self.buffers.flat('gemm', c * m * p, col.dtype, col).reshape(g, -1, m * p)
             for i in range(g):
                 matmul(wg[i], col[i], buf[i])
             if self.batch_last:
@@ -234,11 +216,9 @@ class _GemmConv:
         self.col_source = None
         if len(chunks) == 1 and not (self.is_1x1 and im.shape[0] == 1):
             # backward reuses these columns if the bottom still holds the same values then
-            if self.batch_last or self.window.needs_padding:
-                seen = self.padded_images(pad)
-            else:
-                seen = self.buffers.get('seen', im.shape, im.dtype, im)
-                split_apply(assign, seen, im)
+            # (a contiguous copy: comparing it is cheaper than comparing the padded chunk)
+            seen = self.buffers.get('seen', im.shape, im.dtype, im)
+            split_apply(assign, seen, im)
             self.col_source = (seen, col)
 
     def cached_col(self, im):
@@ -283,11 +263,6 @@ def _add(dst, a, b):
 def _batch_last(array):
     """(m, C, *spatial) -> (C, *spatial, m), a view."""
     return array.transpose(tuple(range(1, array.ndim)) + (0,))
-
-
-def _batch_first(array):
-    """(C, *spatial, m) -> (m, C, *spatial), a view."""
-    return array.transpose((array.ndim - 1,) + tuple(range(array.ndim - 1)))
 
 
 class _ConvolutionBase(Layer):
