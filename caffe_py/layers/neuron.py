@@ -10,6 +10,7 @@ import numpy as np
 from .. import backend, fillers
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from .im2col import split_apply
 
 
 def scratch(layer, name, shape, dtype, xp):
@@ -47,7 +48,7 @@ class ReLULayer(NeuronLayer):
         xp = bottom[0].xp
         x, y = bottom[0].data, top[0].data
         if self.slope == 0:
-            xp.maximum(x, 0, out=y)
+            split_apply(_relu, y, x)
             return
         negative = xp.minimum(x, 0)
         negative *= self.scalar(self.slope)
@@ -61,8 +62,7 @@ class ReLULayer(NeuronLayer):
         x = bottom[0].data  # the output when in place, as in Caffe
         mask = scratch(self, 'mask', x.shape, bool, xp)
         if self.slope == 0:
-            xp.greater(x, 0, out=mask)
-            xp.multiply(top[0].diff, mask, out=bottom[0].diff)
+            split_apply(_relu_grad, bottom[0].diff, x, top[0].diff, mask)
             return
         # Caffe's factor (x > 0) + slope * (x <= 0), exactly 1 or slope
         xp.less_equal(x, 0, out=mask)
@@ -70,6 +70,16 @@ class ReLULayer(NeuronLayer):
         xp.greater(x, 0, out=mask)
         factor += mask
         xp.multiply(top[0].diff, factor, out=bottom[0].diff)
+
+
+def _relu(y, x):
+    backend.get_array_module(y).maximum(x, 0, out=y)
+
+
+def _relu_grad(dx, x, dy, mask):
+    xp = backend.get_array_module(dx)
+    xp.greater(x, 0, out=mask)
+    xp.multiply(dy, mask, out=dx)
 
 
 @register('Sigmoid')
