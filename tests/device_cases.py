@@ -109,6 +109,8 @@ VARIANTS = {
     'conv_group_dilated': ('Convolution', 'convolution_param { num_output: 4 kernel_size: 3 group: 2 '
                            'dilation: 2 pad: 1 stride: 2 weight_filler { type: "gaussian" } '
                            'bias_filler { type: "gaussian" } }', (3, 4, 9, 8)),
+    'conv_no_spatial': ('Convolution', 'convolution_param { num_output: 2 weight_filler { type: "gaussian" } '
+                        'bias_filler { type: "gaussian" } }', (3, 4)),
     'conv_1d': ('Convolution', 'convolution_param { num_output: 3 kernel_size: 3 pad: 1 '
                 'weight_filler { type: "gaussian" } }', (2, 2, 7)),
     'conv_rect_chunks': ('Convolution', 'convolution_param { num_output: 2 kernel_h: 3 kernel_w: 2 '

@@ -90,6 +90,9 @@ class FakeArray(np.lib.mixins.NDArrayOperatorsMixin):
         return _wrap(self._a[_unwrap_index(key)])
 
     def __setitem__(self, key, value):
+        if not isinstance(value, (FakeArray, int, float, bool, np.generic)):
+            # CuPy takes a device array or a scalar here (anything else goes to fill())
+            raise TypeError('cannot assign a %s into a device array' % type(value).__name__)
         self._a[_unwrap_index(key)] = _unwrap(value, 'assignment into a device array')
 
     def __len__(self):

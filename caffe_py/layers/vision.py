@@ -343,7 +343,8 @@ class _ConvolutionBase(Layer):
         key = (tuple(im_size), tuple(out_size))
         if key != self._core_key:
             window = Window(self.kernel, self.stride, self.pad, self.dilation, im_size, out_size)
-            core = _GemmConv if first.xp is np or self.num_spatial > 2 else vision_gpu.DeviceConv
+            on_device = first.xp is not np and 1 <= self.num_spatial <= 2
+            core = vision_gpu.DeviceConv if on_device else _GemmConv
             self.core = core(window, self.group, self.conv_in, self.conv_out)
             self._core_key = key
 
