@@ -108,12 +108,14 @@ def test_pooling_split_over_threads_is_identical(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize('m,k,n', [(300, 40, 7), (5, 60, 400), (64, 64, 64)])
-def test_split_matmul_and_accumulation(monkeypatch, m, k, n):
+@pytest.mark.parametrize('m,k,n,transposed', [(300, 40, 7, False), (5, 60, 400, False), (64, 64, 64, False),
+                                               (5, 60, 400, True), (64, 30, 90, True)])
+def test_split_matmul_and_accumulation(monkeypatch, m, k, n, transposed):
     monkeypatch.setattr(im2col, 'MIN_SPLIT_GEMM', 1)
     monkeypatch.setattr(im2col, 'ACCUMULATE_BYTES', 256)
     rng = np.random.default_rng(5)
-    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    a = rng.standard_normal((m, k))
+    b = rng.standard_normal((n, k)).T if transposed else rng.standard_normal((k, n))
     out = np.empty((n, m)).T                  # a strided view
     im2col.matmul(a, b, out)
     np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)

@@ -262,6 +262,7 @@ def assign(dst, src):
 # therefore split over the cores here, each part a single-threaded BLAS call.
 MIN_SPLIT_GEMM = 1 << 22       # multiply-adds below which a product runs in one piece
 ACCUMULATE_BYTES = 1 << 20     # matmul_add's scratch rows per core, at least 64 of them
+FEW_ROWS = 16                  # products with at most this many rows may run transposed
 
 
 def _find_openblas():
@@ -330,6 +331,13 @@ def matmul(a, b, out):
             np.matmul(a, b, out=out)
         elif out.shape[0] >= out.shape[1]:
             parallel(lambda rows: np.matmul(a[rows], b, out=out[rows]), out.shape[0], MIN_SPLIT_GEMM, out)
+        elif out.shape[0] <= FEW_ROWS and b.flags.f_contiguous:
+            # a few rows times a transposed matrix (InnerProduct's forward on a small batch):
+            # out^T = b^T a^T with contiguous operands is the faster product
+            a_t, out_t = np.ascontiguousarray(a.T), np.empty(out.shape[::-1], out.dtype)
+            parallel(lambda rows: np.matmul(b.T[rows], a_t, out=out_t[rows]), out_t.shape[0], MIN_SPLIT_GEMM,
+                     out)
+            out[...] = out_t.T
         else:
             parallel(lambda cols: np.matmul(a, b[:, cols], out=out[:, cols]), out.shape[1], MIN_SPLIT_GEMM,
                      out)
