@@ -44,7 +44,7 @@ PY=${PYTHON:-python3}
     date -u
     nvidia-smi -L 2>&1
     $PY -V
-    $PY -m pip list 2>/dev/null | grep -iE '^(cupy|torch|numpy|protobuf|h5py|lmdb|opencv|pytest) '
+    $PY -m pip list 2>/dev/null | grep -iE '^(cupy|torch|numpy|protobuf|h5py|lmdb|opencv|pytest)'
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
