@@ -133,3 +133,18 @@ def test_blas_threads_are_restored_after_products():
     im2col.matmul(a, a, np.empty_like(a))
     im2col.matmul_add(a, a, np.zeros_like(a))
     assert get() == before
+
+
+@pytest.mark.parametrize('kernel,stride,pad,dilation', [
+    ((11, 11), (4, 4), (0, 0), (1, 1)), ((3, 2), (2, 3), (1, 0), (1, 1)), ((3, 3), (2, 2), (2, 1), (2, 3)),
+    ((1, 1), (3, 2), (0, 0), (1, 1)), ((5, 4), (3, 1), (2, 2), (2, 1))])
+def test_strided_columns_equal_the_patch_view(kernel, stride, pad, dilation):
+    size = (23, 19)
+    out = tuple(im2col.conv_out_size(*args) for args in zip(size, kernel, stride, pad, dilation))
+    window = im2col.Window(kernel, stride, pad, dilation, size, out)
+    x = np.random.default_rng(6).standard_normal((3, 2) + size).astype(np.float32)
+    padded = window.padded_input(x, im2col.Buffers())
+    expected = window.patches(padded, 2).transpose(1, 2, 3, 0, 4, 5)
+    cols = np.full(expected.shape, np.nan, np.float32)
+    im2col.strided_columns(window, padded, cols, im2col.Buffers())
+    np.testing.assert_array_equal(cols, expected)

@@ -256,6 +256,49 @@ def assign(dst, src):
     dst[...] = src
 
 
+def _offset_classes(kernel, stride, dilation):
+    """Kernel offsets along one axis grouped by the stride phase they read: per phase q,
+    (q, slice of the offsets, first phase cell, cell step, count)."""
+    members = {}
+    for i in range(kernel):
+        members.setdefault(i * dilation % stride, []).append((i, i * dilation // stride))
+    classes = []
+    for q, cells in members.items():
+        (i0, a0), (i1, a1) = cells[0], cells[-1]
+        n = len(cells)
+        # offsets and cells both advance in equal steps
+        classes.append((q, slice(i0, i1 + 1, (i1 - i0) // (n - 1) if n > 1 else 1),
+                        a0, (a1 - a0) // (n - 1) if n > 1 else 1, n))
+    return classes
+
+
+def strided_columns(window, pad, cols, buffers):
+    """cols (C, kh, kw, m, oh, ow) = every window of pad (m, C, Hp, Wp) for a 2-D window with a
+    stride: pad is first split into its stride phases (one strided copy each), after which every
+    kernel offset reads contiguous runs of ow values."""
+    (sh, sw), (dh, dw), (oh, ow) = window.stride, window.dilation, window.out
+    rows, columns = _offset_classes(window.kernel[0], sh, dh), _offset_classes(window.kernel[1], sw, dw)
+    m, c = pad.shape[:2]
+    phases = {}
+    for qh, *_ in rows:
+        for qw, *_ in columns:
+            source = pad[:, :, qh::sh, qw::sw]
+            phases[qh, qw] = source, buffers.get('phase%d,%d' % (qh, qw), source.shape, pad.dtype, pad)
+
+    def images(part):
+        count = part.stop - part.start
+        for source, phase in phases.values():
+            phase[part] = source[part]
+        for qh, kernel_rows, a0, da, ni in rows:
+            for qw, kernel_cols, b0, db, nj in columns:
+                phase = phases[qh, qw][1]
+                s = phase.strides
+                view = as_strided(np, phase[part, :, a0:, b0:], (c, ni, nj, count, oh, ow),
+                                  (s[1], da * s[2], db * s[3], s[0], s[2], s[3]))
+                cols[:, kernel_rows, kernel_cols, part] = view
+    parallel(images, m, cols.size, pad)
+
+
 # -- matrix products -----------------------------------------------------------
 # OpenBLAS's own threads keep spinning on the cores for a while after each threaded product,
 # which slows the element-wise work that follows severalfold. Products of NumPy arrays are

@@ -17,7 +17,7 @@ from ..fillers import fill
 from ..layer import Layer, register
 from . import vision_gpu
 from .im2col import (Buffers, PhaseGrid, Window, assign, conv_out_size, matmul, matmul_add, parallel,
-                     split_apply)
+                     split_apply, strided_columns)
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
@@ -134,7 +134,10 @@ class _GemmConv:
             order = (1,) + tuple(range(2, 2 + d)) + (0,) + tuple(range(2 + d, 2 + 2 * d))
             view = self.window.patches(pad, 2).transpose(order)
         col = self.buffers.flat('col', view.size, pad.dtype, pad).reshape(view.shape)
-        split_apply(assign, col, view)
+        if not self.batch_last and len(self.window.kernel) == 2 and max(self.window.stride) > 1:
+            strided_columns(self.window, pad, col, self.buffers)
+        else:
+            split_apply(assign, col, view)
         return col.reshape(g, self.kdim, -1)
 
     def channel_major(self, out_side, n0, n1, name):
