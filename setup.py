@@ -26,7 +26,8 @@ setup(
         'h5py',
     ],
     extras_require={
-        'gpu': ['cupy-cuda12x'],
+        'gpu': ['cupy-cuda12x'],          # CUDA 12; for CUDA 13 use gpu-cuda13
+        'gpu-cuda13': ['cupy-cuda13x'],
         'test': ['pytest', 'matplotlib'],  # matplotlib: plot_log/draw_net PNG tests
         'plot': ['matplotlib'],
         'leveldb': ['plyvel'],
