@@ -2,9 +2,10 @@
 
 The CPU path works on whole minibatches: im2col is one strided-view copy into a
 channel-major column buffer (C*k, n*P), each group is one GEMM, col2im is one
-vectorised add per kernel offset, and pooling loops over kernel offsets only.
+vectorised add per kernel offset, and pooling makes one contiguous pass per kernel
+offset over a stride-phase grid (im2col.PhaseGrid).
 Minibatches whose column buffer would exceed COL_BYTES run in chunks of images.
-Element-wise work is split over the cores (im2col.parallel); BLAS threads itself.
+Element-wise work and the GEMMs are split over the cores (im2col.parallel, im2col.matmul).
 On the device, convolution (1-D and 2-D), Im2col, pooling and LRN across channels
 run CUDA kernels instead (vision_gpu).
 """
