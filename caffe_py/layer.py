@@ -148,6 +148,13 @@ class Layer:
                              % (len(bottom), len(top)))
 
     # -- helpers ----------------------------------------------------------
+    def canonical_axis(self, blob, axis):
+        """Caffe's CanonicalAxisIndex for `blob`, failing with this layer's name."""
+        try:
+            return blob.canonical_axis_index(axis)
+        except IndexError as exc:
+            raise self.error(str(exc)) from None
+
     def error(self, message):
         """A LayerError naming this layer and its type."""
         return LayerError('%s layer "%s": %s' % (self.type, self.name, message))

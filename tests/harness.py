@@ -26,17 +26,21 @@ def _close(actual, expected, what, rtol):
 
 
 def run_reference_case(path, rtol=2e-5):
-    """Build the case's net, set inputs and params, check forward and backward against Caffe."""
+    """Build the case's net, set inputs and params, check forward and backward against Caffe.
+
+    Works in CPU and GPU mode: it goes through pycaffe's host surface (net.blobs, net.params).
+    """
     case, meta, param, phase = load_case(path)
     net = Net(param, phase)
     for name in meta['inputs']:
         value = case['in/' + name]
         net.blobs[name].reshape(value.shape)
         net.blobs[name].data[...] = value
+    params = net.params
     for key in case.files:
         if key.startswith('param/'):
             _, layer, index = key.split('/')
-            blob = net.layer_dict[layer].blobs[int(index)]
+            blob = params[layer][int(index)]
             if blob.shape != case[key].shape:
                 blob.reshape(case[key].shape)
             blob.data[...] = case[key]
@@ -46,7 +50,7 @@ def run_reference_case(path, rtol=2e-5):
             _close(net.blobs[key[4:]].data, case[key], 'forward ' + key, rtol)
         elif key.startswith('param_after/'):
             _, layer, index = key.split('/')
-            _close(net.layer_dict[layer].blobs[int(index)].data, case[key], key, rtol)
+            _close(params[layer][int(index)].data, case[key], key, rtol)
     if not meta.get('backward', True):
         return net
     net.clear_param_diffs()
@@ -59,7 +63,7 @@ def run_reference_case(path, rtol=2e-5):
             _close(net.blobs[key[5:]].diff, case[key], 'backward ' + key, rtol)
         elif key.startswith('paramgrad/'):
             _, layer, index = key.split('/')
-            _close(net.layer_dict[layer].blobs[int(index)].diff, case[key], key, rtol)
+            _close(params[layer][int(index)].diff, case[key], key, rtol)
     return net
 
 

@@ -13,14 +13,6 @@ from .im2col import matmul, matmul_add
 from .neuron import scratch
 
 
-def _axis(layer, blob, axis):
-    """Caffe's CanonicalAxisIndex, failing with the layer's name."""
-    try:
-        return blob.canonical_axis_index(axis)
-    except IndexError as exc:
-        raise layer.error(str(exc)) from None
-
-
 def _scatter_add(xp, target, indices, values):
     """target[indices] += values, adding repeated indices up in their order (on the GPU too: a
     gather per table entry, no atomics)."""
@@ -55,7 +47,7 @@ class InnerProductLayer(Layer):
             raise self.error('num_output must be given and positive')
         self.bias_term = p.bias_term
         self.transpose = p.transpose
-        self.k = bottom[0].count_range(_axis(self, bottom[0], p.axis))
+        self.k = bottom[0].count_range(self.canonical_axis(bottom[0], p.axis))
         if self.blobs:
             return
         shape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
@@ -66,7 +58,7 @@ class InnerProductLayer(Layer):
             fillers.fill(self.blobs[1], p.bias_filler)
 
     def reshape(self, bottom, top):
-        axis = _axis(self, bottom[0], self.layer_param.inner_product_param.axis)
+        axis = self.canonical_axis(bottom[0], self.layer_param.inner_product_param.axis)
         k = bottom[0].count_range(axis)
         if k != self.k:
             raise self.error('input size incompatible with inner product parameters: '
@@ -121,7 +113,7 @@ class ConcatLayer(Layer):
             if axis >= num_axes:
                 raise self.error('concat_dim %d out of range for %d-axis bottoms' % (axis, num_axes))
         else:
-            axis = _axis(self, bottom[0], p.axis)
+            axis = self.canonical_axis(bottom[0], p.axis)
         shape = list(bottom[0].shape)
         for i, blob in enumerate(bottom[1:], 1):
             if blob.num_axes != num_axes:
@@ -181,7 +173,7 @@ class SliceLayer(Layer):
             if axis >= num_axes:
                 raise self.error('slice_dim %d out of range for a %d-axis bottom' % (axis, num_axes))
         else:
-            axis = _axis(self, bottom[0], p.axis)
+            axis = self.canonical_axis(bottom[0], p.axis)
         size = bottom[0].shape[axis]
         points = list(p.slice_point)
         if points:
@@ -270,8 +262,8 @@ class FlattenLayer(Layer):
         if top[0] is bottom[0]:
             raise self.error('does not allow in-place computation')
         p = self.layer_param.flatten_param
-        start = _axis(self, bottom[0], p.axis)
-        end = _axis(self, bottom[0], p.end_axis)
+        start = self.canonical_axis(bottom[0], p.axis)
+        end = self.canonical_axis(bottom[0], p.end_axis)
         if end < start:
             raise self.error('end_axis %d comes before axis %d for bottom shape %s'
                              % (p.end_axis, p.axis, bottom[0].shape))
@@ -436,7 +428,7 @@ class SoftmaxLayer(Layer):
     exact_num_top = 1
 
     def reshape(self, bottom, top):
-        axis = _axis(self, bottom[0], self.layer_param.softmax_param.axis)
+        axis = self.canonical_axis(bottom[0], self.layer_param.softmax_param.axis)
         self.shape3 = (bottom[0].count_range(0, axis), bottom[0].shape[axis], bottom[0].count_range(axis + 1))
         top[0].reshape(bottom[0].shape)
 
@@ -482,7 +474,7 @@ class TileLayer(Layer):
             raise self.error('number of tiles must be specified')
         if p.tiles <= 0:
             raise self.error('number of tiles must be positive, got %d' % p.tiles)
-        axis = _axis(self, bottom[0], p.axis)
+        axis = self.canonical_axis(bottom[0], p.axis)
         self.tiles = p.tiles
         self.outer = bottom[0].count_range(0, axis)
         self.inner = bottom[0].count_range(axis)
@@ -514,7 +506,7 @@ class ReductionLayer(Layer):
 
     def reshape(self, bottom, top):
         p = self.layer_param.reduction_param
-        axis = _axis(self, bottom[0], p.axis)
+        axis = self.canonical_axis(bottom[0], p.axis)
         top[0].reshape(bottom[0].shape[:axis])
         self.num = bottom[0].count_range(0, axis)
         self.dim = bottom[0].count_range(axis)
@@ -561,7 +553,7 @@ class CropLayer(Layer):
 
     def setup(self, bottom, top):
         p = self.layer_param.crop_param
-        start = _axis(self, bottom[0], p.axis)
+        start = self.canonical_axis(bottom[0], p.axis)
         if len(p.offset) > 1 and start + len(p.offset) != bottom[0].num_axes:
             raise self.error('number of offset values specified (%d) must be equal to the number of '
                              'dimensions following axis %d (%d)'
@@ -569,7 +561,7 @@ class CropLayer(Layer):
 
     def reshape(self, bottom, top):
         p = self.layer_param.crop_param
-        start = _axis(self, bottom[0], p.axis)
+        start = self.canonical_axis(bottom[0], p.axis)
         if bottom[1].num_axes < bottom[0].num_axes:
             raise self.error('bottom 1 (shape %s) has fewer axes than bottom 0 (shape %s)'
                              % (bottom[1].shape, bottom[0].shape))
@@ -612,7 +604,7 @@ class ArgMaxLayer(Layer):
         if self.top_k < 1:
             raise self.error('top_k must not be less than 1')
         if p.HasField('axis'):
-            self.axis = _axis(self, bottom[0], p.axis)
+            self.axis = self.canonical_axis(bottom[0], p.axis)
             if self.top_k > bottom[0].shape[self.axis]:
                 raise self.error('top_k (%d) must be less than or equal to the dimension of the axis (%d)'
                                  % (self.top_k, bottom[0].shape[self.axis]))

@@ -17,14 +17,6 @@ LOG_THRESHOLD = 1e-20                        # Caffe's kLOG_THRESHOLD (other los
 _NORM = caffe_pb2.LossParameter
 
 
-def _axis(layer, blob, axis):
-    """Caffe's CanonicalAxisIndex, failing with the layer's name."""
-    try:
-        return blob.canonical_axis_index(axis)
-    except IndexError as exc:
-        raise layer.error(str(exc)) from None
-
-
 def _legacy(layer, blob, index):
     """Caffe's num()/channels()/height()/width(): blobs of more than 4 axes are refused."""
     try:
@@ -135,7 +127,7 @@ class _SoftmaxLoss(LossLayer):
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
-        axis = _axis(self, bottom[0], self.softmax_axis)
+        axis = self.canonical_axis(bottom[0], self.softmax_axis)
         self.outer = bottom[0].count_range(0, axis)
         self.classes = bottom[0].shape[axis]
         self.inner = bottom[0].count_range(axis + 1)
@@ -296,7 +288,7 @@ class AccuracyLayer(Layer):
             raise self.error('top_k must be less than or equal to the number of classes '
                              '(top_k %d, %d classes).'
                              % (self.top_k, bottom[0].count // bottom[1].count))
-        axis = _axis(self, bottom[0], self.layer_param.accuracy_param.axis)
+        axis = self.canonical_axis(bottom[0], self.layer_param.accuracy_param.axis)
         self.outer = bottom[0].count_range(0, axis)
         self.classes = bottom[0].shape[axis]
         self.inner = bottom[0].count_range(axis + 1)

@@ -12,17 +12,9 @@ from ..proto import caffe_pb2
 from .neuron import scratch
 
 
-def _axis(layer, blob, axis):
-    """Caffe's CanonicalAxisIndex, failing with the layer's name."""
-    try:
-        return blob.canonical_axis_index(axis)
-    except IndexError as exc:
-        raise layer.error(str(exc)) from None
-
-
 def _learned_shape(layer, bottom, axis, num_axes, what):
     """Shape of a learned scale/bias: bottom's axes [axis, axis + num_axes) (-1: to the end)."""
-    axis = _axis(layer, bottom, axis)
+    axis = layer.canonical_axis(bottom, axis)
     if num_axes < -1:
         raise layer.error('num_axes must be non-negative, or -1 to extend to the end of bottom[0]')
     if num_axes >= 0 and bottom.num_axes < axis + num_axes:
@@ -35,7 +27,7 @@ def _layout(layer, bottom, operand_shape, axis, what):
     """(outer, dim, inner) splitting bottom around an operand of `operand_shape` placed at `axis`
     (axis 0 for a scalar operand, as Caffe)."""
     n = len(operand_shape)
-    axis = 0 if n == 0 else _axis(layer, bottom, axis)
+    axis = 0 if n == 0 else layer.canonical_axis(bottom, axis)
     if bottom.num_axes < axis + n:
         raise layer.error("%s blob's shape extends past bottom[0]'s shape when applied starting "
                           'with bottom[0] axis = %d' % (what, axis))

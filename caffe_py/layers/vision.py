@@ -28,13 +28,6 @@ def _prod(values):
     return int(np.prod(values, dtype=np.int64))
 
 
-def _canonical_axis(layer, blob, axis):
-    try:
-        return blob.canonical_axis_index(axis)
-    except IndexError as exc:
-        raise layer.error(str(exc)) from None
-
-
 def _per_axis(values, num_spatial, default):
     """Caffe's rule: no value (the default), one value for every axis, or one per axis."""
     if not values:
@@ -278,7 +271,7 @@ class _ConvolutionBase(Layer):
 
     def setup(self, bottom, top):
         param = self.layer_param.convolution_param
-        self.axis = _canonical_axis(self, bottom[0], param.axis)
+        self.axis = self.canonical_axis(bottom[0], param.axis)
         self.num_spatial = bottom[0].num_axes - self.axis - 1
         self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, param, self.num_spatial)
         self.channels = bottom[0].shape[self.axis]
@@ -417,7 +410,7 @@ class Im2colLayer(Layer):
 
     def setup(self, bottom, top):
         param = self.layer_param.convolution_param
-        self.axis = _canonical_axis(self, bottom[0], param.axis)
+        self.axis = self.canonical_axis(bottom[0], param.axis)
         self.num_spatial = bottom[0].num_axes - self.axis - 1
         if self.num_spatial < 1:
             raise self.error('needs at least one spatial axis after the channel axis %d (bottom %s)'
