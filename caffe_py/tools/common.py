@@ -72,6 +72,19 @@ def use_gpu(gpus):
     backend.set_mode_gpu()
 
 
+def select_mode(gpu_flag, show_name=False):
+    """CPU or the first GPU of -gpu, logged as `caffe test`/`caffe time` log it."""
+    gpus = get_gpus(gpu_flag)
+    if gpus:
+        log.info('Use GPU with device ID %d', gpus[0])
+        use_gpu(gpus)
+        if show_name:
+            log.info('GPU device name: %s', device_name(gpus[0]))
+    else:
+        log.info('Use CPU.')
+        backend.set_mode_cpu()
+
+
 def device_properties(device_id):
     """cudaGetDeviceProperties of a device as a dict."""
     return backend.device_module().cuda.runtime.getDeviceProperties(device_id)

@@ -24,14 +24,7 @@ def main(command, argv):
         raise CommandError('Need model weights to score (-weights).')
     phase = common.get_phase(flags['phase'], TEST)
     stages = common.get_stages(flags['stage'])
-    gpus = common.get_gpus(flags['gpu'])
-    if gpus:
-        log.info('Use GPU with device ID %d', gpus[0])
-        common.use_gpu(gpus)
-        log.info('GPU device name: %s', common.device_name(gpus[0]))
-    else:
-        log.info('Use CPU.')
-        backend.set_mode_cpu()
+    common.select_mode(flags['gpu'], show_name=True)
     common.require_file(flags['model'], '-model')
     weights = [name.strip() for name in flags['weights'].split(',')]
     for name in weights:

@@ -1,5 +1,5 @@
 """`caffe-py time`: time each layer's forward and backward pass, as `caffe time` (tools/caffe.cpp)."""
-from .. import backend, log
+from .. import log
 from ..net import TRAIN, Net
 from ..solvers.timer import Timer
 from . import common
@@ -20,13 +20,7 @@ def main(command, argv):
         raise CommandError('Need a model definition to time (-model).')
     phase = common.get_phase(flags['phase'], TRAIN)
     stages = common.get_stages(flags['stage'])
-    gpus = common.get_gpus(flags['gpu'])
-    if gpus:
-        log.info('Use GPU with device ID %d', gpus[0])
-        common.use_gpu(gpus)
-    else:
-        log.info('Use CPU.')
-        backend.set_mode_cpu()
+    common.select_mode(flags['gpu'], show_name=False)
     common.require_file(flags['model'], '-model')
     iterations = flags['iterations']
     if iterations <= 0:
