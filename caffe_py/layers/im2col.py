@@ -214,7 +214,7 @@ def _cores():
 
 # NumPy releases the GIL inside its loops: element-wise work on big arrays is split over the cores
 CORES = min(_cores(), 4)
-MIN_PARALLEL = 1 << 17
+MIN_PARALLEL = 1 << 18
 _executor = None
 
 
