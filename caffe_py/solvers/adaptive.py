@@ -12,16 +12,27 @@ from .solver import SolverError
 f32 = np.float32
 
 
-class AdaGradSolver(SGDSolver):
-    """history += g^2; step = local_rate * g / (sqrt(history) + delta)."""
-
-    type = 'AdaGrad'
+class _RMSScaledSolver(SGDSolver):
+    """Shared by AdaGrad and RMSProp: no momentum; step = local_rate * g / (sqrt(history) + delta)."""
 
     def check_param(self):
         super().check_param()
         if self.param.momentum != 0:
-            raise SolverError('Momentum cannot be used with AdaGrad (momentum is %s).'
-                              % self.param.momentum)
+            raise SolverError('Momentum cannot be used with %s (momentum is %s).'
+                              % (self.type, self.param.momentum))
+
+    def _step_by_rms(self, blob, history, update, param_id, rate):
+        xp, g = blob.xp, blob.diff
+        xp.sqrt(history, out=update)
+        update += f32(self.param.delta)
+        xp.divide(g, update, out=update)
+        xp.multiply(update, self.local_rate(param_id, rate), out=g)
+
+
+class AdaGradSolver(_RMSScaledSolver):
+    """history += g^2; step = local_rate * g / (sqrt(history) + delta)."""
+
+    type = 'AdaGrad'
 
     def compute_update_value(self, param_id, rate):
         blob = self.net.learnable_params[param_id]
@@ -34,22 +45,16 @@ class AdaGradSolver(SGDSolver):
         update = self.buffer('update', param_id)
         xp.multiply(g, g, out=update)
         history += update
-        xp.sqrt(history, out=update)
-        update += f32(self.param.delta)
-        xp.divide(g, update, out=update)
-        xp.multiply(update, self.local_rate(param_id, rate), out=g)
+        self._step_by_rms(blob, history, update, param_id, rate)
 
 
-class RMSPropSolver(SGDSolver):
+class RMSPropSolver(_RMSScaledSolver):
     """history = rms_decay * history + (1 - rms_decay) * g^2; step = local_rate * g / (sqrt(history) + delta)."""
 
     type = 'RMSProp'
 
     def check_param(self):
         super().check_param()
-        if self.param.momentum != 0:
-            raise SolverError('Momentum cannot be used with RMSProp (momentum is %s).'
-                              % self.param.momentum)
         if not 0 <= self.param.rms_decay < 1:
             raise SolverError('rms_decay should lie between 0 and 1 (got %s).' % self.param.rms_decay)
 
@@ -67,10 +72,7 @@ class RMSPropSolver(SGDSolver):
         update *= f32(1) - rms_decay
         history *= rms_decay
         history += update
-        xp.sqrt(history, out=update)
-        update += f32(self.param.delta)
-        xp.divide(g, update, out=update)
-        xp.multiply(update, self.local_rate(param_id, rate), out=g)
+        self._step_by_rms(blob, history, update, param_id, rate)
 
 
 class AdaDeltaSolver(SGDSolver):

@@ -28,21 +28,27 @@ def _read(path, proto, binary, kind):
         return None
 
 
-def _upgrade_net_file(in_path, out_path, binary):
-    net = _read(in_path, caffe_pb2.NetParameter, binary, "binary" if binary else "text")
-    if net is None:
+def _upgrade_file(in_path, out_path, proto, binary, needs_upgrade, upgrade):
+    """Read, upgrade if needed, write; Caffe's exit status (0 ok, 1 problems, 2 unreadable)."""
+    msg = _read(in_path, proto, binary, "binary" if binary else "text")
+    if msg is None:
         return 2
     ok = True
-    if _up.net_needs_upgrade(net):
-        ok = _up.upgrade_net(net, in_path)
+    if needs_upgrade(msg):
+        ok = upgrade(msg, in_path)
         if not ok:
             log.error("Encountered error(s) while upgrading prototxt; see details above.")
     else:
         log.error("File already in latest proto format: %s", in_path)
-    formats.write_net(out_path, net, binary=binary)
-    log.info("Wrote upgraded NetParameter %s proto to %s",
+    formats.write_proto(out_path, msg, binary=binary)
+    log.info("Wrote upgraded %s %s proto to %s", proto.DESCRIPTOR.name,
              "binary" if binary else "text", out_path)
     return 0 if ok else 1
+
+
+def _upgrade_net_file(in_path, out_path, binary):
+    return _upgrade_file(in_path, out_path, caffe_pb2.NetParameter, binary,
+                         _up.net_needs_upgrade, _up.upgrade_net)
 
 
 def upgrade_net_proto_text(in_path, out_path):
@@ -58,19 +64,8 @@ def upgrade_net_proto_binary(in_path, out_path):
 def upgrade_solver_proto_text(in_path, out_path):
     """Upgrade a solver prototxt (solver_type enum -> type string); returns
     the exit status. Like Caffe's tool, snapshot_prefix is left as written."""
-    solver = _read(in_path, caffe_pb2.SolverParameter, False, "text")
-    if solver is None:
-        return 2
-    ok = True
-    if _up.solver_needs_type_upgrade(solver):
-        ok = _up.upgrade_solver(solver, in_path)
-        if not ok:
-            log.error("Encountered error(s) while upgrading prototxt; see details above.")
-    else:
-        log.error("File already in latest proto format: %s", in_path)
-    formats.write_solver(out_path, solver)
-    log.info("Wrote upgraded SolverParameter text proto to %s", out_path)
-    return 0 if ok else 1
+    return _upgrade_file(in_path, out_path, caffe_pb2.SolverParameter, False,
+                         _up.solver_needs_type_upgrade, _up.upgrade_solver)
 
 
 COMMANDS = {
