@@ -15,7 +15,7 @@
 #      only; never commit it). About 6 MiB.
 #   2. device run:  command "bash benchmarks/gpu_check.sh", carry [".gpu_carry"], timeout_s 560.
 #      It takes about 4 minutes on an H100 (tests about 2, benchmark about 1).
-# Files back: env.txt, pytest.log, junit.xml, bench_gpu.txt, bench_gpu.json.
+# Files back: env.txt, pytest.log, junit.xml, bench_gpu.txt, bench_gpu.json, commands.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu_carry
@@ -61,15 +61,39 @@ fi
 export PYTHONUNBUFFERED=1 GLOG_minloglevel=2
 unset CAFFE_PY_ALLOW_TF32
 
-echo "== pytest -m gpu"
-timeout 330 $PY -m pytest -q -p no:cacheprovider -m gpu -rs --junitxml="$OUT/junit.xml" \
+# the tests spread over 8 processes where pytest-xdist is there (each has its own CUDA context)
+XDIST=""
+$PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
+echo "== pytest -m gpu $XDIST"
+timeout 300 $PY -m pytest -q -p no:cacheprovider -m gpu -rs $XDIST --junitxml="$OUT/junit.xml" \
     tests/test_gpu.py tests/test_recurrent_layers.py 2>&1 | tee "$OUT/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== bench_gpu.py"
-timeout 150 $PY benchmarks/bench_gpu.py --batch 256 --iters 10 --json "$OUT/bench_gpu.json" 2>&1 \
+timeout 120 $PY benchmarks/bench_gpu.py --batch 256 --iters 10 --json "$OUT/bench_gpu.json" 2>&1 \
     | tee "$OUT/bench_gpu.txt"
 bench_rc=${PIPESTATUS[0]}
+
+# the commands as a user types them, on the device: per-layer times of CaffeNet at batch 256, and
+# the README's finetuning example (its CPU run ends at test accuracy 0.700)
+{
+    echo "== caffe-py time -gpu 0 (CaffeNet, batch 256, loss on fc8)"
+    $PY - <<'PYEOF'
+from caffe_py import formats
+net = formats.read_net('models/bvlc_reference_caffenet/deploy.prototxt')
+net.layer[0].input_param.shape[0].dim[0] = 256
+net.layer[-1].loss_weight.append(1.0)
+formats.write_net('/tmp/caffenet256.prototxt', net)
+PYEOF
+    GLOG_minloglevel=0 timeout 60 $PY -m caffe_py time -model /tmp/caffenet256.prototxt -gpu 0 \
+        -iterations 5 -phase TEST
+    echo "time exit $?"
+    echo "== caffe-py train -gpu 0 (README example)"
+    GLOG_minloglevel=0 timeout 90 $PY -m caffe_py train -solver examples/finetune_style/solver.prototxt \
+        -weights models/mini_caffenet/mini_caffenet_pretrained.caffemodel -gpu 0
+    echo "train exit $?"
+} > "$OUT/commands.log" 2>&1
+grep -E "Average|forward:|backward:|exit|accuracy|Optimization Done|Error|error" "$OUT/commands.log" | tail -60
 
 echo "== done: pytest exit $tests_rc, benchmark exit $bench_rc"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
