@@ -268,11 +268,18 @@ class _Device:
 
 def _properties(device_id):
     return {'name': b'caffe-py fake device (NumPy)', 'major': 9, 'minor': 0, 'totalGlobalMem': 1 << 30,
-            'sharedMemPerBlock': 49152, 'regsPerBlock': 65536, 'warpSize': 32, 'memPitch': 1 << 31,
+            'sharedMemPerBlock': 49152, 'regsPerBlock': 65536, 'warpSize': 32,
             'maxThreadsPerBlock': 1024, 'maxThreadsDim': (1024, 1024, 64),
-            'maxGridSize': (2147483647, 65535, 65535), 'clockRate': 1, 'totalConstMem': 65536,
-            'textureAlignment': 512, 'deviceOverlap': 1, 'multiProcessorCount': 1,
-            'kernelExecTimeoutEnabled': 0}
+            'maxGridSize': (2147483647, 65535, 65535), 'totalConstMem': 65536,
+            'textureAlignment': 512, 'multiProcessorCount': 1}
+
+
+# as CUDA 13: memory pitch, clock rate, overlap and timeout only through cudaDeviceGetAttribute
+_ATTRIBUTES = {11: 1 << 31, 13: 1, 15: 1, 17: 0}
+
+
+def _attribute(attribute, device_id):
+    return _ATTRIBUTES[attribute]
 
 
 _SHIM = r'''
@@ -353,7 +360,7 @@ def make_module():
     module.get_array_module = lambda *arrays: module if any(isinstance(a, FakeArray) for a in arrays) else np
     module.RawModule = RawModule
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, deviceSynchronize=lambda: None,
-                                    getDeviceProperties=_properties)
+                                    getDeviceProperties=_properties, deviceGetAttribute=_attribute)
     module.cuda = types.SimpleNamespace(runtime=runtime, Device=_Device)
     return module
 

@@ -248,6 +248,17 @@ def test_gpu_requests_fail_clearly_without_cupy(workdir, capsys):
     caffe.set_mode_cpu()
 
 
+def test_device_query_reads_what_cuda_13_dropped_from_the_properties(captured_log):
+    import fakecupy
+    with fakecupy.fake_gpu():
+        assert run('device_query', '-gpu', '0') == 0
+    printed = dict(line.split(':', 1) for line in lines(captured_log, '') if ':' in line)
+    assert printed['Maximum memory pitch'].strip() == str(1 << 31)
+    assert printed['Concurrent copy and execution'].strip() == 'Yes'
+    assert printed['Kernel execution timeout'].strip() == 'No'
+    assert printed['Name'].strip() == 'caffe-py fake device (NumPy)'
+
+
 # -- test, time ------------------------------------------------------------------------------
 
 def test_test_command(workdir, captured_log):
