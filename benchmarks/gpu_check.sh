@@ -70,7 +70,7 @@ timeout 300 $PY -m pytest -q -p no:cacheprovider -m gpu -rs $XDIST --junitxml="$
 tests_rc=${PIPESTATUS[0]}
 
 echo "== bench_gpu.py"
-timeout 120 $PY benchmarks/bench_gpu.py --batch 256 --iters 10 --json "$OUT/bench_gpu.json" 2>&1 \
+timeout 120 $PY benchmarks/bench_gpu.py --batch 256 --iters "${BENCH_ITERS:-20}" --json "$OUT/bench_gpu.json" 2>&1 \
     | tee "$OUT/bench_gpu.txt"
 bench_rc=${PIPESTATUS[0]}
 
