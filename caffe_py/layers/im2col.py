@@ -107,24 +107,28 @@ class PhaseGrid:
     ones; kernel offset (i, j) then reads phase (i % sh, j % sw) shifted by
     (i // sh) * wq + j // sw cells, over the flattened planes. Cells beyond the real outputs
     read neighbouring rows or planes and are ignored; the last `tail` cells of a run of planes
-    are never computed. Splitting goes through row phases of full padded width (contiguous row
-    copies) and then column phases (one strided copy each).
+    are never computed. Splitting and merging are one strided copy per phase.
     """
 
     def __init__(self, kernel, stride, pad, size, out):
         (kh, kw), (sh, sw), (ph, pw), (h, w), (oh, ow) = kernel, stride, pad, size, out
         self.stride, self.out = (sh, sw), (oh, ow)
         self.hq, self.wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
-        self.row_phases, self.col_phases = min(sh, kh), min(sw, kw)
+        row_phases, col_phases = min(sh, kh), min(sw, kw)
         self.span = self.hq * self.wq
         # per kernel offset, row-major: (phase, shift)
-        self.offsets = [((i % sh) * self.col_phases + j % sw, (i // sh) * self.wq + j // sw)
+        self.offsets = [((i % sh) * col_phases + j % sw, (i // sh) * self.wq + j // sw)
                         for i in range(kh) for j in range(kw)]
         self.tail = max(shift for _, shift in self.offsets)
-        self.rows = [self._axis(q, sh, ph, h, self.hq) for q in range(self.row_phases)]
-        self.cols = self._axis(0, 1, pw, w, self.wq * sw)
+        # per phase: (grid rows, grid cols), (image rows, image cols)
+        self.phases = []
+        for qr in range(row_phases):
+            grid_rows, image_rows = self._axis(qr, sh, ph, h, self.hq)
+            for qc in range(col_phases):
+                grid_cols, image_cols = self._axis(qc, sw, pw, w, self.wq)
+                self.phases.append(((grid_rows, grid_cols), (image_rows, image_cols)))
         # whether every image cell is in some phase (else split leaves some out, merge zeroes them)
-        self.covers = kh >= sh and h + ph <= self.hq * sh and w + pw <= self.wq * sw
+        self.covers = kh >= sh and kw >= sw and h + ph <= self.hq * sh and w + pw <= self.wq * sw
 
     @staticmethod
     def _axis(q, s, p, size, extent):
@@ -136,38 +140,22 @@ class PhaseGrid:
         return slice(a0, a1), slice(start, start + (a1 - a0 - 1) * s + 1, s)
 
     def buffers(self, buffers, name, planes, dtype, like, fill):
-        """(row phases, phases) scratch arrays for `planes` planes; cells outside the image hold
-        `fill`. Both are one array when the column stride is 1."""
-        sw = self.stride[1]
-        rows = buffers.get(name + 'rows', (self.row_phases, planes, self.hq, self.wq * sw), dtype, like,
+        """The phases scratch array (phases, planes, hq, wq) for `planes` planes; cells outside
+        the image hold `fill`."""
+        return buffers.get(name + 'phases', (len(self.phases), planes, self.hq, self.wq), dtype, like,
                            fill=fill)
-        if sw == 1:
-            return rows, rows
-        phases = buffers.get(name + 'phases', (self.row_phases * self.col_phases, planes, self.hq, self.wq),
-                             dtype, like)
-        return rows, phases
 
-    def split(self, x, rows, phases, part):
+    def split(self, x, phases, part):
         """Planes `part` of x (P, H, W) into the phases."""
-        grid_cols, image_cols = self.cols
-        for q, (grid_rows, image_rows) in enumerate(self.rows):
-            rows[q, part, grid_rows, grid_cols] = x[part, image_rows, image_cols]
-        if phases is not rows:
-            for q in range(self.row_phases):
-                for c in range(self.col_phases):
-                    phases[q * self.col_phases + c, part] = rows[q, part, :, c::self.stride[1]]
+        for i, ((grid_rows, grid_cols), (image_rows, image_cols)) in enumerate(self.phases):
+            phases[i, part, grid_rows, grid_cols] = x[part, image_rows, image_cols]
 
-    def merge(self, rows, phases, x, part):
+    def merge(self, phases, x, part):
         """Planes `part` of the phases back into x (P, H, W); cells in no phase become 0."""
-        if phases is not rows:
-            for q in range(self.row_phases):
-                for c in range(self.col_phases):
-                    rows[q, part, :, c::self.stride[1]] = phases[q * self.col_phases + c, part]
         if not self.covers:
             x[part] = 0
-        grid_cols, image_cols = self.cols
-        for q, (grid_rows, image_rows) in enumerate(self.rows):
-            x[part, image_rows, image_cols] = rows[q, part, grid_rows, grid_cols]
+        for i, ((grid_rows, grid_cols), (image_rows, image_cols)) in enumerate(self.phases):
+            x[part, image_rows, image_cols] = phases[i, part, grid_rows, grid_cols]
 
     def shifted(self, flat_phases, offset, start, stop):
         """Extended cells start .. stop as read by kernel offset `offset` (a view)."""

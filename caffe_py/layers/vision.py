@@ -567,14 +567,14 @@ class Pool2d:
             self.code, self.plane = None, plane.reshape(top.shape)
             return
         grid, count, (oh, ow) = self.grid, len(self.grid.offsets), top.shape[2:]
-        rows, phases, ext, x_planes, top_planes = self._phase_arrays(x, top, 'x', -np.inf)
+        phases, ext, x_planes, top_planes = self._phase_arrays(x, top, 'x', -np.inf)
         code = self.buffers.get('code', ext.shape, self.code_dtype, x)
         step = self.buffers.get('step', (ext.size,), self.code_dtype, x)
         equal = self.buffers.get('equal', (ext.size,), bool, x)
         flat, flat_ext, flat_code = phases.reshape(len(phases), -1), ext.reshape(-1), code.reshape(-1)
 
         def planes(part):
-            grid.split(x_planes, rows, phases, part)
+            grid.split(x_planes, phases, part)
             a, b = grid.runs(part)
             t, k, st, eq = flat_ext[a:b], flat_code[a:b], step[a:b], equal[a:b]
             hit = eq.view(np.uint8) if self.code_dtype == np.uint8 else eq
@@ -599,19 +599,19 @@ class Pool2d:
         allocated), and image and pooled as planes."""
         n, c, h, w = image.shape
         grid = self.grid
-        rows, phases = grid.buffers(self.buffers, name, n * c, image.dtype, image, fill)
+        phases = grid.buffers(self.buffers, name, n * c, image.dtype, image, fill)
         ext = self.buffers.get(name + 'ext', (n * c, grid.hq, grid.wq), image.dtype, image, fill=0)
-        return rows, phases, ext, image.reshape(n * c, h, w), pooled.reshape((n * c,) + pooled.shape[2:])
+        return phases, ext, image.reshape(n * c, h, w), pooled.reshape((n * c,) + pooled.shape[2:])
 
     def _average(self, x, top):
         """Caffe's AVE: window sums from 0 in window order (padding adds zeros), then / pool_size."""
         grid, count, (oh, ow) = self.grid, len(self.grid.offsets), top.shape[2:]
-        rows, phases, ext, x_planes, top_planes = self._phase_arrays(x, top, 'x', 0)
+        phases, ext, x_planes, top_planes = self._phase_arrays(x, top, 'x', 0)
         size = np.asarray(self.pool_size, top.dtype)
         flat, flat_ext = phases.reshape(len(phases), -1), ext.reshape(-1)
 
         def planes(part):
-            grid.split(x_planes, rows, phases, part)
+            grid.split(x_planes, phases, part)
             a, b = grid.runs(part)
             t = flat_ext[a:b]
             t.fill(0)
@@ -692,7 +692,7 @@ class Pool2d:
         window, MAX routes dy to the code's cell. Offsets run backwards, so that every bottom
         cell adds up its outputs in Caffe's (row-major) order."""
         grid, count, (oh, ow) = self.grid, len(self.grid.offsets), top_diff.shape[2:]
-        rows, phases, ext, dx_planes, dy_planes = self._phase_arrays(bottom_diff, top_diff, 'd', 0)
+        phases, ext, dx_planes, dy_planes = self._phase_arrays(bottom_diff, top_diff, 'd', 0)
         flat, flat_ext = phases.reshape(len(phases), -1), ext.reshape(-1)
         average = self.method == AVE
         if average:
@@ -725,7 +725,7 @@ class Pool2d:
                     r.fill(0)
                     np.copyto(r, dy, where=h)
                 cells += r
-            grid.merge(rows, phases, dx_planes, part)
+            grid.merge(phases, dx_planes, part)
         parallel(planes, len(ext), ext.size * count, ext)
 
 
