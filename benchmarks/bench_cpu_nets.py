@@ -1,12 +1,16 @@
 """CPU forward and forward+backward time per iteration of LeNet, CIFAR10-quick and CaffeNet.
 
-    python benchmarks/bench_cpu_nets.py [--iters N] [--torch]
+    python benchmarks/bench_cpu_nets.py [--iters N] [--rounds R] [--torch]
 
 Each deploy net gets loss_weight 1 on its output so that backward runs through
 every layer and parameter, as in training. With --torch (PyTorch importable,
 e.g. from a separate benchmark venv with caffe_py on PYTHONPATH) the same
 architecture with the same weights runs in torch in the same process, and the
 outputs are compared. Threads: whatever OMP/OpenBLAS use (2 on a 2-core box).
+
+Shared machines drift by 10-20% over minutes, so the measurement runs in rounds: each round
+times every net for --iters iterations in caffe-py and then (with --torch) in PyTorch, one
+right after the other. The table gives the median and the fastest of all iterations of all rounds.
 """
 import argparse
 import os
@@ -44,13 +48,14 @@ def build(path, batch):
 
 
 def timed(fn, iters):
+    """Milliseconds of each of `iters` calls after one warm-up call."""
     fn()
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return times
 
 
 def torch_model(net):
@@ -94,41 +99,54 @@ def torch_model(net):
     return run
 
 
+def torch_steps(net):
+    """(forward, forward+backward) closures of the torch twin of `net`, after checking its output."""
+    import torch
+    model = torch_model(net)
+    x = torch.from_numpy(net.blobs[net.inputs[0]].data.copy())
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = net.forward()[net.outputs[0]]
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-5)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def step():
+        model(x).sum().backward()
+    return forward, step
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--iters', type=int, default=10, help='timed iterations per net and round')
+    parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--torch', action='store_true', help='also time PyTorch in this process')
     args = parser.parse_args()
-    rows = []
+    runs = []       # per net: (name, batch, {column: [ms, ...]}, [(column, function), ...])
     for name, path, batch in NETS:
         net = build(path, batch)
-        fwd = timed(lambda: net.forward_from_to(), args.iters)
-        fwd_bwd = timed(lambda: net.forward_backward(), args.iters)
-        row = [name, batch, fwd, fwd_bwd, CAFFE_MS[name], TORCH_MS[name]]
+        steps = [('fwd', net.forward_from_to), ('fwd+bwd', net.forward_backward)]
         if args.torch:
-            import torch
-            model = torch_model(net)
-            x = torch.from_numpy(net.blobs[net.inputs[0]].data.copy())
-            with torch.no_grad():
-                t_fwd = timed(lambda: model(x), args.iters)
-                ref = model(x).numpy()
-            out = net.forward()[net.outputs[0]]
-            np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-5)
-
-            def step():
-                model(x).sum().backward()
-            t_fb = timed(step, args.iters)
-            row += [t_fwd, t_fb]
-        rows.append(row)
-    header = '%-14s %5s %10s %12s %12s %12s' % ('net', 'batch', 'fwd ms', 'fwd+bwd ms', 'Caffe f+b', 'torch f+b')
+            steps += zip(('torch fwd', 'torch fwd+bwd'), torch_steps(net))
+        runs.append((name, batch, {column: [] for column, _ in steps}, steps))
+    for _ in range(args.rounds):
+        for _, _, times, steps in runs:
+            for column, fn in steps:
+                times[column] += timed(fn, args.iters)
+    columns = list(runs[0][2])
+    print('ms per iteration, median (fastest) of %d rounds x %d iterations; Caffe and PyTorch 2.13 as '
+          'given in the issue for a 2-core machine' % (args.rounds, args.iters))
+    print('%-14s %5s' % ('net', 'batch') + ''.join('%17s' % c for c in columns) + '%10s%10s' % (
+        'Caffe f+b', 'torch f+b'))
+    for name, batch, times, _ in runs:
+        cells = ''.join('%17s' % ('%.1f (%.1f)' % (statistics.median(t), min(t))) for t in times.values())
+        print('%-14s %5d' % (name, batch) + cells + '%10d%10d' % (CAFFE_MS[name], TORCH_MS[name]))
     if args.torch:
-        header += ' %14s %16s' % ('torch fwd (now)', 'torch f+b (now)')
-    print(header)
-    for row in rows:
-        line = '%-14s %5d %10.1f %12.1f %12d %12d' % tuple(row[:6])
-        if args.torch:
-            line += ' %14.1f %16.1f' % tuple(row[6:])
-        print(line)
+        for name, _, times, _ in runs:
+            print('%s: caffe-py / PyTorch fwd+bwd = %.2f (medians)' % (
+                name, statistics.median(times['fwd+bwd']) / statistics.median(times['torch fwd+bwd'])))
 
 
 if __name__ == '__main__':
