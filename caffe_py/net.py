@@ -510,6 +510,63 @@ class Net:
         self.backward_from_to(start_ind, end_ind)
         return {name: self.blobs[name].diff for name in outputs if name in self.blobs}
 
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's forward_all: forward over inputs of any length in batches of the input blob's
+        size (the last batch padded with zeros); returns {output name: array of all items}."""
+        names = list(dict.fromkeys(self.outputs + list(blobs or [])))
+        outs = {name: [] for name in names}
+        for batch in list(self._batches(kwargs)) or [{}]:
+            for name, value in self.forward(blobs=blobs, **batch).items():
+                outs[name].append(np.array(value))
+        return self._trimmed(outs, kwargs)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's forward_backward_all: kwargs hold inputs (for forward) and output diffs (for
+        backward), batched as in forward_all; returns ({blob: data}, {blob: diff})."""
+        inputs = {name: value for name, value in kwargs.items() if name in self.inputs}
+        out_diffs = {name: value for name, value in kwargs.items() if name in self.outputs}
+        unknown = set(kwargs) - set(inputs) - set(out_diffs)
+        if unknown:
+            raise KeyError('%s: neither inputs nor outputs of net "%s"'
+                           % (', '.join(sorted(unknown)), self.name))
+        outs = {name: [] for name in dict.fromkeys(self.outputs + list(blobs or []))}
+        grads = {name: [] for name in dict.fromkeys(self.inputs + list(diffs or []))}
+        forward_batches, backward_batches = list(self._batches(inputs)), list(self._batches(out_diffs))
+        for i in range(max(1, len(forward_batches), len(backward_batches))):
+            fb = forward_batches[i] if i < len(forward_batches) else {}
+            bb = backward_batches[i] if i < len(backward_batches) else {}
+            for name, value in self.forward(blobs=blobs, **fb).items():
+                outs[name].append(np.array(value))
+            for name, value in self.backward(diffs=diffs, **bb).items():
+                grads[name].append(np.array(value))
+        return self._trimmed(outs, kwargs), self._trimmed(grads, kwargs)
+
+    def _batches(self, arrays):
+        """{name: array} split into {name: batch} of the first blob's batch size, zero-padded."""
+        if not arrays:
+            return
+        first = next(iter(arrays))
+        size = self.blobs[first].shape[0]
+        total = len(arrays[first])
+        for start in range(0, total, size):
+            batch = {}
+            for name, value in arrays.items():
+                part = np.asarray(value[start:start + size])
+                if len(part) < size:
+                    padding = np.zeros((size - len(part),) + part.shape[1:], part.dtype)
+                    part = np.concatenate([part, padding])
+                batch[name] = part
+            yield batch
+        if total == 0:
+            raise ValueError('no items to run in %s' % first)
+
+    @staticmethod
+    def _trimmed(collected, kwargs):
+        """The collected batches joined, less the padding of the last one."""
+        total = len(next(iter(kwargs.values()))) if kwargs else None
+        return {name: (np.concatenate(parts) if parts else np.empty((0,)))[:total]
+                for name, parts in collected.items()}
+
     def set_input_arrays(self, data, labels):
         """Feed a MemoryData first layer (pycaffe's Net.set_input_arrays)."""
         first = self.layers[0] if self.layers else None

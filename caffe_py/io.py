@@ -1,0 +1,250 @@
+"""pycaffe's `caffe.io`: images in and out of a net's input layout, blobs and Datums as arrays.
+
+    transformer = caffe.io.Transformer({'data': net.blobs['data'].data.shape})
+    transformer.set_transpose('data', (2, 0, 1))       # H x W x K -> K x H x W
+    transformer.set_channel_swap('data', (2, 1, 0))    # RGB -> BGR
+    transformer.set_raw_scale('data', 255)             # [0, 1] -> [0, 255]
+    transformer.set_mean('data', mean_bgr)             # per channel, or K x H x W
+    net.blobs['data'].data[...] = transformer.preprocess('data', caffe.io.load_image(path))
+
+Images are H x W x K float32 arrays, RGB, in [0, 1], as pycaffe's (it used scikit-image;
+caffe-py reads and resizes with OpenCV: bilinear, edges replicated rather than blended with zero).
+"""
+import os
+
+import cv2
+import numpy as np
+
+from .formats.blobs import blob_to_array
+from .formats.errors import FormatError, MissingFileError
+from .proto import caffe_pb2
+
+# scikit-image's rgb2gray weights, which pycaffe's load_image(color=False) used
+GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)
+INTERPOLATIONS = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}
+
+
+# -- blobs and datums ------------------------------------------------------------
+def blobproto_to_array(blob, return_diff=False):
+    """The data (or diff) of a BlobProto as a float64 array of its shape (legacy 4-d dims, double
+    and NVCaffe half storage too)."""
+    return blob_to_array(blob, diff=return_diff, dtype=np.float64)
+
+
+def array_to_blobproto(arr, diff=None):
+    """A BlobProto holding `arr` (and `diff`, of the same shape) with an N-d shape."""
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend(arr.shape)
+    blob.data.extend(np.asarray(arr, np.float64).flat)
+    if diff is not None:
+        blob.diff.extend(np.asarray(diff, np.float64).flat)
+    return blob
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    """A serialized BlobProtoVector of the arrays."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.blobs.extend(array_to_blobproto(arr) for arr in arraylist)
+    return vec.SerializeToString()
+
+
+def blobprotovector_str_to_arraylist(serialized):
+    """The arrays of a serialized BlobProtoVector."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.ParseFromString(serialized)
+    return [blobproto_to_array(blob) for blob in vec.blobs]
+
+
+def array_to_datum(arr, label=None):
+    """A Datum of a K x H x W array: bytes for uint8, float_data otherwise."""
+    if arr.ndim != 3:
+        raise ValueError('Incorrect array shape: a Datum holds K x H x W, got %s' % (arr.shape,))
+    datum = caffe_pb2.Datum()
+    datum.channels, datum.height, datum.width = arr.shape
+    if arr.dtype == np.uint8:
+        datum.data = arr.tobytes()
+    else:
+        datum.float_data.extend(np.asarray(arr, np.float64).flat)
+    if label is not None:
+        datum.label = label
+    return datum
+
+
+def datum_to_array(datum):
+    """The K x H x W array of an unencoded Datum (uint8 bytes or float_data); the label is
+    datum.label."""
+    shape = (datum.channels, datum.height, datum.width)
+    if datum.encoded:
+        raise ValueError('datum_to_array reads raw Datums; this one is encoded (decode it with '
+                         'cv2.imdecode(np.frombuffer(datum.data, np.uint8), -1))')
+    if len(datum.data):
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+    return np.array(datum.float_data, dtype=np.float64).reshape(shape)
+
+
+# -- images ------------------------------------------------------------------------
+def load_image(filename, color=True):
+    """An image file as H x W x 3 RGB (color) or H x W x 1 intensity, float32 in [0, 1].
+
+    Grey images are repeated into three channels when `color`; an alpha channel is dropped;
+    16-bit images scale by 65535."""
+    if not os.path.isfile(filename):
+        raise MissingFileError(filename, 'load_image')
+    img = cv2.imread(filename, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise FormatError('cannot decode the image %s' % filename, path=filename)
+    scale = np.iinfo(img.dtype).max if img.dtype.kind in 'ui' else 1.0
+    img = img.astype(np.float32) / np.float32(scale)
+    if img.ndim == 2:
+        img = img[:, :, np.newaxis]
+    else:
+        img = img[:, :, 2::-1] if img.shape[2] >= 3 else img[:, :, :1]   # BGR(A) -> RGB
+    if not color and img.shape[2] == 3:
+        img = (img @ GRAY_WEIGHTS)[:, :, np.newaxis]
+    elif color and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img)
+
+
+def resize_image(im, new_dims, interp_order=1):
+    """im (H x W x K) resized to new_dims (height, width), K kept; interp_order 0 nearest,
+    1 bilinear (default), 3 bicubic. Returns float32."""
+    height, width = int(new_dims[0]), int(new_dims[1])
+    if interp_order not in INTERPOLATIONS:
+        raise ValueError('interp_order must be 0, 1 or 3, not %r' % (interp_order,))
+    im = np.asarray(im, np.float32)
+    channels = im.shape[2]
+    out = np.empty((height, width, channels), np.float32)
+    for start in range(0, channels, 4):      # OpenCV resizes at most 4 channels at once exactly
+        part = cv2.resize(np.ascontiguousarray(im[:, :, start:start + 4]), (width, height),
+                          interpolation=INTERPOLATIONS[interp_order])
+        out[:, :, start:start + 4] = part.reshape(height, width, -1)
+    return out
+
+
+def _crop_boxes(image_dims, crop_dims):
+    """pycaffe's five crops (ymin, xmin, ymax, xmax): the four corners and the centre."""
+    (h, w), (ch, cw) = image_dims, crop_dims
+    boxes = [(y, x, y + ch, x + cw) for y in (0, h - ch) for x in (0, w - cw)]
+    boxes.append(center_crop_box(image_dims, crop_dims))
+    return boxes
+
+
+def center_crop_box(image_dims, crop_dims):
+    """(ymin, xmin, ymax, xmax) of the centred crop, truncated to ints as pycaffe does."""
+    center = np.array(image_dims[:2], np.float64) / 2.0
+    half = np.array(crop_dims, np.float64) / 2.0
+    return tuple(np.concatenate([center - half, center + half]).astype(int))
+
+
+def oversample(images, crop_dims):
+    """10 crops per image (N x H x W x K): four corners and centre, then the same mirrored."""
+    images = [np.asarray(im) for im in images]
+    (ch, cw), channels = (int(crop_dims[0]), int(crop_dims[1])), images[0].shape[-1]
+    boxes = _crop_boxes(images[0].shape[:2], (ch, cw))
+    crops = np.empty((10 * len(images), ch, cw, channels), np.float32)
+    for i, im in enumerate(images):
+        five = crops[10 * i:10 * i + 5]
+        for j, (y0, x0, y1, x1) in enumerate(boxes):
+            five[j] = im[y0:y1, x0:x1, :]
+        crops[10 * i + 5:10 * i + 10] = five[:, :, ::-1, :]
+    return crops
+
+
+class Transformer:
+    """Formats H x W x K images for a net's inputs (`inputs`: {name: input blob shape}):
+    resize, transpose, channel swap, raw scale, mean, input scale, in that order."""
+
+    def __init__(self, inputs):
+        self.inputs = {name: tuple(shape) for name, shape in inputs.items()}
+        self.transpose = {}
+        self.channel_swap = {}
+        self.raw_scale = {}
+        self.mean = {}
+        self.input_scale = {}
+
+    def _check_input(self, in_):
+        if in_ not in self.inputs:
+            raise KeyError('%s is not one of the net inputs: %s' % (in_, ', '.join(self.inputs)))
+
+    def preprocess(self, in_, data):
+        """data (H' x W' x K) -> the net's K x H x W float32 input for `in_`."""
+        self._check_input(in_)
+        caffe_in = np.array(data, np.float32)
+        in_dims = self.inputs[in_][2:]
+        if caffe_in.shape[:2] != in_dims:
+            caffe_in = resize_image(caffe_in, in_dims)
+        if in_ in self.transpose:
+            caffe_in = caffe_in.transpose(self.transpose[in_])
+        if in_ in self.channel_swap:
+            caffe_in = caffe_in[list(self.channel_swap[in_]), :, :]
+        if in_ in self.raw_scale:
+            caffe_in *= self.raw_scale[in_]
+        if in_ in self.mean:
+            caffe_in -= self.mean[in_]
+        if in_ in self.input_scale:
+            caffe_in *= self.input_scale[in_]
+        return caffe_in
+
+    def deprocess(self, in_, data):
+        """The inverse of preprocess (without the resize): K x H x W -> H x W x K."""
+        self._check_input(in_)
+        decaf_in = np.array(data).squeeze()
+        if in_ in self.input_scale:
+            decaf_in /= self.input_scale[in_]
+        if in_ in self.mean:
+            decaf_in += self.mean[in_]
+        if in_ in self.raw_scale:
+            decaf_in /= self.raw_scale[in_]
+        if in_ in self.channel_swap:
+            decaf_in = decaf_in[np.argsort(self.channel_swap[in_]), :, :]
+        if in_ in self.transpose:
+            decaf_in = decaf_in.transpose(np.argsort(self.transpose[in_]))
+        return decaf_in
+
+    def set_transpose(self, in_, order):
+        """Axis order from the image to the input, e.g. (2, 0, 1) for H x W x K -> K x H x W."""
+        self._check_input(in_)
+        if len(order) != len(self.inputs[in_]) - 1:
+            raise ValueError('Transpose order needs to have the same number of dimensions as the input '
+                             '(%d), got %s' % (len(self.inputs[in_]) - 1, tuple(order)))
+        self.transpose[in_] = tuple(order)
+
+    def set_channel_swap(self, in_, order):
+        """Channel order after the transpose, e.g. (2, 1, 0) for RGB -> BGR."""
+        self._check_input(in_)
+        if len(order) != self.inputs[in_][1]:
+            raise ValueError('Channel swap needs to have the same number of dimensions as the input '
+                             'channels (%d), got %s' % (self.inputs[in_][1], tuple(order)))
+        self.channel_swap[in_] = tuple(order)
+
+    def set_raw_scale(self, in_, scale):
+        """Multiply the raw image (e.g. 255 for models trained on [0, 255] pixels)."""
+        self._check_input(in_)
+        self.raw_scale[in_] = scale
+
+    def set_mean(self, in_, mean):
+        """Subtract `mean`: one value per channel, or K x H x W (H x W for one channel), resized to
+        the input's spatial size when it differs."""
+        self._check_input(in_)
+        mean = np.asarray(mean, np.float32)
+        channels, spatial = self.inputs[in_][1], self.inputs[in_][2:]
+        if mean.ndim == 1:
+            if mean.shape[0] != channels:
+                raise ValueError('Mean channels incompatible with input: %d values for %d channels'
+                                 % (mean.shape[0], channels))
+            mean = mean[:, np.newaxis, np.newaxis]
+        else:
+            if mean.ndim == 2:
+                mean = mean[np.newaxis]
+            if mean.ndim != 3 or mean.shape[0] != channels:
+                raise ValueError('Mean shape %s invalid for an input of shape %s'
+                                 % (mean.shape, self.inputs[in_]))
+            if mean.shape[1:] != spatial:
+                mean = resize_image(mean.transpose(1, 2, 0), spatial).transpose(2, 0, 1)
+        self.mean[in_] = mean
+
+    def set_input_scale(self, in_, scale):
+        """Multiply the input after mean subtraction (raw_scale acts before)."""
+        self._check_input(in_)
+        self.input_scale[in_] = scale
