@@ -647,6 +647,13 @@ class Net:
                                       blob.shape_string()))
                 blob.data[...] = blob.xp.asarray(array.reshape(blob.shape))
 
+    def load_hdf5(self, path):
+        """pycaffe's load_hdf5: copy weights from an HDF5 caffemodel (as copy_from does)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise formats.MissingFileError(path, 'load_hdf5')
+        self._copy_from_hdf5(path)
+
     def _copy_from_hdf5(self, path):
         import h5py
         with h5py.File(path, 'r') as f:

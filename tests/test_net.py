@@ -125,6 +125,9 @@ def test_save_and_copy_from_round_trip(tmp_path):
     third = make()
     third.copy_from(h5)
     np.testing.assert_array_equal(third.params['ip'][0].data, net.params['ip'][0].data)
+    fourth = make()
+    fourth.load_hdf5(h5)
+    np.testing.assert_array_equal(fourth.params['ip'][0].data, net.params['ip'][0].data)
 
 
 def test_copy_from_shape_mismatch_names_layer_and_shapes(tmp_path):

@@ -160,6 +160,18 @@ def test_draw_net_cli_writes_dot_and_filters_phase(tmp_path):
     assert cli.main(['draw_net', os.path.join(ROOT, NETS[0]), str(tmp_path / 'x.bmp')]) == 1
 
 
+def test_pycaffe_draw_module_filters_phase_and_returns_bytes(tmp_path):
+    import caffe_py as caffe
+    from caffe_py import draw
+    net_param = formats.read_net(os.path.join(ROOT, NETS[0]))
+    draw.draw_net_to_file(net_param, str(tmp_path / 'train.dot'), phase=caffe.TRAIN)
+    train = (tmp_path / 'train.dot').read_text()
+    assert 'batch 256' in train and 'batch 50' not in train
+    text = draw.draw_net(net_param, 'TB', ext='dot').decode()
+    assert 'batch 256' in text and 'batch 50' in text and 'rankdir=TB' in text.replace(' ', '')
+    assert len(net_param.layer) == len(formats.read_net(os.path.join(ROOT, NETS[0])).layer)   # not filtered in place
+
+
 @pytest.mark.skipif(not _has_matplotlib(), reason='matplotlib is not installed (the plot extra)')
 def test_draw_net_renders_png_with_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setattr(draw_net.shutil, 'which', lambda name: None)

@@ -238,6 +238,16 @@ def render(graph, path, rankdir='LR'):
     return 'matplotlib'
 
 
+def in_phase(net_param, phase):
+    """The layers of net_param that a net of `phase` (TRAIN/TEST) builds; all of them for None."""
+    if phase is None:
+        return net_param
+    from caffe_py.net import filter_net
+    net_param = caffe_pb2.NetParameter.FromString(net_param.SerializeToString())
+    net_param.state.phase = phase
+    return filter_net(net_param)
+
+
 def main(name, argv):
     if any(a in ('-h', '-help', '--help') for a in argv):
         print(USAGE + '\n' + __doc__.split('\n\n', 1)[1].strip())
@@ -251,11 +261,7 @@ def main(name, argv):
     phase = flags['phase'].upper()
     if phase not in ('ALL', 'TRAIN', 'TEST'):
         raise ValueError('-phase must be ALL, TRAIN or TEST, got %s' % flags['phase'])
-    net_param = formats.read_net(args[0])
-    if phase != 'ALL':
-        from caffe_py.net import filter_net
-        net_param.state.phase = caffe_pb2.Phase.Value(phase)
-        net_param = filter_net(net_param)
+    net_param = in_phase(formats.read_net(args[0]), None if phase == 'ALL' else caffe_pb2.Phase.Value(phase))
     how = render(Graph(net_param), args[1], flags['rankdir'])
     print('drew %s (%d layers) to %s with %s' % (args[0], len(net_param.layer), args[1], how))
     return 0
