@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+import caffe_py as caffe
 from caffe_py import log
 from caffe_py.proto import caffe_pb2
 from caffe_py.solvers import (SOLVERS, AdaDeltaSolver, AdaGradSolver, AdamSolver, LearningRateError,
@@ -464,3 +465,19 @@ def test_random_seed_and_weights_field(workdir):
         for a, b, c in zip(blobs, weights(third.net)[name], weights(third.test_nets[0])[name]):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(a, c)
+
+
+def test_pycaffe_solver_lr_and_share_weights(workdir):
+    solver = get_solver(write_solver(workdir, 'display: 0\nmax_iter: 2\nlr_policy: "step"\ngamma: 0.5\n'
+                                              'stepsize: 1\n'))
+    assert solver.lr == pytest.approx(0.1)
+    solver.step(1)
+    assert solver.lr == pytest.approx(0.05)
+    other = caffe.Net(os.path.join(str(workdir), 'net.prototxt'), caffe.TEST)
+    solver.share_weights(other)
+    solver.step(1)
+    shared = weights(other)
+    assert shared and set(shared) <= set(weights(solver.net))
+    for name, blobs in shared.items():
+        for a, b in zip(weights(solver.net)[name], blobs):
+            np.testing.assert_array_equal(a, b)

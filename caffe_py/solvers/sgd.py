@@ -49,6 +49,11 @@ class SGDSolver(Solver):
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
         return rate
 
+    @property
+    def lr(self):
+        """pycaffe's solver.lr: the rate at the current iteration (GetLearningRate)."""
+        return self.get_learning_rate()
+
     def apply_update(self):
         """Rate, clipping, then per parameter normalize, regularize, update; data -= diff; iter += 1."""
         rate = self.get_learning_rate()

@@ -218,6 +218,10 @@ class Solver:
             raise SolverError('the action function returned %r; expected one of %s' % (action, ACTIONS))
         return action
 
+    def share_weights(self, net):
+        """pycaffe's solver.share_weights(net): `net` uses the training net's parameters."""
+        net.share_with(self.net)
+
     def add_callback(self, on_start, on_gradients_ready):
         """Call on_start() before each iteration's forward passes, on_gradients_ready() before the update."""
         self._callbacks.append((on_start, on_gradients_ready))
