@@ -252,3 +252,50 @@ def test_net_spec_from_the_top_level():
     assert caffe.to_proto(n.pool).layer[-1].pooling_param.pool == caffe_pb2.PoolingParameter.MAX
     with pytest.raises(AttributeError):
         L.vision_helpers_that_do_not_exist
+
+
+# -- the classic pycaffe notebooks on real files of the corpus ---------------------------
+def test_imagenet_mean_file_through_caffe_io():
+    from conftest import CORPUS, need
+    path = need(os.path.join(CORPUS, 'imagenet_mean', 'imagenet_mean.binaryproto'))
+    blob = caffe_pb2.BlobProto.FromString(open(path, 'rb').read())
+    mean = caffe.io.blobproto_to_array(blob)
+    assert mean.shape == (1, 3, 256, 256) and mean.dtype == np.float64
+    # per-channel BGR means of this copy of the ILSVRC-2012 mean (pycaffe's .npy has 104.0, 116.7, 122.7)
+    np.testing.assert_allclose(mean[0].mean(1).mean(1), [103.882, 116.802, 123.702], atol=1e-3)
+    transformer = caffe.io.Transformer({'data': (10, 3, 227, 227)})
+    transformer.set_mean('data', mean[0])
+    assert transformer.mean['data'].shape == (3, 227, 227)
+    np.testing.assert_allclose(transformer.mean['data'].mean(axis=(1, 2)), mean[0].mean(axis=(1, 2)), rtol=2e-3)
+
+
+def test_net_surgery_fully_convolutional_caffenet():
+    """examples/net_surgery: fc6-fc8 weights poured into convolutions; the full-conv net's first
+    output position equals CaffeNet's output on the top-left 227x227 crop."""
+    from conftest import CORPUS, need
+    full_conv = need(os.path.join(CORPUS, 'net_surgery', 'bvlc_caffenet_full_conv.prototxt'))
+    deploy = need(os.path.join(CORPUS, 'bvlc_reference_caffenet', 'deploy.prototxt'))
+    caffe.set_random_seed(0)
+    net = caffe.Net(deploy, caffe.TEST)
+    net.blobs['data'].reshape(1, 3, 227, 227)
+    net.reshape()
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        fan_in = blobs[0].count // blobs[0].shape[0]
+        blobs[0].data[...] = rng.standard_normal(blobs[0].shape) * np.sqrt(2.0 / fan_in)
+        blobs[1].data[...] = rng.uniform(-0.1, 0.1, blobs[1].shape)
+    conv_net = caffe.Net(full_conv, caffe.TEST)
+    for name in net.params:
+        target = name + '-conv' if name.startswith('fc') else name
+        conv_net.params[target][0].data.flat = net.params[name][0].data.flat
+        conv_net.params[target][1].data[...] = net.params[name][1].data
+    image = rng.uniform(-50, 50, (1, 3, 227, 227)).astype(np.float32)
+    net.blobs['data'].data[...] = image
+    expected = net.forward()['prob'][0]
+    assert conv_net.forward()['prob'].shape == (1, 1000, 8, 8)       # 451 x 451: an 8 x 8 map
+    conv_net.blobs['data'].reshape(1, 3, 227, 227)                   # one window: CaffeNet itself
+    conv_net.reshape()
+    conv_net.blobs['data'].data[...] = image
+    out = conv_net.forward()['prob']
+    assert out.shape == (1, 1000, 1, 1)
+    np.testing.assert_allclose(out[0, :, 0, 0], expected, rtol=1e-4, atol=1e-7)
