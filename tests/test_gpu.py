@@ -122,3 +122,13 @@ def test_reference_solver_case_on_the_gpu(cuda, case, tmp_path):
 def test_cli_device_query(cuda):
     from caffe_py.tools import cli
     assert cli.main(['device_query', '-gpu', '0']) == 0
+
+
+def test_classifier_on_the_gpu():
+    import test_pycaffe_api as api
+    if not all(os.path.exists(p) for p in api.IMAGES):
+        pytest.skip('example images absent')
+    expected = api.classify_styles()
+    with device_cases.gpu_mode():
+        got = api.classify_styles()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)

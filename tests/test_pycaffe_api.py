@@ -299,3 +299,20 @@ def test_net_surgery_fully_convolutional_caffenet():
     out = conv_net.forward()['prob']
     assert out.shape == (1, 1000, 1, 1)
     np.testing.assert_allclose(out[0, :, 0, 0], expected, rtol=1e-4, atol=1e-7)
+
+
+def classify_styles():
+    """The example style images through a Classifier with the example's TEST transform."""
+    classifier = caffe.Classifier(MODEL, WEIGHTS, image_dims=(40, 40), mean=np.full(3, 128.0), raw_scale=255,
+                                  input_scale=0.0125, channel_swap=(2, 1, 0))
+    return classifier.predict([caffe.io.load_image(p) for p in IMAGES])
+
+
+def test_classifier_in_gpu_mode_matches_the_cpu(style_images):
+    import fakecupy
+    if fakecupy.compiler() is None:
+        pytest.skip('no C++ compiler for the CuPy stand-in')
+    expected = classify_styles()
+    with fakecupy.fake_gpu():
+        got = classify_styles()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
