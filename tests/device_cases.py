@@ -11,7 +11,7 @@ from google.protobuf import text_format
 
 import caffe_py as caffe
 import test_solver_reference as ref
-from caffe_py import TEST, Net, formats
+from caffe_py import TEST, Net, backend, formats
 from caffe_py.proto import caffe_pb2
 from conftest import ROOT
 from harness import _close
@@ -211,3 +211,22 @@ def train_solver_case(case, tmp_path):
             assert mine['outputs'][name] == pytest.approx(value, rel=ref.RTOL, abs=1e-7), \
                 'test output %s at iteration %d' % (name, mine['iter'])
     ref.assert_final_weights(folder, ours['events'], case)
+
+
+def solver_state_stays_on_the_device(tmp_path):
+    """Five steps of the sgd_fixed reference solver in the current (device) mode: parameters,
+    their diffs and the history must never have needed a host copy."""
+    if 'sgd_fixed' not in ref.CASES:
+        pytest.skip('reference solvers absent')
+    folder = ref.copy_case('sgd_fixed', tmp_path, with_snapshots=False)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        solver = caffe.get_solver('solver.prototxt')
+        solver.step(5)
+    finally:
+        os.chdir(cwd)
+    for blob in solver.net.learnable_params:
+        assert blob.on_device and blob._data_mem.host is None and blob._diff_mem.host is None
+    assert all(backend.is_device_array(h) for h in solver.history)
+    return solver

@@ -10,7 +10,7 @@ import pytest
 
 import caffe_py as caffe
 import device_cases
-from caffe_py import backend, gpu
+from caffe_py import gpu
 from caffe_py.layers import vision_gpu
 from conftest import REFERENCE
 from test_solver_reference import CASES as SOLVER_CASES
@@ -91,20 +91,7 @@ def test_same_bits_every_run(tmp_path):
 
 
 def test_parameters_and_history_stay_on_the_device(cuda, tmp_path):
-    if 'sgd_fixed' not in SOLVER_CASES:
-        pytest.skip('reference solvers absent')
-    folder = device_cases.ref.copy_case('sgd_fixed', tmp_path, with_snapshots=False)
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        solver = caffe.get_solver('solver.prototxt')
-        solver.step(5)
-    finally:
-        os.chdir(cwd)
-    for blob in solver.net.learnable_params:
-        assert blob.on_device and blob._data_mem.host is None and blob._diff_mem.host is None
-    assert all(backend.is_device_array(h) for h in solver.history)
-    solver.close()
+    device_cases.solver_state_stays_on_the_device(tmp_path).close()
 
 
 @pytest.mark.skipif(not LAYER_CASES, reason='../shared/reference/layers is absent')

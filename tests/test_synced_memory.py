@@ -162,19 +162,8 @@ def test_caffenet_on_the_device_matches_the_cpu(fake):
 
 @needs_compiler
 def test_parameters_and_history_stay_on_the_device(fake, tmp_path):
-    case = device_cases.ref.copy_case('sgd_fixed', tmp_path, with_snapshots=False) \
-        if 'sgd_fixed' in SOLVER_CASES else pytest.skip('reference solvers absent')
-    cwd = os.getcwd()
-    os.chdir(case)
-    try:
-        solver = caffe.get_solver('solver.prototxt')
-        solver.step(5)
-    finally:
-        os.chdir(cwd)
-    for blob in solver.net.learnable_params:
-        assert blob.on_device and blob._data_mem.host is None and blob._diff_mem.host is None
-        assert blob._data_mem.head is DEVICE
-    assert all(backend.is_device_array(h) for h in solver.history)
+    solver = device_cases.solver_state_stays_on_the_device(tmp_path)
+    assert all(blob._data_mem.head is DEVICE for blob in solver.net.learnable_params)
     solver.close()
 
 

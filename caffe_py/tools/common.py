@@ -45,6 +45,23 @@ def parse_flags(command, argv, summary, used):
     return flags
 
 
+def model_flags(command, argv, summary, used, verb):
+    """parse_flags for a command that needs -model (test, time): None after -help."""
+    flags = parse_flags(command, argv, summary, used)
+    if flags is not None and not flags['model']:
+        raise CommandError('Need a model definition to %s (-model).' % verb)
+    return flags
+
+
+def model_setup(flags, default_phase, show_name):
+    """(phase, stages) of the flags, with the CPU or GPU selected and -model checked."""
+    phase = get_phase(flags['phase'], default_phase)
+    stages = get_stages(flags['stage'])
+    select_mode(flags['gpu'], show_name=show_name)
+    require_file(flags['model'], '-model')
+    return phase, stages
+
+
 def require_file(path, flag):
     """Raise a clear error naming `flag` unless `path` is a file."""
     if not os.path.isfile(path):

@@ -15,17 +15,12 @@ fmt = log.fmt
 
 
 def main(command, argv):
-    flags = common.parse_flags(command, argv, SUMMARY, USED)
+    flags = common.model_flags(command, argv, SUMMARY, USED, 'score')
     if flags is None:
         return 0
-    if not flags['model']:
-        raise CommandError('Need a model definition to score (-model).')
     if not flags['weights']:
         raise CommandError('Need model weights to score (-weights).')
-    phase = common.get_phase(flags['phase'], TEST)
-    stages = common.get_stages(flags['stage'])
-    common.select_mode(flags['gpu'], show_name=True)
-    common.require_file(flags['model'], '-model')
+    phase, stages = common.model_setup(flags, TEST, show_name=True)
     weights = [name.strip() for name in flags['weights'].split(',')]
     for name in weights:
         common.require_file(name, '-weights')

@@ -13,15 +13,10 @@ fmt = log.fmt
 
 
 def main(command, argv):
-    flags = common.parse_flags(command, argv, SUMMARY, USED)
+    flags = common.model_flags(command, argv, SUMMARY, USED, 'time')
     if flags is None:
         return 0
-    if not flags['model']:
-        raise CommandError('Need a model definition to time (-model).')
-    phase = common.get_phase(flags['phase'], TRAIN)
-    stages = common.get_stages(flags['stage'])
-    common.select_mode(flags['gpu'], show_name=False)
-    common.require_file(flags['model'], '-model')
+    phase, stages = common.model_setup(flags, TRAIN, show_name=False)
     iterations = flags['iterations']
     if iterations <= 0:
         raise CommandError('-iterations must be positive for time (got %d)' % iterations)
