@@ -107,7 +107,9 @@ def test_plots_caffes_log_to_png(tmp_path):
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-def test_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def without_matplotlib(monkeypatch):
+    """Importing matplotlib fails for the test."""
     import builtins
     real_import = builtins.__import__
 
@@ -116,6 +118,9 @@ def test_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, cap
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, '__import__', no_matplotlib)
+
+
+def test_plot_without_matplotlib_says_what_to_install(tmp_path, without_matplotlib, capsys):
     src = need(os.path.join(SOLVERS, 'sgd_step', 'caffe.log'))
     assert cli.main(['plot_log', src, str(tmp_path / 'x.png')]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -181,15 +186,7 @@ def test_draw_net_renders_png_with_matplotlib(tmp_path, monkeypatch):
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-def test_draw_net_without_renderers_says_what_to_install(tmp_path, monkeypatch, capsys):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith('matplotlib'):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-    monkeypatch.setattr(builtins, '__import__', no_matplotlib)
+def test_draw_net_without_renderers_says_what_to_install(tmp_path, monkeypatch, without_matplotlib, capsys):
     monkeypatch.setattr(draw_net.shutil, 'which', lambda name: None)
     assert cli.main(['draw_net', os.path.join(ROOT, NETS[2]), str(tmp_path / 'x.svg')]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -186,6 +186,18 @@ def test_deconvolution_matches_naive_scatter():
     np.testing.assert_allclose(net.blobs['y'].data, expected, rtol=1e-12, atol=1e-12)
 
 
+def seeded_pass(net):
+    """Seeded weights and top diff through layer 'L': [y, x diff, parameter diffs]."""
+    for i, blob in enumerate(net.layer_dict['L'].blobs):
+        blob.data[...] = rand(*blob.shape, seed=3 + i)
+    net.forward_from_to()
+    net.blobs['y'].diff[...] = rand(*net.blobs['y'].shape, seed=4)
+    net.clear_param_diffs()
+    net.backward_from_to()
+    return ([net.blobs['y'].data.copy(), net.blobs['x'].diff.copy()]
+            + [blob.diff.copy() for blob in net.layer_dict['L'].blobs])
+
+
 @pytest.mark.parametrize('layer,batch_last', [
     (conv('num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2'), False),
     (conv('num_output: 2 kernel_size: 3 pad: 1 dilation: 2'), True),
@@ -206,14 +218,7 @@ def test_chunks_and_column_orders_agree_with_naive(monkeypatch, layer, batch_las
         if images_per_chunk:
             per_image = core.group * core.kdim * core.window.out_count * 8
             monkeypatch.setattr(vision, 'COL_BYTES', per_image * images_per_chunk)
-        for i, blob in enumerate(net.layer_dict['L'].blobs):
-            blob.data[...] = rand(*blob.shape, seed=3 + i)
-        net.forward_from_to()
-        net.blobs['y'].diff[...] = rand(*net.blobs['y'].shape, seed=4)
-        net.clear_param_diffs()
-        net.backward_from_to()
-        results.append([net.blobs['y'].data.copy(), net.blobs['x'].diff.copy()]
-                       + [blob.diff.copy() for blob in net.layer_dict['L'].blobs])
+        results.append(seeded_pass(net))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
@@ -283,14 +288,7 @@ def test_work_split_over_threads_changes_nothing(monkeypatch, layer, shape):
         monkeypatch.setattr(im2col, 'CORES', cores)
         monkeypatch.setattr(im2col, 'MIN_PARALLEL', smallest)
         net = build({'x': x}, layer, dtype=np.float32)
-        for i, blob in enumerate(net.layer_dict['L'].blobs):
-            blob.data[...] = rand(*blob.shape, seed=3 + i)
-        net.forward_from_to()
-        net.blobs['y'].diff[...] = rand(*net.blobs['y'].shape, seed=4)
-        net.clear_param_diffs()
-        net.backward_from_to()
-        results.append([net.blobs['y'].data.copy(), net.blobs['x'].diff.copy()]
-                       + [blob.diff.copy() for blob in net.layer_dict['L'].blobs])
+        results.append(seeded_pass(net))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
