@@ -1,4 +1,4 @@
-"""Shared test fixtures: where ../shared lives, and the slow / gpu markers."""
+"""Shared test fixtures: where ../shared lives, the slow / gpu markers, the captured log."""
 import os
 
 import pytest
@@ -45,3 +45,11 @@ def need(path):
     if not os.path.exists(path):
         pytest.skip('%s is absent (../shared is not beside the project)' % path)
     return path
+
+
+@pytest.fixture
+def captured_log():
+    """The caffe_py log written during the test (a StringIO, glog format)."""
+    from harness import captured_log_text
+    with captured_log_text() as stream:
+        yield stream

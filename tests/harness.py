@@ -1,10 +1,13 @@
 """Test helpers: run a reference layer case from ../shared, and a float64 numeric gradient check."""
+import contextlib
+import io
 import json
+import logging
 
 import numpy as np
 from google.protobuf import text_format
 
-from caffe_py import TEST, TRAIN, Net
+from caffe_py import TEST, TRAIN, Net, log
 from caffe_py.proto import caffe_pb2
 
 
@@ -121,3 +124,19 @@ def numeric_gradient_check(prototxt, inputs, phase=TEST, no_grad=(), eps=1e-6, r
         np.testing.assert_allclose(analytic.reshape(-1), numeric, rtol=rtol, atol=rtol * scale,
                                    err_msg='gradient of ' + what)
     return net
+
+
+@contextlib.contextmanager
+def captured_log_text():
+    """A StringIO receiving caffe_py's INFO log in glog's format for the duration of the block."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(log.GlogFormatter())
+    log.logger.addHandler(handler)
+    old_level = log.logger.level
+    log.logger.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        log.logger.removeHandler(handler)
+        log.logger.setLevel(old_level)

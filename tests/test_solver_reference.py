@@ -6,9 +6,7 @@ and trained there exactly as Caffe was: `train -solver solver.prototxt
 test / snapshot / done events with its losses, rates and test outputs; the
 snapshots must carry Caffe's names and fields, and the weights Caffe's values.
 """
-import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -17,9 +15,10 @@ import stat
 import numpy as np
 import pytest
 
-from caffe_py import formats, log
+from caffe_py import formats
 from caffe_py.tools import cli
 from conftest import REFERENCE
+from harness import captured_log_text
 
 SOLVERS = os.path.join(REFERENCE, 'solvers')
 CASES = sorted(os.listdir(SOLVERS)) if os.path.isdir(SOLVERS) else ['(reference absent)']
@@ -50,17 +49,10 @@ def train(folder, *extra):
     """Run `train` in `folder` (the working directory is restored after); returns the log text."""
     cwd = os.getcwd()
     os.chdir(folder)
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(log.GlogFormatter())
-    log.logger.addHandler(handler)
-    old_level = log.logger.level
-    log.logger.setLevel(logging.INFO)
     try:
-        assert cli.main(['train', '-solver', 'solver.prototxt'] + list(extra)) == 0
+        with captured_log_text() as stream:
+            assert cli.main(['train', '-solver', 'solver.prototxt'] + list(extra)) == 0
     finally:
-        log.logger.removeHandler(handler)
-        log.logger.setLevel(old_level)
         os.chdir(cwd)
     return stream.getvalue()
 

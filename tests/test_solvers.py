@@ -1,7 +1,5 @@
 """Solvers: every lr policy and every update rule against values computed by hand here,
 and the mechanics of Caffe's loop (smoothing, iter_size, tests, snapshots, restore, requests)."""
-import io
-import logging
 import os
 import re
 
@@ -11,30 +9,14 @@ import pytest
 from google.protobuf import text_format
 
 import caffe_py as caffe
-from caffe_py import log
 from caffe_py.proto import caffe_pb2
 from caffe_py.solvers import (SOLVERS, AdaDeltaSolver, AdaGradSolver, AdamSolver, LearningRateError,
                               NesterovSolver, RMSPropSolver, SGDSolver, SolverError, get_solver,
                               learning_rate)
-from caffe_py.solvers.solver import SNAPSHOT, STOP
 
 
 def solver_param(text):
     return text_format.Parse(text, caffe_pb2.SolverParameter())
-
-
-@pytest.fixture
-def captured_log():
-    """The caffe_py log written during the test, as text."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(log.GlogFormatter())
-    log.logger.addHandler(handler)
-    old_level = log.logger.level
-    log.logger.setLevel(logging.INFO)
-    yield stream
-    log.logger.removeHandler(handler)
-    log.logger.setLevel(old_level)
 
 
 # -- learning rate policies -------------------------------------------------------------

@@ -11,7 +11,7 @@ import caffe_py as caffe
 from caffe_py import formats
 from caffe_py.tools import cli
 from caffe_py.tools.common import SignalHandler
-from test_solvers import captured_log, lines, make_classifier, write_solver  # noqa: F401 (fixture)
+from test_solvers import lines, make_classifier, write_solver
 
 
 @pytest.fixture
