@@ -12,6 +12,14 @@ from .solver import SolverError
 f32 = np.float32
 
 
+def _average_square(history, x, decay, scratch):
+    """history = decay * history + (1 - decay) * x^2, in Caffe's order of operations (scratch: x's shape)."""
+    np.multiply(x, x, out=scratch)
+    scratch *= f32(1) - decay
+    history *= decay
+    history += scratch
+
+
 class _RMSScaledSolver(SGDSolver):
     """Shared by AdaGrad and RMSProp: no momentum; step = local_rate * g / (sqrt(history) + delta)."""
 
@@ -68,10 +76,7 @@ class RMSPropSolver(_RMSScaledSolver):
                           f32(self.param.delta), self.local_rate(param_id, rate))
             return
         update = self.buffer('update', param_id)
-        xp.multiply(g, g, out=update)
-        update *= f32(1) - rms_decay
-        history *= rms_decay
-        history += update
+        _average_square(history, g, rms_decay, update)
         self._step_by_rms(blob, history, update, param_id, rate)
 
 
@@ -97,19 +102,13 @@ class AdaDeltaSolver(SGDSolver):
             return
         update = self.buffer('update', param_id)
         temp = self.buffer('temp', param_id)
-        xp.multiply(g, g, out=update)
-        update *= f32(1) - momentum
-        grad_history *= momentum
-        grad_history += update
+        _average_square(grad_history, g, momentum, update)
         xp.add(step_history, delta, out=update)
         xp.add(grad_history, delta, out=temp)
         update /= temp
         xp.sqrt(update, out=update)
         g *= update
-        xp.multiply(g, g, out=update)
-        update *= f32(1) - momentum
-        step_history *= momentum
-        step_history += update
+        _average_square(step_history, g, momentum, update)
         g *= self.local_rate(param_id, rate)
 
 
@@ -139,10 +138,7 @@ class AdamSolver(SGDSolver):
         xp.multiply(g, f32(1) - beta1, out=temp)
         m *= beta1
         m += temp
-        xp.multiply(g, g, out=temp)
-        temp *= f32(1) - beta2
-        v *= beta2
-        v += temp
+        _average_square(v, g, beta2, temp)
         xp.sqrt(v, out=temp)
         temp += f32(self.param.delta)
         xp.divide(m, temp, out=temp)
