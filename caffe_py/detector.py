@@ -65,15 +65,16 @@ class Detector(Net):
         crop_h = min(int(round(clip_h * scale_h)), crop_size - pad_y)
         crop_w = min(int(round(clip_w * scale_w)), crop_size - pad_x)
         context = im[int(box[0]):int(box[2]), int(box[1]):int(box[3])]
-        crop = np.ones(self.crop_dims, np.float32) * self.crop_mean
+        crop = np.empty(self.crop_dims, np.float32)
+        crop[...] = self.crop_mean
         crop[pad_y:pad_y + crop_h, pad_x:pad_x + crop_w] = io.resize_image(context, (crop_h, crop_w))
         return crop
 
     def configure_crop(self, context_pad):
         """Crop dimensions (H, W, K) and, with context, the mean that fills the padding."""
         in_ = self.inputs[0]
-        order = self.transformer.transpose[in_]
-        self.crop_dims = np.array(self.blobs[in_].shape[1:])[[order[t] for t in order]]
+        to_image = np.argsort(self.transformer.transpose[in_])     # K x H x W -> H x W x K
+        self.crop_dims = np.array(self.blobs[in_].shape[1:])[to_image]
         self.context_pad = context_pad
         if not context_pad:
             return
@@ -81,10 +82,10 @@ class Detector(Net):
         if mean is None:
             self.crop_mean = np.zeros(self.crop_dims, np.float32)
             return
-        crop_mean = np.array(mean).transpose([order[t] for t in order])
+        crop_mean = np.array(mean).transpose(to_image)
         channel_order = self.transformer.channel_swap.get(in_)
         if channel_order is not None:
-            crop_mean = crop_mean[:, :, [list(channel_order).index(i) for i in range(crop_mean.shape[2])]]
+            crop_mean = crop_mean[:, :, np.argsort(channel_order)]
         raw_scale = self.transformer.raw_scale.get(in_)
         if raw_scale is not None:
             crop_mean = crop_mean / raw_scale

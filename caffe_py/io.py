@@ -22,6 +22,7 @@ from .proto import caffe_pb2
 # scikit-image's rgb2gray weights, which pycaffe's load_image(color=False) used
 GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)
 INTERPOLATIONS = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}
+CV_MAX_CHANNELS = 512        # the most channels one cv2.resize call takes
 
 
 # -- blobs and datums ------------------------------------------------------------
@@ -115,10 +116,10 @@ def resize_image(im, new_dims, interp_order=1):
     im = np.asarray(im, np.float32)
     channels = im.shape[2]
     out = np.empty((height, width, channels), np.float32)
-    for start in range(0, channels, 4):      # OpenCV resizes at most 4 channels at once exactly
-        part = cv2.resize(np.ascontiguousarray(im[:, :, start:start + 4]), (width, height),
+    for start in range(0, channels, CV_MAX_CHANNELS):
+        part = cv2.resize(np.ascontiguousarray(im[:, :, start:start + CV_MAX_CHANNELS]), (width, height),
                           interpolation=INTERPOLATIONS[interp_order])
-        out[:, :, start:start + 4] = part.reshape(height, width, -1)
+        out[:, :, start:start + CV_MAX_CHANNELS] = part.reshape(height, width, -1)
     return out
 
 

@@ -548,6 +548,8 @@ class Net:
         first = next(iter(arrays))
         size = self.blobs[first].shape[0]
         total = len(arrays[first])
+        if total == 0:
+            raise ValueError('no items to run in %s' % first)
         for start in range(0, total, size):
             batch = {}
             for name, value in arrays.items():
@@ -557,8 +559,6 @@ class Net:
                     part = np.concatenate([part, padding])
                 batch[name] = part
             yield batch
-        if total == 0:
-            raise ValueError('no items to run in %s' % first)
 
     @staticmethod
     def _trimmed(collected, kwargs):
@@ -648,11 +648,8 @@ class Net:
                 blob.data[...] = blob.xp.asarray(array.reshape(blob.shape))
 
     def load_hdf5(self, path):
-        """pycaffe's load_hdf5: copy weights from an HDF5 caffemodel (as copy_from does)."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise formats.MissingFileError(path, 'load_hdf5')
-        self._copy_from_hdf5(path)
+        """pycaffe's load_hdf5: copy weights from an HDF5 caffemodel (copy_from reads both kinds)."""
+        self.copy_from(path)
 
     def _copy_from_hdf5(self, path):
         import h5py

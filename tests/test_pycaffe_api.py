@@ -75,7 +75,7 @@ def test_load_image_is_rgb_float_in_0_1(tmp_path):
 
 def test_resize_image_keeps_channels_and_constants():
     rng = np.random.default_rng(0)
-    for channels in (1, 3, 5):
+    for channels in (1, 3, 5, 600):          # 600: more than one OpenCV call
         im = rng.random((6, 8, channels)).astype(np.float32)
         out = io.resize_image(im, (12, 4))
         assert out.shape == (12, 4, channels) and out.dtype == np.float32
@@ -178,6 +178,8 @@ def test_forward_backward_all_gives_input_gradients(tmp_path):
         np.testing.assert_allclose(diffs['data'][i], net.backward(prob=grad)['data'][0], rtol=1e-5, atol=1e-6)
     with pytest.raises(KeyError, match='neither inputs nor outputs'):
         net.forward_backward_all(label=data)
+    with pytest.raises(ValueError, match='no items'):
+        net.forward_all(data=data[:0])
 
 
 # -- Classifier / Detector --------------------------------------------------------

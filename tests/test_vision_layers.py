@@ -530,6 +530,15 @@ def test_lrn_matches_formulas():
     np.testing.assert_allclose(net.blobs['y'].data, x * (1 + 0.5 * window / 9) ** -0.75, rtol=1e-12)
 
 
+@pytest.mark.parametrize('beta', [0.75, 0.5, 1, 0.6])
+def test_negative_power_within_float32_rounding(beta):
+    base = np.random.default_rng(0).uniform(0.5, 50, 10000).astype(np.float32)
+    out = vision.negative_power(base, beta, np.empty_like(base))
+    exact = base.astype(np.float64) ** -beta
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, exact, rtol=3e-7)
+
+
 def test_lrn_refuses_even_size():
     with pytest.raises(ValueError, match='odd values for local_size'):
         build({'x': rand(1, 2, 2, 2)}, 'type: "LRN" lrn_param { local_size: 4 }')

@@ -594,9 +594,9 @@ class Pool2d:
         self.code, self.plane = code, None
 
     def _phase_arrays(self, image, pooled, name, fill):
-        """For image (N, C, H, W) and pooled (N, C, PH, PW): the grid's row-phase and phase
-        buffers (cells outside the image hold `fill`), the extended outputs (zero when
-        allocated), and image and pooled as planes."""
+        """For image (N, C, H, W) and pooled (N, C, PH, PW): the grid's phase buffer (cells
+        outside the image hold `fill`), the extended outputs (zero when allocated), and image
+        and pooled as planes."""
         n, c, h, w = image.shape
         grid = self.grid
         phases = grid.buffers(self.buffers, name, n * c, image.dtype, image, fill)
@@ -879,18 +879,16 @@ def negative_power(base, beta, out):
     """out = base ** -beta. The usual LRN exponent 0.75 (and 0.5, 1) goes through square roots
     and one division, several times faster than powf and within an ulp or two of it."""
     xp = backend.get_array_module(base)
+    one = out.dtype.type(1)
+    if beta == 1:
+        return xp.divide(one, base, out=out)
     if beta == 0.75:
         xp.sqrt(base, out=out)
         out *= base
-        xp.sqrt(out, out=out)
-    elif beta == 0.5:
-        xp.sqrt(base, out=out)
-    elif beta == 1:
-        out[...] = base
-    else:
-        xp.power(base, out.dtype.type(-beta), out=out)
-        return out
-    return xp.divide(out.dtype.type(1), out, out=out)
+        return xp.divide(one, xp.sqrt(out, out=out), out=out)
+    if beta == 0.5:
+        return xp.divide(one, xp.sqrt(base, out=out), out=out)
+    return xp.power(base, out.dtype.type(-beta), out=out)
 
 
 def _power_backward(x, y, dy, power, scale, shift):

@@ -102,9 +102,19 @@ def select_mode(gpu_flag, show_name=False):
         backend.set_mode_cpu()
 
 
+# cudaDeviceAttr numbers of the properties that CUDA 13 dropped from cudaDeviceProp (CuPy 14 then
+# leaves them out of getDeviceProperties); they are read from cudaDeviceGetAttribute instead
+DROPPED_PROPERTIES = {'memPitch': 11, 'clockRate': 13, 'deviceOverlap': 15, 'kernelExecTimeoutEnabled': 17}
+
+
 def device_properties(device_id):
-    """cudaGetDeviceProperties of a device as a dict."""
-    return backend.device_module().cuda.runtime.getDeviceProperties(device_id)
+    """cudaGetDeviceProperties of a device as a dict, complete also under CUDA 13."""
+    runtime = backend.device_module().cuda.runtime
+    prop = dict(runtime.getDeviceProperties(device_id))
+    for key, attribute in DROPPED_PROPERTIES.items():
+        if key not in prop:
+            prop[key] = runtime.deviceGetAttribute(attribute, device_id)
+    return prop
 
 
 def device_name(device_id):

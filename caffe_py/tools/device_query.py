@@ -24,17 +24,8 @@ def _yes_no(value):
     return 'Yes' if value else 'No'
 
 
-# cudaDeviceAttr numbers of the properties that CUDA 13 dropped from cudaDeviceProp (CuPy 14 then
-# leaves them out of getDeviceProperties); they are read from cudaDeviceGetAttribute instead
-ATTRIBUTES = {'memPitch': 11, 'clockRate': 13, 'deviceOverlap': 15, 'kernelExecTimeoutEnabled': 17}
-
-
 def query(device_id):
-    prop = dict(common.device_properties(device_id))
-    runtime = backend.device_module().cuda.runtime
-    for key, attribute in ATTRIBUTES.items():
-        if key not in prop:
-            prop[key] = runtime.deviceGetAttribute(attribute, device_id)
+    prop = common.device_properties(device_id)
     name = prop['name'].decode() if isinstance(prop['name'], bytes) else prop['name']
     lines = [
         ('Device id:                     ', device_id),
