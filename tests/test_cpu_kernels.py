@@ -10,9 +10,16 @@ FLT_MAX = np.finfo(np.float32).max
 
 def caffe_pooling(method, x, dy, kernel, stride, pad, ceil_mode):
     """Caffe's CPU MAX/AVE pooling forward and backward, loop by loop: (top, mask, bottom diff)."""
-    pool = Pool2d(method, kernel, stride, pad, ceil_mode)
-    shape = pool.reshape(x.shape)
     height, width = x.shape[2:]
+    pooled = []
+    for size, k, s, p in zip((height, width), kernel, stride, pad):
+        span = size + 2 * p - k
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        if p and (out - 1) * s >= size + p:        # the last window must start inside the image
+            out -= 1
+        pooled.append(out)
+    shape = x.shape[:2] + tuple(pooled)
+    assert Pool2d(method, kernel, stride, pad, ceil_mode).reshape(x.shape) == shape
     real = x.dtype.type
     top, mask, dx = np.zeros(shape, x.dtype), -np.ones(shape, int), np.zeros_like(x)
     for n, c, ph, pw in np.ndindex(*shape):
@@ -50,6 +57,7 @@ GEOMETRIES = [  # kernel, stride, pad, (H, W), ceil_mode
     ((4, 3), (2, 3), (2, 1), (8, 9), False),
     ((3, 3), (2, 2), (0, 0), (8, 8), False),
     ((1, 1), (2, 1), (0, 0), (5, 4), True),
+    ((2, 2), (3, 3), (1, 1), (5, 5), True),     # ceil's last window would start in the padding: dropped
 ]
 
 
@@ -112,6 +120,8 @@ def test_pooling_split_over_threads_is_identical(monkeypatch):
                                                (5, 60, 400, True), (64, 30, 90, True)])
 def test_split_matmul_and_accumulation(monkeypatch, m, k, n, transposed):
     monkeypatch.setattr(im2col, 'MIN_SPLIT_GEMM', 1)
+    monkeypatch.setattr(im2col, 'MIN_PARALLEL', 1)
+    monkeypatch.setattr(im2col, 'CORES', 3)
     monkeypatch.setattr(im2col, 'ACCUMULATE_BYTES', 256)
     rng = np.random.default_rng(5)
     a = rng.standard_normal((m, k))

@@ -25,7 +25,7 @@ def test_hdf5_output_appends_batches(tmp_path):
     with h5py.File(path, 'r') as f:
         assert f['data'].shape == (6, 2, 2, 1)
         assert f['label'].shape == (6, 1, 1, 1)
-        np.testing.assert_array_equal(f['data'][3:, :, :, 0], batches[1][0])
+        np.testing.assert_array_equal(f['data'][:, :, :, 0], np.r_[batches[0][0], batches[1][0]])
         np.testing.assert_array_equal(f['label'][:, 0, 0, 0], np.r_[batches[0][1], batches[1][1]])
 
 

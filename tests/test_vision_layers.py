@@ -140,6 +140,7 @@ def test_convolution_gradient_two_bottoms_share_weights():
     ('num_output: 4 kernel_size: 3 stride: 2 pad: 1 group: 2', (2, 2, 3, 3)),
     ('num_output: 2 kernel_size: 2 dilation: 2', (1, 3, 3, 2)),
     ('num_output: 3 kernel_size: 1', (2, 2, 2, 2)),
+    ('num_output: 6 kernel_size: 3 pad: 1 group: 2', (2, 4, 4, 3)),     # batch-last columns
 ])
 def test_deconvolution_gradient(params, shape):
     check({'x': rand(*shape)}, deconv(params))
@@ -222,11 +223,13 @@ def test_chunks_and_column_orders_agree_with_naive(monkeypatch, layer, batch_las
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    if 'Convolution' in layer:
-        w, b = (blob.data for blob in net.layer_dict['L'].blobs)
-        window = core.window
+    w, b = (blob.data for blob in net.layer_dict['L'].blobs)
+    window = core.window
+    if 'Deconvolution' in layer:
+        expected = naive_deconv(x, w, b, window.stride, window.pad, core.group, net.blobs['y'].shape[2:])
+    else:
         expected = naive_conv(x, w, b, window.stride, window.pad, window.dilation, core.group)
-        np.testing.assert_allclose(results[0][0], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results[0][0], expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize('params', ['pad: 0', 'pad: 1', 'pad: 0 stride: 2', 'pad: 1 stride: 2'])
