@@ -260,6 +260,25 @@ def test_embed_backward_adds_repeated_indices_in_order(fake):
     np.testing.assert_array_equal(net.params['e'][0].diff, expected)
 
 
+@needs_compiler
+def test_batch_reindex_backward_of_4d_items_adds_repeats_in_order(fake):
+    """The gather kernel's row is a whole item (C * H * W values), not just its channels."""
+    text = """force_backward: true
+    layer { name: "x" type: "Input" top: "x" top: "i"
+            input_param { shape { dim: 4 dim: 2 dim: 3 dim: 2 } shape { dim: 5 } } }
+    layer { name: "r" type: "BatchReindex" bottom: "x" bottom: "i" top: "y"
+            propagate_down: true propagate_down: false }"""
+    indices = np.array([3, 0, 3, 1, 3], np.float32)
+    dy = np.random.default_rng(3).standard_normal((5, 2, 3, 2)).astype(np.float32)
+    net = device_cases.net_from_text(text)
+    net.blobs['i'].data[...] = indices
+    net.forward()
+    net.backward(y=dy)
+    expected = np.zeros((4, 2, 3, 2), np.float32)
+    np.add.at(expected, indices.astype(int), dy)
+    np.testing.assert_array_equal(net.blobs['x'].diff, expected)
+
+
 # -- every reference case in GPU mode ----------------------------------------------------------
 
 @needs_compiler

@@ -19,14 +19,14 @@ def _scatter_add(xp, target, indices, values):
     if xp is np:
         np.add.at(target, indices, values)
         return
-    n, rows = indices.size, target.shape[0]
-    order = xp.argsort(indices * n + xp.arange(n))          # by index, then position
+    rows = target.shape[0]
+    order = xp.argsort(indices, kind='stable')               # by index, then position
     placed = indices[order]
     every_row = xp.arange(rows)
     start = xp.searchsorted(placed, every_row, side='left').astype(np.int32)
     end = xp.searchsorted(placed, every_row, side='right').astype(np.int32)
-    gpu.kernel('embed.cu', 'embed_backward', target.dtype)(
-        target.size, values, order.astype(np.int32), start, end, target.shape[1], target)
+    gpu.kernel('embed.cu', 'embed_backward', target.dtype)(   # a row: one whole item
+        target.size, values, order.astype(np.int32), start, end, target.size // max(rows, 1), target)
 
 
 def _share(top, bottom):
