@@ -229,6 +229,13 @@ class Blob:
         return 'Blob(%s%s)' % (self._shape, ', on the device' if self.on_device else '')
 
 
+def host_views(blobs):
+    """`blobs` as pycaffe shows them: the list itself on the CPU, host views of device blobs."""
+    if any(blob.on_device for blob in blobs):
+        return [blob.host_view() for blob in blobs]
+    return blobs
+
+
 class HostView:
     """The host side of a blob on the device: pycaffe's Blob, whose `.data`/`.diff` are NumPy
     arrays; shape and everything else are the blob's own."""

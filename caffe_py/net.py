@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import formats, log
-from .blob import Blob
+from .blob import Blob, host_views
 from .layer import LayerError, create_layer
 from .proto import caffe_pb2
 
@@ -393,7 +393,7 @@ class Net:
     @property
     def params(self):
         """layer name -> list of its parameter Blobs (host views on the GPU), for layers that have any."""
-        return OrderedDict((name, _host_views(layer.blobs)) for name, layer
+        return OrderedDict((name, host_views(layer.blobs)) for name, layer
                            in zip(self._layer_names, self.layers) if layer.blobs)
 
     @property
@@ -722,13 +722,6 @@ class Net:
                                    'Source param shape is %s; target param shape is %s'
                                    % (j, source.name, theirs.shape_string(), mine.shape_string()))
                 mine.share_data(theirs)
-
-
-def _host_views(blobs):
-    """`blobs` as pycaffe shows them: the list itself on the CPU, host views of device blobs."""
-    if blobs and blobs[0].on_device:
-        return [blob.host_view() for blob in blobs]
-    return blobs
 
 
 def _shape_equals(proto, shape):

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from .. import backend
-from ..blob import Blob
+from ..blob import Blob, host_views
 from ..layer import Layer, LayerError, register
 
 
@@ -64,13 +64,6 @@ class HostBlobVec:
         return (blob.host_view() for blob in self._blobs)
 
 
-def _host(blobs):
-    """The user's code sees host (NumPy) blobs, as pycaffe's; device blobs are shown by their host views."""
-    if any(blob.on_device for blob in blobs):
-        return [blob.host_view() for blob in blobs]
-    return blobs
-
-
 @register('Python')
 class PythonLayer(Layer):
     """Runs the user's layer object; attributes it has and this layer lacks read through to it."""
@@ -90,16 +83,16 @@ class PythonLayer(Layer):
         self.impl = impl
 
     def setup(self, bottom, top):
-        self._call('setup', self.impl.setup, _host(bottom), _host(top))
+        self._call('setup', self.impl.setup, host_views(bottom), host_views(top))
 
     def reshape(self, bottom, top):
-        self._call('reshape', self.impl.reshape, _host(bottom), _host(top))
+        self._call('reshape', self.impl.reshape, host_views(bottom), host_views(top))
 
     def forward(self, bottom, top):
-        self._call('forward', self.impl.forward, _host(bottom), _host(top))
+        self._call('forward', self.impl.forward, host_views(bottom), host_views(top))
 
     def backward(self, top, propagate_down, bottom):
-        self._call('backward', self.impl.backward, _host(top), list(propagate_down), _host(bottom))
+        self._call('backward', self.impl.backward, host_views(top), list(propagate_down), host_views(bottom))
 
     def __getattr__(self, name):
         # only reached for names this layer lacks: the user's methods and attributes
