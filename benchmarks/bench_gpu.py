@@ -6,7 +6,7 @@ caffe-py runs models/bvlc_reference_caffenet/deploy.prototxt in GPU mode with lo
 output (so that backward reaches every layer and parameter, as in training; no gradient for the input
 images), seeded He-scaled weights and a random batch. PyTorch, when importable, runs the same
 architecture with the same weights in the same process: float32, TF32 off for matrix products and
-convolutions (caffe-py's default; CAFFE_PY_ALLOW_TF32 stays unset), cudnn.benchmark on. Each
+convolutions (caffe-py's default: CUPY_TF32 unset), cudnn.benchmark on. Each
 iteration is one forward and one backward pass; the device is synchronized around the timed
 iterations. The outputs of the last fully connected layer are compared as a sanity check.
 """
@@ -130,7 +130,7 @@ def main():
     cupy = backend.device_module()
     name = cupy.cuda.runtime.getDeviceProperties(0)['name']
     result = {'card': name.decode() if isinstance(name, bytes) else str(name), 'batch': args.batch,
-              'iters': args.iters, 'cupy': cupy.__version__, 'tf32': backend.allow_tf32()}
+              'iters': args.iters, 'cupy': cupy.__version__, 'tf32': int(os.environ.get('CUPY_TF32', '0')) > 0}
     net = build(args.batch)
     result['caffe_py_images_per_s'] = images_per_second(net.forward_backward, backend.synchronize,
                                                         args.batch, args.iters)

@@ -59,7 +59,7 @@ if [ ! -e ../shared ] && [ -d "$CARRY/shared" ]; then
     ln -s "$PWD/$CARRY/shared" ../shared
 fi
 export PYTHONUNBUFFERED=1 GLOG_minloglevel=2
-unset CAFFE_PY_ALLOW_TF32
+unset CUPY_TF32
 
 # the tests spread over 8 processes where pytest-xdist is there (each has its own CUDA context)
 XDIST=""

@@ -5,16 +5,13 @@ ModeError with one readable line. Blobs, layers and nets created in GPU mode
 keep their arrays on the device (see caffe_py.blob); switch the mode before
 building nets, as pycaffe scripts do.
 
-float32 matrix products go through cuBLAS in full float32. TF32 tensor cores
-(faster, about 3 decimal digits in the products' inputs) are used only when
-the environment variable CAFFE_PY_ALLOW_TF32=1 is set when GPU mode starts:
-results then differ from the CPU's and from Caffe's beyond the usual float32
-rounding.
+float32 matrix products go through cuBLAS in full float32, CuPy's default. TF32
+tensor cores (faster, about 3 decimal digits in the products' inputs) are CuPy's
+to switch on, with the environment variable CUPY_TF32=1: results then differ
+from the CPU's and from Caffe's beyond the usual float32 rounding.
 
 Tests may stand a fake device module in for CuPy with `use_device_module`.
 """
-import os
-
 import numpy as np
 
 _state = {'mode': 'cpu', 'device': 0, 'module': None}   # module: CuPy (or its stand-in) once checked
@@ -76,12 +73,11 @@ def set_mode_gpu():
     """Compute on the current device (set_device) from now on; ModeError without CuPy or a device."""
     module = device_module()
     _use(module, _state['device'])
-    set_tf32(allow_tf32())
     _state['mode'] = 'gpu'
 
 
 def set_device(device_id):
-    """Select the CUDA device for GPU mode (checked now when CuPy is there or the id is not 0)."""
+    """Select the CUDA device for GPU mode (checked now in GPU mode or when the id is not 0)."""
     device_id = int(device_id)
     if _state['mode'] == 'gpu' or device_id != 0:
         _use(device_module(), device_id)
@@ -94,21 +90,6 @@ def mode():
 
 def device():
     return _state['device']
-
-
-def allow_tf32():
-    """Whether CAFFE_PY_ALLOW_TF32 asks for TF32 tensor-core matrix products."""
-    return os.environ.get('CAFFE_PY_ALLOW_TF32', '0').strip().lower() in ('1', 'true', 'yes', 'on')
-
-
-def set_tf32(allow):
-    """Set CuPy's float32 matmul compute type: TF32 when `allow`, else full float32."""
-    module = device_module()
-    linalg = getattr(getattr(module, '_core', None), '_routines_linalg', None)
-    if linalg is None:        # a stand-in module, or a CuPy without the setting
-        return
-    kind = 'COMPUTE_TYPE_TF32' if allow else 'COMPUTE_TYPE_DEFAULT'
-    linalg.set_compute_type(np.float32, getattr(linalg, kind, 7 if allow else 1))
 
 
 def xp():

@@ -35,15 +35,10 @@ def test_kernels_compile_on_this_device(cuda, filename):
             gpu.kernel(filename, name, dtype)
 
 
-def test_full_float32_products_unless_tf32_is_asked(cuda, monkeypatch):
+def test_full_float32_products_unless_cupy_is_told_tf32(cuda):
     from cupy._core import _routines_linalg as linalg
-    monkeypatch.delenv('CAFFE_PY_ALLOW_TF32', raising=False)
-    caffe.set_mode_gpu()
-    assert linalg.get_compute_type(np.float32) != linalg.COMPUTE_TYPE_TF32
-    monkeypatch.setenv('CAFFE_PY_ALLOW_TF32', '1')
-    caffe.set_mode_gpu()
-    assert linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
-    monkeypatch.delenv('CAFFE_PY_ALLOW_TF32')
+    if int(os.environ.get('CUPY_TF32', '0')) > 0:
+        pytest.skip('CUPY_TF32 is set in this environment')
     caffe.set_mode_gpu()
     assert linalg.get_compute_type(np.float32) != linalg.COMPUTE_TYPE_TF32
 

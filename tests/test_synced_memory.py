@@ -103,24 +103,6 @@ def test_mode_errors_are_one_clear_line(monkeypatch):
     assert backend.mode() == 'cpu'
 
 
-def test_tf32_only_when_asked(monkeypatch):
-    calls = []
-    module = fakecupy.make_module()
-    linalg = type('linalg', (), {'COMPUTE_TYPE_DEFAULT': 1, 'COMPUTE_TYPE_TF32': 7,
-                                 'set_compute_type': staticmethod(lambda dtype, kind: calls.append(kind))})
-    module._core = type('core', (), {'_routines_linalg': linalg})
-    previous = backend.use_device_module(module)
-    try:
-        monkeypatch.delenv('CAFFE_PY_ALLOW_TF32', raising=False)
-        caffe.set_mode_gpu()
-        monkeypatch.setenv('CAFFE_PY_ALLOW_TF32', '1')
-        caffe.set_mode_gpu()
-    finally:
-        caffe.set_mode_cpu()
-        backend.use_device_module(previous)
-    assert calls == [1, 7]
-
-
 # -- nets -------------------------------------------------------------------------------------
 
 def test_host_writes_reach_the_layers(fake):
