@@ -1,4 +1,5 @@
-"""Data layers: Input here; the database, image and HDF5 readers live in caffe_py.data."""
+"""Data layers (Input, HDF5Data, MemoryData, DummyData, Data, ImageData, WindowData, HDF5Output);
+the database, image and HDF5 readers and the prefetching live in caffe_py.data."""
 import weakref
 
 import numpy as np
@@ -261,17 +262,15 @@ class PrefetchingDataLayer(Layer):
             batch = self.prefetcher.get()
         except (ValueError, OSError) as exc:
             raise self.error(str(exc)) from None
+        self._current = batch                    # held until the next forward, even if this one fails
         top[0].reshape(batch.data.shape)
         if top[0].xp is np:                      # CPU: the top uses the batch's memory, as Caffe's set_cpu_data
             top[0].share_data(batch.blob)
-            self._current = batch
         else:
             top[0].data[...] = top[0].xp.asarray(batch.data)
         if self.output_labels:
             top[1].reshape(batch.label.shape)
             top[1].data[...] = top[1].xp.asarray(batch.label)
-        if self._current is None:
-            self.prefetcher.release(batch)
 
     def close(self):
         """Stop prefetching and release the source (database, threads)."""
@@ -479,7 +478,7 @@ class HDF5OutputLayer(Layer):
     def forward(self, bottom, top):
         log.info('Saving HDF5 file %s', self.file_name)
         for name, blob in (('data', bottom[0]), ('label', bottom[1])):
-            rows = backend.to_numpy(blob.data).reshape(
+            rows = blob.read_data().reshape(
                 (blob.num, blob.channels, blob.height, blob.width)).astype(np.float32)
             if name not in self._file:
                 self._file.create_dataset(name, data=rows, maxshape=(None,) + rows.shape[1:])

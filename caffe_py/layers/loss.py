@@ -195,10 +195,12 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         gpu.kernel('softmax_loss.cu', 'softmax_loss_forward', self.dtype)(
             n, prob.data, bottom[1].data, self.classes, self.inner, ignore is not None, ignore or 0,
             logs, flags)
-        if n and float(flags.min()) < 0:
+        # one copy to the host for both: the lowest flag and the count of valid positions
+        lowest, valid = xp.stack((flags.min(), flags.sum())).tolist() if n else (0, 0)
+        if lowest < 0:
             # a label outside [0, classes): _Labels raises, naming the labels
             _Labels(self, bottom[1], self.outer, self.inner, self.classes, ignore)
-        self.norm = self.normalizer(self.mode, self.outer, self.inner, int(flags.sum()))
+        self.norm = self.normalizer(self.mode, self.outer, self.inner, int(valid))
         top[0].data[...] = -logs.sum() / self.norm
 
 

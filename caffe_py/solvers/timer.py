@@ -9,10 +9,6 @@ import time
 from .. import backend
 
 
-def _sync():
-    backend.synchronize()
-
-
 class Timer:
     def __init__(self):
         self._start = None
@@ -20,13 +16,13 @@ class Timer:
         self._running = False
 
     def start(self):
-        _sync()
+        backend.synchronize()
         self._start = time.perf_counter()
         self._running = True
 
     def stop(self):
         if self._running:
-            _sync()
+            backend.synchronize()
             self._elapsed = time.perf_counter() - self._start
             self._running = False
 

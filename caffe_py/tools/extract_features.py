@@ -66,7 +66,7 @@ def extract_features(weights, model, blob_names, dataset_names, num_batches, db_
             net.forward_from_to()
             for i, name in enumerate(blob_names):
                 blob = net.blobs[name]
-                features = backend.to_numpy(blob.data).reshape(blob.shape[0], -1)
+                features = blob.read_data().reshape(blob.shape[0], -1)
                 for row in features:
                     datum = caffe_pb2.Datum(channels=blob.channels, height=blob.height, width=blob.width)
                     datum.float_data.extend(row.astype(np.float32))

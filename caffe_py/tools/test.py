@@ -1,7 +1,7 @@
 """`caffe-py test`: score a model over -iterations batches, as `caffe test` (tools/caffe.cpp)."""
 import numpy as np
 
-from .. import backend, log
+from .. import log
 from ..net import TEST, Net
 from . import common
 from .cli import CommandError
@@ -34,7 +34,7 @@ def main(command, argv):
     loss = f32(0)
     for i in range(iterations):
         loss += f32(net.forward_from_to())
-        batch = [backend.to_numpy(net.blobs[name].data).ravel() for name in net.outputs]
+        batch = [net.blobs[name].read_data().ravel() for name in net.outputs]
         batch = np.concatenate(batch).astype(f32) if batch else scores[:0]
         for name, score in zip(names, batch):
             log.info('Batch %d, %s = %s', i, name, fmt(score))
