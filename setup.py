@@ -3,14 +3,16 @@ import os
 
 from setuptools import find_packages, setup
 
-# kernels/*.cu ship inside the package as caffe_py.kernels (loaded by CuPy in GPU mode)
-KERNELS = ['caffe_py.kernels'] if os.path.isdir('kernels') else []
+HERE = os.path.dirname(os.path.abspath(__file__))
+# kernels/*.cu ship inside the package as caffe_py.kernels (loaded by CuPy in GPU mode); a source
+# tree without them (an sdist built without the folder) installs the CPU package alone
+KERNELS = ['caffe_py.kernels'] if os.path.isdir(os.path.join(HERE, 'kernels')) else []
 
 setup(
     name='caffe-py',
     version='0.1.0',
     description="BVLC Caffe's nets, solvers, files and tools in Python (NumPy on the CPU, CuPy on NVIDIA GPUs)",
-    long_description=open('README.md', encoding='utf-8').read(),
+    long_description=open(os.path.join(HERE, 'README.md'), encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     license='BSD-2-Clause',
     python_requires='>=3.10',

@@ -10,7 +10,7 @@
 # Pillow and pytest, but no network, no lmdb and perhaps an older protobuf; the tests read
 # ../shared/reference, which does not travel):
 #   1. here, once per session (needs PyPI):    PYTHON=/path/to/venv/python bash benchmarks/gpu_check.sh --prepare
-#      fills .gpu_carry/ (git-ignored through .git/info/exclude): wheels/ (protobuf and lmdb for
+#      fills .gpu_carry/ (git-ignored by .gitignore): wheels/ (protobuf and lmdb for
 #      the device's Python 3.12) and shared/reference (a copy of ../shared/reference, test data
 #      only; never commit it). About 6 MiB.
 #   2. device run:  command "bash benchmarks/gpu_check.sh", carry [".gpu_carry"], timeout_s 560.
@@ -23,7 +23,6 @@ CARRY=.gpu_carry
 if [ "${1:-}" = "--prepare" ]; then
     set -e
     mkdir -p "$CARRY/wheels" "$CARRY/shared"
-    grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
     rm -f "$CARRY"/wheels/*.whl
     # the versions setup.py asks for, built for the device's CPython 3.12
     "${PYTHON:-python3}" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

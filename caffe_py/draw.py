@@ -16,7 +16,8 @@ def draw_net_to_file(caffe_net, filename, rankdir='LR', phase=None, display_lrm=
 
 
 def draw_net(caffe_net, rankdir='LR', ext='png', phase=None, display_lrm=False):
-    """The drawing of NetParameter `caffe_net` as bytes in format `ext`."""
+    """The drawing of NetParameter `caffe_net` as bytes in format `ext` (display_lrm is taken
+    for pycaffe's signature and ignored, as in draw_net_to_file)."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, 'net.' + ext)
         draw_net_to_file(caffe_net, path, rankdir, phase, display_lrm)

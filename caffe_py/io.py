@@ -15,7 +15,8 @@ import os
 import cv2
 import numpy as np
 
-from .formats.blobs import blob_to_array
+from .data.image import datum_to_chw
+from .formats.blobs import array_to_blob, blob_to_array
 from .formats.errors import FormatError, MissingFileError
 from .proto import caffe_pb2
 
@@ -33,13 +34,8 @@ def blobproto_to_array(blob, return_diff=False):
 
 
 def array_to_blobproto(arr, diff=None):
-    """A BlobProto holding `arr` (and `diff`, of the same shape) with an N-d shape."""
-    blob = caffe_pb2.BlobProto()
-    blob.shape.dim.extend(arr.shape)
-    blob.data.extend(np.asarray(arr, np.float64).flat)
-    if diff is not None:
-        blob.diff.extend(np.asarray(diff, np.float64).flat)
-    return blob
+    """A BlobProto holding `arr` (and `diff`, of the same shape) as float32, with an N-d shape."""
+    return array_to_blob(np.asarray(arr, np.float32), None if diff is None else np.asarray(diff, np.float32))
 
 
 def arraylist_to_blobprotovector_str(arraylist):
@@ -74,13 +70,11 @@ def array_to_datum(arr, label=None):
 def datum_to_array(datum):
     """The K x H x W array of an unencoded Datum (uint8 bytes or float_data); the label is
     datum.label."""
-    shape = (datum.channels, datum.height, datum.width)
     if datum.encoded:
         raise ValueError('datum_to_array reads raw Datums; this one is encoded (decode it with '
                          'cv2.imdecode(np.frombuffer(datum.data, np.uint8), -1))')
-    if len(datum.data):
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-    return np.array(datum.float_data, dtype=np.float64).reshape(shape)
+    array = datum_to_chw(datum, 'given to datum_to_array')
+    return array if array.dtype == np.uint8 else array.astype(np.float64)
 
 
 # -- images ------------------------------------------------------------------------

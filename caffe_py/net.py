@@ -51,10 +51,13 @@ def state_meets_rule(state, rule, layer_name):
     return True
 
 
-def filter_net(param):
-    """A copy of `param` keeping the layers whose include/exclude rules its state meets."""
+def filter_net(param, state=None):
+    """A copy of `param` keeping the layers whose include/exclude rules `state` (by default its
+    own state) meets; the copy has that state."""
+    state = param.state if state is None else state
     filtered = caffe_pb2.NetParameter()
     filtered.CopyFrom(param)
+    filtered.state.CopyFrom(state)
     del filtered.layer[:]
     for layer in param.layer:
         if layer.include and layer.exclude:
@@ -62,9 +65,9 @@ def filter_net(param):
                            % layer.name)
         included = not layer.include
         if included:
-            included = not any(state_meets_rule(param.state, r, layer.name) for r in layer.exclude)
+            included = not any(state_meets_rule(state, r, layer.name) for r in layer.exclude)
         else:
-            included = any(state_meets_rule(param.state, r, layer.name) for r in layer.include)
+            included = any(state_meets_rule(state, r, layer.name) for r in layer.include)
         if included:
             filtered.layer.add().CopyFrom(layer)
     return filtered

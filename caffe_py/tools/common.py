@@ -8,7 +8,7 @@ from .. import backend, formats, log
 from ..proto import caffe_pb2
 from ..solvers import NONE, SNAPSHOT, STOP
 from .cli import CommandError
-from .flags import parse
+from .flags import parse, wants_help
 
 # Caffe's flags are global: every command accepts all of them (and ignores the ones it does not use)
 FLAGS = {
@@ -33,7 +33,7 @@ FLAG_HELP = {
 
 def parse_flags(command, argv, summary, used):
     """The flags dict, or None after printing help for -help/--help."""
-    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+    if wants_help(argv):
         print('usage: caffe-py %s -flag value ...\n\n%s\n\nflags:' % (command, summary))
         for name in used:
             print('  -%-15s %s (default: %r)' % (name, FLAG_HELP[name], FLAGS[name]))

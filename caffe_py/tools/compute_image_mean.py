@@ -12,7 +12,7 @@ from .. import formats, log
 from ..data.db import Reader
 from ..data.hdf5 import DataSourceError
 from ..data.image import IMREAD_NATIVE, datum_image, hwc_to_chw, parse_datum
-from .flags import parse
+from .flags import parse, wants_help
 
 FLAGS = {'backend': 'lmdb'}
 
@@ -22,7 +22,7 @@ USAGE = ('Compute the mean_image of a set of images given by a leveldb/lmdb\n'
 
 
 def main(command, argv):
-    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+    if wants_help(argv):
         print(USAGE)
         return 0
     flags, args = parse(argv, FLAGS)

@@ -10,7 +10,7 @@ import sys
 from .. import backend, log
 from ..data.db import DBWriter
 from ..data.image import DataSourceError, read_image_list, read_image_to_datum
-from .flags import parse
+from .flags import parse, wants_help
 
 FLAGS = {
     'gray': False, 'shuffle': False, 'backend': 'lmdb', 'resize_width': 0, 'resize_height': 0,
@@ -26,7 +26,7 @@ COMMIT_EVERY = 1000
 
 
 def main(command, argv):
-    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+    if wants_help(argv):
         print(USAGE)
         return 0
     flags, args = parse(argv, FLAGS)

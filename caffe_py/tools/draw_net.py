@@ -243,9 +243,10 @@ def in_phase(net_param, phase):
     if phase is None:
         return net_param
     from caffe_py.net import filter_net
-    net_param = caffe_pb2.NetParameter.FromString(net_param.SerializeToString())
-    net_param.state.phase = phase
-    return filter_net(net_param)
+    state = caffe_pb2.NetState()
+    state.CopyFrom(net_param.state)          # its level and stages, in `phase`
+    state.phase = phase
+    return filter_net(net_param, state)
 
 
 def main(name, argv):

@@ -14,6 +14,7 @@ import numpy as np
 from .. import backend, log
 from ..data.db import DBWriter
 from ..proto import caffe_pb2
+from .flags import wants_help
 
 USAGE = __doc__.split('\n\n')[1]
 
@@ -21,7 +22,7 @@ COMMIT_EVERY = 1000
 
 
 def main(command, argv):
-    if any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-')):
+    if wants_help(argv):
         print('Usage:\n' + USAGE)
         return 0
     if len(argv) < 6:

@@ -9,6 +9,11 @@ class FlagError(ValueError):
     """A flag that is unknown, lacks a value, or has a value of the wrong kind."""
 
 
+def wants_help(argv):
+    """Whether argv asks for help: -h, -help or -helpfull, with one or two dashes."""
+    return any(arg.lstrip('-') in ('h', 'help', 'helpfull') for arg in argv if arg.startswith('-'))
+
+
 def parse(argv, spec):
     """Parse `argv` by `spec` {name: default}; the type of each default (bool/int/float/str) is the flag's.
 
