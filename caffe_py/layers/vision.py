@@ -80,6 +80,7 @@ class _GemmConv:
     out_w * m contiguous values when the last axis has stride 1; it costs slower transposes of
     the out side, so it is used where the columns are large next to the output.
     """
+    keeps_columns = True        # forward's columns serve backward's weight gradient if the bottom is unchanged
 
     def __init__(self, window, group, in_channels, out_channels):
         self.window = window
@@ -95,13 +96,20 @@ class _GemmConv:
         self.col_source = None
 
     def chunks(self, num, itemsize):
-        """Equal runs of images whose columns fit in COL_BYTES."""
+        """Equal runs of images whose columns fit in column_bytes()."""
         per_image = self.group * self.kdim * self.window.out_count * itemsize
-        most = max(1, COL_BYTES // max(per_image, 1))
+        most = max(1, self.column_bytes() // max(per_image, 1))
         step = -(-num // -(-num // most)) if num else 1
         return [(n0, min(num, n0 + step)) for n0 in range(0, num, step)]
 
+    def column_bytes(self):
+        return COL_BYTES
+
     # -- layout ------------------------------------------------------------
+    def columns(self, im, n0, n1):
+        """Columns (group, kdim, m*P) of images n0:n1 of `im`."""
+        return self.im2col(self.padded_chunk(im, n0, n1))
+
     def padded_chunk(self, im, n0, n1):
         """Images n0:n1, zero-padded: (m, C, *padded), or (C, *padded, m) when batch_last."""
         w, chunk = self.window, im[n0:n1]
@@ -177,14 +185,19 @@ class _GemmConv:
             # computed as the tall (kdim, C/g) product, split over kdim
             matmul_add(col[i], out_cm[i].T, wd[i].T)
 
+    def back_columns(self, weight, out_cm):
+        """weight^T x out-side columns, per group: (group, kdim, m*P)."""
+        wg = weight.reshape(self.group, -1, self.kdim)
+        col = self.buffers.flat('col', self.group * self.kdim * out_cm.shape[2], out_cm.dtype, out_cm)
+        col = col.reshape(self.group, self.kdim, -1)
+        for i in range(self.group):
+            matmul(wg[i].T, out_cm[i], col[i])
+        return col
+
     def col2im(self, weight, out_cm, im, n0, n1):
         """im[n0:n1] = col2im(weight^T x out-side columns)."""
-        m, g, w = n1 - n0, self.group, self.window
-        wg = weight.reshape(g, -1, self.kdim)
-        col = self.buffers.flat('col', g * self.kdim * out_cm.shape[2], out_cm.dtype, out_cm)
-        col = col.reshape(g, self.kdim, -1)
-        for i in range(g):
-            matmul(wg[i].T, out_cm[i], col[i])
+        m, w = n1 - n0, self.window
+        col = self.back_columns(weight, out_cm)
         c = self.in_channels
         if self.is_1x1:
             split_apply(assign, im[n0:n1].swapaxes(0, 1), col.reshape((c, m) + w.out))
@@ -207,11 +220,10 @@ class _GemmConv:
         """Convolution: out_side = weight * im (+ bias)."""
         chunks = self.chunks(im.shape[0], im.itemsize)
         for n0, n1 in chunks:
-            pad = self.padded_chunk(im, n0, n1)
-            col = self.im2col(pad)
+            col = self.columns(im, n0, n1)
             self.gemm_out(weight, col, out_side, n0, n1, bias)
         self.col_source = None
-        if len(chunks) == 1 and not (self.is_1x1 and im.shape[0] == 1):
+        if self.keeps_columns and len(chunks) == 1 and not (self.is_1x1 and im.shape[0] == 1):
             # backward reuses these columns if the bottom still holds the same values then
             # (a contiguous copy: comparing it is cheaper than comparing the padded chunk)
             seen = self.buffers.get('seen', im.shape, im.dtype, im)
@@ -232,7 +244,7 @@ class _GemmConv:
             out_cm = self.channel_major(out_diff, n0, n1, 'cm')
             if weight_diff is not None:
                 if col is None:
-                    col = self.im2col(self.padded_chunk(im, n0, n1))
+                    col = self.columns(im, n0, n1)
                 self.weight_grad(out_cm, col, weight_diff)
                 col = None
             if im_diff is not None:
@@ -246,11 +258,34 @@ class _GemmConv:
     def transposed_backward(self, im_diff, out_side, weight, weight_diff=None, out_diff=None):
         """Deconvolution's backward: one im2col of the top diff serves both gradients."""
         for n0, n1 in self.chunks(im_diff.shape[0], im_diff.itemsize):
-            col = self.im2col(self.padded_chunk(im_diff, n0, n1))
+            col = self.columns(im_diff, n0, n1)
             if weight_diff is not None:
                 self.weight_grad(self.channel_major(out_side, n0, n1, 'cm'), col, weight_diff)
             if out_diff is not None:
                 self.gemm_out(weight, col, out_diff, n0, n1)
+
+
+class _DeviceConv(_GemmConv):
+    """_GemmConv on the device for 1-D and 2-D windows: kernels/im2col.cu writes the columns
+    straight from the images and gathers them back (no padded copy; recomputing them beats
+    keeping them); the products and transposes are _GemmConv's, through CuPy."""
+    keeps_columns = False
+
+    def __init__(self, window, group, in_channels, out_channels):
+        super().__init__(window, group, in_channels, out_channels)
+        self.batch_last = False
+        self.kernels = vision_gpu.ColumnKernels(window, in_channels)
+
+    def column_bytes(self):
+        return vision_gpu.DEVICE_COL_BYTES
+
+    def columns(self, im, n0, n1):
+        col = self.buffers.flat('col', self.group * self.kdim * (n1 - n0) * self.window.out_count, im.dtype, im)
+        self.kernels.im2col(im[n0:n1], col)
+        return col.reshape(self.group, self.kdim, -1)
+
+    def col2im(self, weight, out_cm, im, n0, n1):
+        self.kernels.col2im(self.back_columns(weight, out_cm), im[n0:n1])
 
 
 def _add(dst, a, b):
@@ -341,7 +376,7 @@ class _ConvolutionBase(Layer):
         if key != self._core_key:
             window = Window(self.kernel, self.stride, self.pad, self.dilation, im_size, out_size)
             on_device = first.xp is not np and 1 <= self.num_spatial <= 2
-            core = vision_gpu.DeviceConv if on_device else _GemmConv
+            core = _DeviceConv if on_device else _GemmConv
             self.core = core(window, self.group, self.conv_in, self.conv_out)
             self._core_key = key
 
