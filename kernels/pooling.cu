@@ -4,6 +4,27 @@
 // output, the plane index h * width + w its gradient goes to (-1: none). Backward passes gather per
 // bottom pixel over the windows that contain it, in increasing output order.
 
+// The window of output p along one axis, clipped to the image: [start, end).
+__device__ __forceinline__ void pool_window(const int p, const int stride, const int pad, const int kernel,
+                                            const int size, int& start, int& end) {
+  start = p * stride - pad;
+  end = caffe_imin(start + kernel, size);
+  start = caffe_imax(start, 0);
+}
+
+// AVE's divisor: the window starting at (h0, w0) clipped to the padded extent.
+__device__ __forceinline__ int ave_pool_size(const int h0, const int w0, const int kernel_h, const int kernel_w,
+                                             const int padded_h, const int padded_w) {
+  return (caffe_imin(h0 + kernel_h, padded_h) - h0) * (caffe_imin(w0 + kernel_w, padded_w) - w0);
+}
+
+// The outputs along one axis whose windows hold padded coordinate x: [start, end).
+__device__ __forceinline__ void covering_outputs(const int x, const int stride, const int kernel, const int pooled,
+                                                 int& start, int& end) {
+  start = (x < kernel) ? 0 : (x - kernel) / stride + 1;
+  end = caffe_imin(x / stride + 1, pooled);
+}
+
 template <typename T>
 __global__ void max_pool_forward(const int n, const T* bottom, const int height, const int width,
                                  const int pooled_h, const int pooled_w, const int kernel_h,
@@ -13,10 +34,9 @@ __global__ void max_pool_forward(const int n, const T* bottom, const int height,
     const int pw = index % pooled_w;
     const int ph = (index / pooled_w) % pooled_h;
     const int plane = index / pooled_w / pooled_h;
-    const int hstart = caffe_imax(ph * stride_h - pad_h, 0);
-    const int wstart = caffe_imax(pw * stride_w - pad_w, 0);
-    const int hend = caffe_imin(ph * stride_h - pad_h + kernel_h, height);
-    const int wend = caffe_imin(pw * stride_w - pad_w + kernel_w, width);
+    int hstart, hend, wstart, wend;
+    pool_window(ph, stride_h, pad_h, kernel_h, height, hstart, hend);
+    pool_window(pw, stride_w, pad_w, kernel_w, width, wstart, wend);
     const T* src = bottom + plane * height * width;
     T best = -CAFFE_FLT_MAX;     // strict >: the first maximum wins and NaN never does
     int where = -1;
@@ -42,16 +62,15 @@ __global__ void ave_pool_forward(const int n, const T* bottom, const int height,
     const int pw = index % pooled_w;
     const int ph = (index / pooled_w) % pooled_h;
     const int plane = index / pooled_w / pooled_h;
-    const int h0 = ph * stride_h - pad_h;
-    const int w0 = pw * stride_w - pad_w;
-    const int pool_size = (caffe_imin(h0 + kernel_h, height + pad_h) - h0)
-                          * (caffe_imin(w0 + kernel_w, width + pad_w) - w0);
-    const int hend = caffe_imin(h0 + kernel_h, height);
-    const int wend = caffe_imin(w0 + kernel_w, width);
+    const int pool_size = ave_pool_size(ph * stride_h - pad_h, pw * stride_w - pad_w, kernel_h, kernel_w,
+                                        height + pad_h, width + pad_w);
+    int hstart, hend, wstart, wend;
+    pool_window(ph, stride_h, pad_h, kernel_h, height, hstart, hend);
+    pool_window(pw, stride_w, pad_w, kernel_w, width, wstart, wend);
     const T* src = bottom + plane * height * width;
     T sum = 0;
-    for (int h = caffe_imax(h0, 0); h < hend; ++h) {
-      for (int w = caffe_imax(w0, 0); w < wend; ++w) {
+    for (int h = hstart; h < hend; ++h) {
+      for (int w = wstart; w < wend; ++w) {
         sum += src[h * width + w];
       }
     }
@@ -70,10 +89,9 @@ __global__ void sto_pool_forward_train(const int n, const T* bottom, const int h
     const int pw = index % pooled_w;
     const int ph = (index / pooled_w) % pooled_h;
     const int plane = index / pooled_w / pooled_h;
-    const int hstart = ph * stride_h;
-    const int wstart = pw * stride_w;
-    const int hend = caffe_imin(hstart + kernel_h, height);
-    const int wend = caffe_imin(wstart + kernel_w, width);
+    int hstart, hend, wstart, wend;
+    pool_window(ph, stride_h, 0, kernel_h, height, hstart, hend);
+    pool_window(pw, stride_w, 0, kernel_w, width, wstart, wend);
     const T* src = bottom + plane * height * width;
     T total = 0;
     for (int h = hstart; h < hend; ++h) {
@@ -110,10 +128,9 @@ __global__ void sto_pool_forward_test(const int n, const T* bottom, const int he
     const int pw = index % pooled_w;
     const int ph = (index / pooled_w) % pooled_h;
     const int plane = index / pooled_w / pooled_h;
-    const int hstart = ph * stride_h;
-    const int wstart = pw * stride_w;
-    const int hend = caffe_imin(hstart + kernel_h, height);
-    const int wend = caffe_imin(wstart + kernel_w, width);
+    int hstart, hend, wstart, wend;
+    pool_window(ph, stride_h, 0, kernel_h, height, hstart, hend);
+    pool_window(pw, stride_w, 0, kernel_w, width, wstart, wend);
     const T* src = bottom + plane * height * width;
     T total = 0;
     T squares = 0;
@@ -139,10 +156,9 @@ __global__ void argmax_pool_backward(const int n, const T* top_diff, const int* 
     const int w = index % width;
     const int h = (index / width) % height;
     const int plane = index / width / height;
-    const int phstart = (h + pad_h < kernel_h) ? 0 : (h + pad_h - kernel_h) / stride_h + 1;
-    const int phend = caffe_imin((h + pad_h) / stride_h + 1, pooled_h);
-    const int pwstart = (w + pad_w < kernel_w) ? 0 : (w + pad_w - kernel_w) / stride_w + 1;
-    const int pwend = caffe_imin((w + pad_w) / stride_w + 1, pooled_w);
+    int phstart, phend, pwstart, pwend;
+    covering_outputs(h + pad_h, stride_h, kernel_h, pooled_h, phstart, phend);
+    covering_outputs(w + pad_w, stride_w, kernel_w, pooled_w, pwstart, pwend);
     const int offset = plane * pooled_h * pooled_w;
     const int me = h * width + w;
     T gradient = 0;
@@ -166,18 +182,15 @@ __global__ void ave_pool_backward(const int n, const T* top_diff, const int heig
     const int w = index % width + pad_w;     // in padded coordinates
     const int h = (index / width) % height + pad_h;
     const int plane = index / width / height;
-    const int phstart = (h < kernel_h) ? 0 : (h - kernel_h) / stride_h + 1;
-    const int phend = caffe_imin(h / stride_h + 1, pooled_h);
-    const int pwstart = (w < kernel_w) ? 0 : (w - kernel_w) / stride_w + 1;
-    const int pwend = caffe_imin(w / stride_w + 1, pooled_w);
+    int phstart, phend, pwstart, pwend;
+    covering_outputs(h, stride_h, kernel_h, pooled_h, phstart, phend);
+    covering_outputs(w, stride_w, kernel_w, pooled_w, pwstart, pwend);
     const T* src = top_diff + plane * pooled_h * pooled_w;
     T gradient = 0;
     for (int ph = phstart; ph < phend; ++ph) {
       for (int pw = pwstart; pw < pwend; ++pw) {
-        const int h0 = ph * stride_h - pad_h;
-        const int w0 = pw * stride_w - pad_w;
-        const int pool_size = (caffe_imin(h0 + kernel_h, height + pad_h) - h0)
-                              * (caffe_imin(w0 + kernel_w, width + pad_w) - w0);
+        const int pool_size = ave_pool_size(ph * stride_h - pad_h, pw * stride_w - pad_w, kernel_h, kernel_w,
+                                            height + pad_h, width + pad_w);
         gradient += src[ph * pooled_w + pw] / T(pool_size);
       }
     }
