@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from caffe_py.layers import im2col
+from caffe_py.layers import cores, im2col
 from caffe_py.layers.vision import AVE, MAX, Pool2d
 
 FLT_MAX = np.finfo(np.float32).max
@@ -99,49 +99,32 @@ def test_max_pooling_with_non_finite_top_diff_routes_only_to_the_maxima():
     np.testing.assert_array_equal(dx, ref_dx)
 
 
-def test_pooling_split_over_threads_is_identical(monkeypatch):
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((4, 6, 13, 13)).astype(np.float32)
-    results = []
-    for cores in (1, 3):
-        monkeypatch.setattr(im2col, 'CORES', cores)
-        monkeypatch.setattr(im2col, 'MIN_PARALLEL', 1)
-        pool = Pool2d(MAX, (3, 3), (2, 2), (0, 0))
-        shape = pool.reshape(x.shape)
-        top, dx = np.empty(shape, np.float32), np.empty_like(x)
-        pool.forward(x, top)
-        pool.backward(top, dx)
-        results.append((top, dx))
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize('m,k,n,transposed', [(300, 40, 7, False), (5, 60, 400, False), (64, 64, 64, False),
                                                (5, 60, 400, True), (64, 30, 90, True)])
 def test_split_matmul_and_accumulation(monkeypatch, m, k, n, transposed):
-    monkeypatch.setattr(im2col, 'MIN_SPLIT_GEMM', 1)
-    monkeypatch.setattr(im2col, 'MIN_PARALLEL', 1)
-    monkeypatch.setattr(im2col, 'CORES', 3)
-    monkeypatch.setattr(im2col, 'ACCUMULATE_BYTES', 256)
+    monkeypatch.setattr(cores, 'MIN_SPLIT_GEMM', 1)
+    monkeypatch.setattr(cores, 'MIN_PARALLEL', 1)
+    monkeypatch.setattr(cores, 'CORES', 3)
+    monkeypatch.setattr(cores, 'ACCUMULATE_BYTES', 256)
     rng = np.random.default_rng(5)
     a = rng.standard_normal((m, k))
     b = rng.standard_normal((n, k)).T if transposed else rng.standard_normal((k, n))
     out = np.empty((n, m)).T                  # a strided view
-    im2col.matmul(a, b, out)
+    cores.matmul(a, b, out)
     np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
     acc = np.ones((m, n))
-    im2col.matmul_add(a, b, acc)
+    cores.matmul_add(a, b, acc)
     np.testing.assert_allclose(acc, 1 + a @ b, rtol=1e-12, atol=1e-12)
 
 
 def test_blas_threads_are_restored_after_products():
-    if im2col._openblas is None:
+    if cores._openblas is None:
         pytest.skip('no OpenBLAS found in this process')
-    get = im2col._openblas[0]
+    get = cores._openblas[0]
     before = get()
     a = np.ones((512, 512), np.float32)
-    im2col.matmul(a, a, np.empty_like(a))
-    im2col.matmul_add(a, a, np.zeros_like(a))
+    cores.matmul(a, a, np.empty_like(a))
+    cores.matmul_add(a, a, np.zeros_like(a))
     assert get() == before
 
 

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_py import TEST, TRAIN, Net, backend
-from caffe_py.layers import im2col, vision
+from caffe_py.layers import cores, vision
 from caffe_py.proto import caffe_pb2
 from harness import numeric_gradient_check
 
@@ -287,9 +287,9 @@ def test_work_split_over_threads_changes_nothing(monkeypatch, layer, shape):
     """Element-wise work runs in parallel parts (here 3, on tiny arrays): same numbers as serial."""
     x = rand(*shape)
     results = []
-    for cores, smallest in ((1, im2col.MIN_PARALLEL), (3, 0)):
-        monkeypatch.setattr(im2col, 'CORES', cores)
-        monkeypatch.setattr(im2col, 'MIN_PARALLEL', smallest)
+    for count, smallest in ((1, cores.MIN_PARALLEL), (3, 0)):
+        monkeypatch.setattr(cores, 'CORES', count)
+        monkeypatch.setattr(cores, 'MIN_PARALLEL', smallest)
         net = build({'x': x}, layer, dtype=np.float32)
         results.append(seeded_pass(net))
     for a, b in zip(*results):

@@ -9,7 +9,7 @@ import numpy as np
 from .. import fillers, gpu
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .im2col import matmul, matmul_add
+from .cores import matmul, matmul_add
 from .neuron import scratch
 
 

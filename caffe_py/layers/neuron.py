@@ -10,7 +10,7 @@ import numpy as np
 from .. import backend, fillers
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .im2col import split_apply
+from .cores import split_apply
 
 
 def scratch(layer, name, shape, dtype, xp):

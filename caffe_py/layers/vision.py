@@ -1,11 +1,12 @@
 """Vision layers: Convolution, Deconvolution, Im2col, Pooling, SPP, LRN.
 
-The CPU path works on whole minibatches: im2col is one strided-view copy into a
-channel-major column buffer (C*k, n*P), each group is one GEMM, col2im is one
+The CPU path works on whole minibatches: im2col is one strided-view copy (or, for
+strided 2-D windows, one per stride phase) into a column buffer (C*k, n*P), or
+(C*k, P*n) batch-last where the columns are large; each group is one GEMM, col2im is one
 vectorised add per kernel offset, and pooling makes one contiguous pass per kernel
 offset over a stride-phase grid (im2col.PhaseGrid).
 Minibatches whose column buffer would exceed COL_BYTES run in chunks of images.
-Element-wise work and the GEMMs are split over the cores (im2col.parallel, im2col.matmul).
+Element-wise work and the GEMMs are split over the cores (caffe_py.layers.cores).
 On the device, convolution (1-D and 2-D), Im2col, pooling and LRN across channels
 run CUDA kernels instead (vision_gpu).
 """
@@ -17,8 +18,8 @@ from .. import backend
 from ..fillers import fill
 from ..layer import Layer, register
 from . import vision_gpu
-from .im2col import (Buffers, PhaseGrid, Window, assign, conv_out_size, matmul, matmul_add, parallel,
-                     split_apply, strided_columns)
+from .cores import assign, matmul, matmul_add, parallel, split_apply
+from .im2col import Buffers, PhaseGrid, Window, conv_out_size, strided_columns
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
@@ -114,11 +115,7 @@ class _GemmConv:
         """Images n0:n1, zero-padded: (m, C, *padded), or (C, *padded, m) when batch_last."""
         w, chunk = self.window, im[n0:n1]
         if not self.batch_last:
-            if not w.needs_padding:
-                return chunk
-            buf = self.buffers.get('pad%d' % len(chunk), chunk.shape[:2] + w.padded, im.dtype, im, fill=0)
-            split_apply(assign, buf[w.inner(2)], chunk)
-            return buf
+            return w.padded_input(chunk, self.buffers, 'pad%d' % len(chunk))
         shape = (self.in_channels,) + w.padded + (len(chunk),)
         buf = self.buffers.get('pad%d' % len(chunk), shape, im.dtype, im, fill=0)
         split_apply(assign, buf[w.inner(1)], _batch_last(chunk))
@@ -553,8 +550,9 @@ class Pool2d:
             self.code = self.plane = self.device = None
         return (n, c) + out
 
-    def _views(self, x, fill):
-        xpad = self.window.padded_input(x, self.buffers, fill=fill)
+    def _views(self, x):
+        """Every window offset's (N, C, PH, PW) strided view of x zero-padded."""
+        xpad = self.window.padded_input(x, self.buffers)
         lead = (slice(None), slice(None))
         return [xpad[lead + self.window.slices(o)] for o in self.window.offsets]
 
@@ -567,7 +565,7 @@ class Pool2d:
         if xp is not np:
             uniform = None
             if self.method == STOCHASTIC and self.train:    # the same draw as the CPU's, below
-                uniform = xp.asarray(1.0 - backend.rng().random(top.shape), dtype=top.dtype)
+                uniform = _uniform(xp, top)
             self._device().forward(x, top, mask, uniform)
             return
         if self.method == MAX:
@@ -584,7 +582,7 @@ class Pool2d:
             self._stochastic_train(xp, x, top)
         else:
             total, squares = xp.zeros_like(top), xp.zeros_like(top)
-            for view in self._views(x, 0):
+            for view in self._views(x):
                 total += view
                 squares += view * view
             top[...] = 0
@@ -634,7 +632,8 @@ class Pool2d:
         and pooled as planes."""
         n, c, h, w = image.shape
         grid = self.grid
-        phases = grid.buffers(self.buffers, name, n * c, image.dtype, image, fill)
+        phases = self.buffers.get(name + 'phases', (len(grid.phases), n * c, grid.hq, grid.wq), image.dtype,
+                                  image, fill=fill)
         ext = self.buffers.get(name + 'ext', (n * c, grid.hq, grid.wq), image.dtype, image, fill=0)
         return phases, ext, image.reshape(n * c, h, w), pooled.reshape((n * c,) + pooled.shape[2:])
 
@@ -673,12 +672,12 @@ class Pool2d:
 
     def _stochastic_train(self, xp, x, top):
         """Sample one cell per window with probability value / window sum (Caffe's GPU kernel)."""
-        views = self._views(x, 0)
+        views = self._views(x)
         total = xp.zeros_like(top)
         for view in views:
             total += view
         # Caffe draws uniform (0, 1]
-        threshold = xp.asarray(1.0 - backend.rng().random(top.shape), dtype=top.dtype) * total
+        threshold = _uniform(xp, top) * total
         plane = xp.full(top.shape, -1, np.int64)
         top[...] = 0
         running = xp.zeros_like(top)
@@ -762,6 +761,11 @@ class Pool2d:
                 cells += r
             grid.merge(phases, dx_planes, part)
         parallel(planes, len(ext), ext.size * count, ext)
+
+
+def _uniform(xp, top):
+    """STOCHASTIC pooling's draws for `top`: uniform in (0, 1] as Caffe's, the same on either device."""
+    return xp.asarray(1.0 - backend.rng().random(top.shape), dtype=top.dtype)
 
 
 def _pooling_geometry(layer, param):
