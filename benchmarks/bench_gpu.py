@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 
 import caffe_py  # noqa: E402
 from caffe_py import backend, formats  # noqa: E402
+from caffe_py.tools.common import device_name  # noqa: E402
 
 DEPLOY = os.path.join(ROOT, 'models', 'bvlc_reference_caffenet', 'deploy.prototxt')
 
@@ -128,8 +129,7 @@ def main():
     args = parser.parse_args()
     caffe_py.set_mode_gpu()
     cupy = backend.device_module()
-    name = cupy.cuda.runtime.getDeviceProperties(0)['name']
-    result = {'card': name.decode() if isinstance(name, bytes) else str(name), 'batch': args.batch,
+    result = {'card': device_name(0), 'batch': args.batch,
               'iters': args.iters, 'cupy': cupy.__version__, 'tf32': int(os.environ.get('CUPY_TF32', '0')) > 0}
     net = build(args.batch)
     result['caffe_py_images_per_s'] = images_per_second(net.forward_backward, backend.synchronize,

@@ -95,7 +95,7 @@ def device():
 def xp():
     """The array module for arrays created now."""
     if _state['mode'] == 'gpu':
-        return _state['module']
+        return device_module()
     return np
 
 

@@ -103,7 +103,7 @@ def _module(module, filename, device_id):
     key = (module, filename, device_id)
     if key not in _modules:
         source = kernel_source(filename)
-        kernels = parse_kernels(_read(filename))
+        kernels = parse_kernels(source)           # common.cu holds device helpers only
         expressions = ['%s<%s>' % (name, ctype) for name in kernels for ctype in CTYPES.values()]
         try:
             raw = module.RawModule(code=source, options=OPTIONS, name_expressions=expressions)
