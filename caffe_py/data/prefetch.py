@@ -36,13 +36,15 @@ class Batch:
 
     def __init__(self, dtype):
         self.blob = Blob(dtype=dtype, xp=np)
-        self.data = self.blob.data
         self._label = np.empty(0, dtype)
         self.label = self._label
 
+    @property
+    def data(self):
+        return self.blob.data
+
     def reshape(self, data_shape, label_shape=None):
         self.blob.reshape(data_shape)
-        self.data = self.blob.data
         if label_shape is not None:
             count = int(np.prod(label_shape))
             if self._label.size < count:
