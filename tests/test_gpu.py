@@ -92,8 +92,7 @@ def test_parameters_and_history_stay_on_the_device(cuda, tmp_path):
 @pytest.mark.skipif(not LAYER_CASES, reason='../shared/reference/layers is absent')
 @pytest.mark.parametrize('path', LAYER_CASES, ids=[os.path.basename(c)[:-4] for c in LAYER_CASES])
 def test_reference_layer_case_on_the_gpu(cuda, path):
-    name = os.path.basename(path)
-    device_cases.run_layer_case(path, rtol=1e-4 if name.startswith(('lstm', 'rnn')) else 2e-5)
+    device_cases.run_layer_case(path)
 
 
 @pytest.mark.parametrize('case', SOLVER_CASES)

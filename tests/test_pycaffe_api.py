@@ -10,8 +10,8 @@ import caffe_py as caffe
 from caffe_py import io
 from caffe_py.formats import MissingFileError
 from caffe_py.proto import caffe_pb2
+from conftest import CORPUS, ROOT, need
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = os.path.join(ROOT, 'models', 'mini_caffenet')
 STYLE_IMAGES = os.path.join(ROOT, 'examples', 'finetune_style', 'images')
 
@@ -260,7 +260,6 @@ def test_net_spec_from_the_top_level():
 
 # -- the classic pycaffe notebooks on real files of the corpus ---------------------------
 def test_imagenet_mean_file_through_caffe_io():
-    from conftest import CORPUS, need
     path = need(os.path.join(CORPUS, 'imagenet_mean', 'imagenet_mean.binaryproto'))
     blob = caffe_pb2.BlobProto.FromString(open(path, 'rb').read())
     mean = caffe.io.blobproto_to_array(blob)
@@ -276,7 +275,6 @@ def test_imagenet_mean_file_through_caffe_io():
 def test_net_surgery_fully_convolutional_caffenet():
     """examples/net_surgery: fc6-fc8 weights poured into convolutions; the full-conv net maps a
     451x451 input to an 8x8 map, and on a 227x227 input its one output is CaffeNet's."""
-    from conftest import CORPUS, need
     full_conv = need(os.path.join(CORPUS, 'net_surgery', 'bvlc_caffenet_full_conv.prototxt'))
     deploy = need(os.path.join(CORPUS, 'bvlc_reference_caffenet', 'deploy.prototxt'))
     caffe.set_random_seed(0)

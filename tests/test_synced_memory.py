@@ -267,8 +267,7 @@ def test_batch_reindex_backward_of_4d_items_adds_repeats_in_order(fake):
 @pytest.mark.skipif(not LAYER_CASES, reason='../shared/reference/layers is absent')
 @pytest.mark.parametrize('path', LAYER_CASES, ids=[os.path.basename(c)[:-4] for c in LAYER_CASES])
 def test_reference_layer_case_on_the_fake_device(fake, path):
-    name = os.path.basename(path)
-    device_cases.run_layer_case(path, rtol=1e-4 if name.startswith(('lstm', 'rnn')) else 2e-5)
+    device_cases.run_layer_case(path)
 
 
 @needs_compiler
