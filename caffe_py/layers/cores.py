@@ -172,3 +172,16 @@ def matmul_add(a, b, out):
             parallel(rows, out.shape[0], MIN_SPLIT_GEMM, out)
         else:
             rows(slice(0, out.shape[0]))
+
+
+def matmul_stack(a, b, out):
+    """out[i] = a[i] @ b[i] for stacks of matrices (any leading axes, NumPy's broadcasting),
+    the stack split over the cores, each part single-threaded BLAS."""
+    if not _ours(out):
+        _module(out).matmul(a, b, out=out)
+        return
+    with _single_blas:
+        if CORES > 1 and out.size * a.shape[-1] >= MIN_SPLIT_GEMM:
+            parallel(lambda part: np.matmul(a[part], b[part], out=out[part]), out.shape[0], MIN_SPLIT_GEMM, out)
+        else:
+            np.matmul(a, b, out=out)

@@ -7,7 +7,7 @@ axis, become *kernel, *out) without copying, and adds patch-shaped arrays back
 into a padded image with one vectorised add per kernel offset (Caffe's col2im).
 `strided_columns` builds strided 2-D columns from stride phases; `PhaseGrid`
 lays planes out so that every pooling offset is one contiguous pass; `Buffers`
-keeps scratch arrays across calls.
+keeps scratch arrays across calls and `ForwardMemo` what a forward pass leaves for backward.
 """
 import itertools
 
@@ -227,3 +227,26 @@ def strided_columns(window, pad, cols, buffers):
                                   (s[1], da * s[2], db * s[3], s[0], s[2], s[3]))
                 cols[:, kernel_rows, kernel_cols, part] = view
     parallel(images, m, cols.size, pad)
+
+
+class ForwardMemo:
+    """What a forward pass derived from its input (columns, a spectrum), for backward to reuse
+    if the input still holds the same values then (checked against a copy, by value)."""
+
+    def __init__(self):
+        self.source = None
+
+    def keep(self, im, derived, buffers):
+        seen = buffers.get('seen', im.shape, im.dtype, im)
+        split_apply(assign, seen, im)
+        self.source = seen, derived
+
+    def forget(self):
+        self.source = None
+
+    def recall(self, im):
+        """What keep() was given if `im` is unchanged since, else None; either way, forgotten."""
+        source, self.source = self.source, None
+        if source is None or source[0].shape != im.shape:
+            return None
+        return source[1] if _module(im).array_equal(source[0], im) else None

@@ -6,6 +6,8 @@ strided 2-D windows, one per stride phase) into a column buffer (C*k, n*P), or
 vectorised add per kernel offset, and pooling makes one contiguous pass per kernel
 offset over a stride-phase grid (im2col.PhaseGrid).
 Minibatches whose column buffer would exceed COL_BYTES run in chunks of images.
+2-D unit-stride convolutions whose kernels are large next to their planes (CIFAR-10's
+5x5 ones) run as products of spectra instead, where spectral.worthwhile says so.
 Element-wise work and the GEMMs are split over the cores (caffe_py.layers.cores).
 On the device, convolution (1-D and 2-D), Im2col, pooling and LRN across channels
 run CUDA kernels instead (vision_gpu).
@@ -19,7 +21,8 @@ from ..fillers import fill
 from ..layer import Layer, register
 from . import vision_gpu
 from .cores import assign, matmul, matmul_add, parallel, split_apply
-from .im2col import Buffers, PhaseGrid, Window, conv_out_size, strided_columns
+from .im2col import Buffers, ForwardMemo, PhaseGrid, Window, conv_out_size, strided_columns
+from .spectral import SpectralConv, worthwhile
 
 FLT_MAX = float(np.finfo(np.float32).max)
 COL_BYTES = 128 << 20
@@ -94,7 +97,7 @@ class _GemmConv:
         self.batch_last = (not self.is_1x1 and window.stride[-1] == 1
                            and self.kdim >= 4 * (out_channels // group))
         self.buffers = Buffers()
-        self.col_source = None
+        self.memo = ForwardMemo()
 
     def chunks(self, num, itemsize):
         """Equal runs of images whose columns fit in column_bytes()."""
@@ -219,24 +222,13 @@ class _GemmConv:
         for n0, n1 in chunks:
             col = self.columns(im, n0, n1)
             self.gemm_out(weight, col, out_side, n0, n1, bias)
-        self.col_source = None
+        self.memo.forget()
         if self.keeps_columns and len(chunks) == 1 and not (self.is_1x1 and im.shape[0] == 1):
-            # backward reuses these columns if the bottom still holds the same values then
-            # (a contiguous copy: comparing it is cheaper than comparing the padded chunk)
-            seen = self.buffers.get('seen', im.shape, im.dtype, im)
-            split_apply(assign, seen, im)
-            self.col_source = (seen, col)
-
-    def cached_col(self, im):
-        """The forward's columns if `im` is unchanged since (checked by value), else None."""
-        source, self.col_source = self.col_source, None
-        if source is None or source[0].shape != im.shape:
-            return None
-        return source[1] if backend.get_array_module(im).array_equal(source[0], im) else None
+            self.memo.keep(im, col, self.buffers)   # backward's weight gradient reuses them
 
     def backward(self, im, out_diff, weight, weight_diff=None, im_diff=None):
         """Convolution's backward: weight_diff += ..., im_diff = ... (either may be None)."""
-        col = self.cached_col(im) if weight_diff is not None else None
+        col = self.memo.recall(im) if weight_diff is not None else None
         for n0, n1 in self.chunks(out_diff.shape[0], out_diff.itemsize):
             out_cm = self.channel_major(out_diff, n0, n1, 'cm')
             if weight_diff is not None:
@@ -369,11 +361,15 @@ class _ConvolutionBase(Layer):
         self.bottom_shape = (self.num, self.channels) + tuple(spatial)
         self.top_shape = (self.num, self.num_output) + tuple(out)
         im_size, out_size = (out, spatial) if self.reverse else (spatial, out)
-        key = (tuple(im_size), tuple(out_size))
+        key = (tuple(im_size), tuple(out_size), self.num, first.xp is np)
         if key != self._core_key:
             window = Window(self.kernel, self.stride, self.pad, self.dilation, im_size, out_size)
-            on_device = first.xp is not np and 1 <= self.num_spatial <= 2
-            core = _DeviceConv if on_device else _GemmConv
+            if first.xp is not np:
+                core = _DeviceConv if 1 <= self.num_spatial <= 2 else _GemmConv
+            elif worthwhile(window, self.group, self.conv_in, self.conv_out, self.num):
+                core = SpectralConv
+            else:
+                core = _GemmConv
             self.core = core(window, self.group, self.conv_in, self.conv_out)
             self._core_key = key
 
