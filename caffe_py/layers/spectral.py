@@ -152,12 +152,10 @@ class SpectralConv:
         get, complex_type = self.buffers.get, _complex(planes.dtype)
         rows = get(name + ':w', (a, b, h, 2 * wf), planes.dtype, planes)
         matmul(planes.reshape(-1, w), along_w, rows.reshape(-1, 2 * wf))
-        by_row = get(name + ':t', (h, a, b, wf), complex_type, planes)
-        split_apply(assign, by_row, rows.view(complex_type).transpose(2, 0, 1, 3))
-        mixed = get(name + ':h', (hp, a, b, wf), complex_type, planes)
-        matmul(along_h, by_row.reshape(h, -1), mixed.reshape(hp, -1))
+        by_row = get(name + ':t', (h, wf, a, b), complex_type, planes)
+        split_apply(assign, by_row, rows.view(complex_type).transpose(2, 3, 0, 1))
         spectrum = get(name, (hp, wf, a, b), complex_type, planes)
-        split_apply(assign, spectrum, mixed.transpose(0, 3, 1, 2))
+        matmul(along_h, by_row.reshape(h, -1), spectrum.reshape(hp, -1))
         return spectrum
 
     def planes(self, spectrum, idfts, out, name):
