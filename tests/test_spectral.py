@@ -101,6 +101,21 @@ def test_weight_gradient_reads_the_bottom_at_backward_time(everywhere):
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
 
 
+def test_data_gradient_reads_the_weights_at_backward_time(everywhere):
+    """The weight spectrum kept from forward serves backward only if the weights are unchanged."""
+    x, w, changed = rand(2, 2, 5, 5), rand(3, 2, 3, 3, seed=1), rand(3, 2, 3, 3, seed=2)
+    layer = conv('num_output: 3 kernel_size: 3 pad: 1')
+    diffs = []
+    for forward_weights in (w, changed):
+        net = build({'x': x}, layer, params=[forward_weights, np.zeros(3)])
+        net.forward_from_to()
+        net.layer_dict['L'].blobs[0].data[...] = changed
+        net.blobs['y'].diff[...] = rand(*net.blobs['y'].shape, seed=3)
+        net.backward_from_to()
+        diffs.append(net.blobs['x'].diff.copy())
+    np.testing.assert_allclose(diffs[0], diffs[1], rtol=1e-12)
+
+
 CONV_CASES = [c for c in CASES if 'conv' in c.lower()]
 
 

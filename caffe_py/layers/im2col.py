@@ -230,23 +230,25 @@ def strided_columns(window, pad, cols, buffers):
 
 
 class ForwardMemo:
-    """What a forward pass derived from its input (columns, a spectrum), for backward to reuse
-    if the input still holds the same values then (checked against a copy, by value)."""
+    """What a forward pass derived from an array (columns, a spectrum), for backward to reuse
+    if the array still holds the same values then (checked against a copy, by value)."""
 
     def __init__(self):
-        self.source = None
+        self.seen = None
+        self.derived = None
 
-    def keep(self, im, derived, buffers):
-        seen = buffers.get('seen', im.shape, im.dtype, im)
-        split_apply(assign, seen, im)
-        self.source = seen, derived
+    def keep(self, array, derived):
+        if self.seen is None or self.seen.shape != array.shape or self.seen.dtype != array.dtype:
+            self.seen = _module(array).empty_like(array)
+        split_apply(assign, self.seen, array)
+        self.derived = derived
 
     def forget(self):
-        self.source = None
+        self.derived = None
 
-    def recall(self, im):
-        """What keep() was given if `im` is unchanged since, else None; either way, forgotten."""
-        source, self.source = self.source, None
-        if source is None or source[0].shape != im.shape:
+    def recall(self, array):
+        """What keep() was given if `array` is unchanged since, else None; either way, forgotten."""
+        derived, self.derived = self.derived, None
+        if derived is None or self.seen.shape != array.shape:
             return None
-        return source[1] if _module(im).array_equal(source[0], im) else None
+        return derived if _module(array).array_equal(self.seen, array) else None

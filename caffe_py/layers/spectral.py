@@ -133,7 +133,8 @@ class SpectralConv:
         }
         self.cast = {}
         self.buffers = Buffers()
-        self.memo = ForwardMemo()
+        self.memo = ForwardMemo()           # the input's spectrum, for the weight gradient
+        self.weight_memo = ForwardMemo()    # the weights', for the data gradient
 
     def matrices(self, name, dtype):
         """The (height, width) pair `name` in dtype's precision."""
@@ -183,17 +184,24 @@ class SpectralConv:
         matmul_stack(left, right, self.grouped(out))
         return out
 
-    def weights(self, weight):
-        """The conjugated weight spectrum as (hp * wf, group, out / group, in / group)."""
-        (hp, wf), (out, per_group) = self.shape, weight.shape[:2]
-        spectrum = self.spectrum(weight, 'from_kernel', 'weight')
-        return spectrum.reshape(hp * wf, self.group, out // self.group, per_group)
+    def weights(self, weight, keep=False):
+        """The conjugated weight spectrum as (hp * wf, group, out / group, in / group): the one
+        forward computed if `weight` is unchanged since, else computed (and kept if `keep`)."""
+        spectrum = self.weight_memo.recall(weight)
+        if spectrum is None:
+            (hp, wf), (out, per_group) = self.shape, weight.shape[:2]
+            spectrum = self.spectrum(weight, 'from_kernel', 'weight')
+            spectrum = spectrum.reshape(hp * wf, self.group, out // self.group, per_group)
+        if keep:
+            self.weight_memo.keep(weight, spectrum)
+        return spectrum
 
     # -- the passes ----------------------------------------------------------
     def correlate(self, im, weight, out_side):
         """out_side = weight * im; returns im's spectrum."""
         spectrum = self.spectrum(im, 'from_im', 'im')
-        product = self.product(self.grouped(spectrum), self.weights(weight).swapaxes(2, 3), out_side.shape[1], 'out')
+        weights = self.weights(weight, keep=True).swapaxes(2, 3)
+        product = self.product(self.grouped(spectrum), weights, out_side.shape[1], 'out')
         self.planes(product, 'to_out', out_side, 'to_out')
         return spectrum
 
@@ -220,7 +228,7 @@ class SpectralConv:
         spectrum = self.correlate(im, weight, out_side)
         if bias is not None:
             split_apply(_add, out_side, bias.reshape(-1, 1, 1))
-        self.memo.keep(im, spectrum, self.buffers)
+        self.memo.keep(im, spectrum)
 
     def backward(self, im, out_diff, weight, weight_diff=None, im_diff=None):
         """Convolution's backward: weight_diff += ..., im_diff = ... (either may be None)."""

@@ -224,7 +224,7 @@ class _GemmConv:
             self.gemm_out(weight, col, out_side, n0, n1, bias)
         self.memo.forget()
         if self.keeps_columns and len(chunks) == 1 and not (self.is_1x1 and im.shape[0] == 1):
-            self.memo.keep(im, col, self.buffers)   # backward's weight gradient reuses them
+            self.memo.keep(im, col)   # backward's weight gradient reuses them
 
     def backward(self, im, out_diff, weight, weight_diff=None, im_diff=None):
         """Convolution's backward: weight_diff += ..., im_diff = ... (either may be None)."""
