@@ -11,12 +11,14 @@ The transforms are matrix products as well: a real DFT along the width (a real m
 giving interleaved (re, im) half spectra, which view as complex64) and a complex DFT along
 the height; each reads only the positions it needs (the padding is implicit) and each
 inverse writes only the positions kept. Spectra are laid out (hp, wf, rows, channels), so
-the per-frequency products are one stack of small complex GEMMs.
+the per-frequency products are one stack of small complex GEMMs. The top diff and the weights
+are transformed with conjugated matrices (a real array's conjugate spectrum costs nothing
+extra), which makes each of the three products a plain one.
 
 Where the kernel is large next to the planes and channels are many (CIFAR-10's 5x5
 convolutions of 16x16 and 8x8 planes) this is a third of the GEMM's multiply-adds with
-no column matrix; `worthwhile` decides per layer. Rounding is a few 1e-7 of the layer's
-scale, as with the GEMM.
+no column matrix; `worthwhile` decides per layer. In float32 the results agree with the
+GEMM's to about 1e-6 of the layer's scale.
 """
 import numpy as np
 
