@@ -146,31 +146,34 @@ class SpectralConv:
             self.cast[key] = along_h.astype(_complex(dtype)), along_w.astype(dtype)
         return self.cast[key]
 
+    def scratch(self, name, shape, dtype, like):
+        """A buffer that holds nothing between calls (one per name, grown as needed)."""
+        return self.buffers.flat(name, int(np.prod(shape)), dtype, like).reshape(shape)
+
     # -- transforms ----------------------------------------------------------
     def spectrum(self, planes, dfts, name):
         """planes (A, B, h, w) real, C-contiguous -> (hp, wf, A, B) complex, with the
-        matrices `dfts` ('from_im', 'from_out' or 'from_kernel')."""
+        matrices `dfts` ('from_im', 'from_out' or 'from_kernel'), held in the buffer `name`."""
         (hp, wf), (along_h, along_w) = self.shape, self.matrices(dfts, planes.dtype)
         a, b, h, w = planes.shape
-        get, complex_type = self.buffers.get, _complex(planes.dtype)
-        rows = get(name + ':w', (a, b, h, 2 * wf), planes.dtype, planes)
+        complex_type = _complex(planes.dtype)
+        rows = self.scratch('rows', (a, b, h, 2 * wf), planes.dtype, planes)
         matmul(planes.reshape(-1, w), along_w, rows.reshape(-1, 2 * wf))
-        by_row = get(name + ':t', (h, wf, a, b), complex_type, planes)
+        by_row = self.scratch('by_row', (h, wf, a, b), complex_type, planes)
         split_apply(assign, by_row, rows.view(complex_type).transpose(2, 3, 0, 1))
-        spectrum = get(name, (hp, wf, a, b), complex_type, planes)
+        spectrum = self.buffers.get(name, (hp, wf, a, b), complex_type, planes)
         matmul(along_h, by_row.reshape(h, -1), spectrum.reshape(hp, -1))
         return spectrum
 
-    def planes(self, spectrum, idfts, out, name):
+    def planes(self, spectrum, idfts, out):
         """out (A, B, rows, cols) real, C-contiguous = the inverse of spectrum (hp, wf, A, B)
         through the matrices `idfts` ('to_out', 'to_im' or 'to_kernel')."""
         (hp, wf), (along_h, along_w) = self.shape, self.matrices(idfts, out.dtype)
         a, b = spectrum.shape[2:]
         rows = along_h.shape[0]
-        get = self.buffers.get
-        mixed = get(name + ':h', (rows, wf, a, b), spectrum.dtype, out)
+        mixed = self.scratch('mixed', (rows, wf, a, b), spectrum.dtype, out)
         matmul(along_h, spectrum.reshape(hp, -1), mixed.reshape(rows, -1))
-        by_plane = get(name + ':t', (a, b, rows, wf), spectrum.dtype, out)
+        by_plane = self.scratch('by_plane', (a, b, rows, wf), spectrum.dtype, out)
         split_apply(assign, by_plane, mixed.transpose(2, 3, 0, 1))
         matmul(by_plane.view(out.dtype).reshape(-1, 2 * wf), along_w, out.reshape(-1, along_w.shape[1]))
 
@@ -179,10 +182,10 @@ class SpectralConv:
         hp, wf, a, b = spectrum.shape
         return spectrum.reshape(hp * wf, a, self.group, b // self.group).transpose(0, 2, 1, 3)
 
-    def product(self, left, right, columns, name):
-        """(hp, wf, A, columns) spectrum = left @ right per frequency and group."""
+    def product(self, left, right, columns):
+        """(hp, wf, A, columns) spectrum = left @ right per frequency and group (scratch)."""
         hp, wf = self.shape
-        out = self.buffers.get(name, (hp, wf, left.shape[2], columns), left.dtype, left)
+        out = self.scratch('product', (hp, wf, left.shape[2], columns), left.dtype, left)
         matmul_stack(left, right, self.grouped(out))
         return out
 
@@ -203,26 +206,26 @@ class SpectralConv:
         """out_side = weight * im; returns im's spectrum."""
         spectrum = self.spectrum(im, 'from_im', 'im')
         weights = self.weights(weight, keep=True).swapaxes(2, 3)
-        product = self.product(self.grouped(spectrum), weights, out_side.shape[1], 'out')
-        self.planes(product, 'to_out', out_side, 'to_out')
+        product = self.product(self.grouped(spectrum), weights, out_side.shape[1])
+        self.planes(product, 'to_out', out_side)
         return spectrum
 
     def convolve_back(self, out_side, weight, im, out_spectrum=None):
         """im = the transposed convolution of out_side (Convolution's data gradient)."""
         if out_spectrum is None:
             out_spectrum = self.spectrum(out_side, 'from_out', 'top')
-        product = self.product(self.grouped(out_spectrum), self.weights(weight), im.shape[1], 'in')
-        self.planes(product, 'to_im', im, 'to_im')
+        product = self.product(self.grouped(out_spectrum), self.weights(weight), im.shape[1])
+        self.planes(product, 'to_im', im)
 
     def weight_grad(self, out_spectrum, im_spectrum, weight_diff):
         """weight_diff += the correlation of the out side with the im side over the batch."""
         hp, wf = self.shape
         out, per_group = weight_diff.shape[:2]
-        product = self.buffers.get('wgrad', (hp, wf, out, per_group), out_spectrum.dtype, weight_diff)
+        product = self.scratch('product', (hp, wf, out, per_group), out_spectrum.dtype, weight_diff)
         matmul_stack(self.grouped(out_spectrum).swapaxes(2, 3), self.grouped(im_spectrum),
                      product.reshape(hp * wf, self.group, out // self.group, per_group))
-        grad = self.buffers.get('wgrad:planes', weight_diff.shape, weight_diff.dtype, weight_diff)
-        self.planes(product, 'to_kernel', grad, 'to_kernel')
+        grad = self.buffers.get('weight_grad', weight_diff.shape, weight_diff.dtype, weight_diff)
+        self.planes(product, 'to_kernel', grad)
         weight_diff += grad
 
     def forward(self, im, weight, out_side, bias=None):
