@@ -1,11 +1,16 @@
-"""The spectral convolution route (caffe_py.layers.spectral): the same numbers as the loops and
-the GEMM route, float64 gradients, and which layers take it."""
+"""The spectral convolution route (caffe_py.layers.spectral): the same numbers as the loops, the
+GEMM route and Caffe (layer cases and whole training runs), float64 gradients, and which layers
+take it."""
+import json
+import os
+
 import numpy as np
 import pytest
 
 from caffe_py.layers import im2col, spectral, vision
 from harness import run_reference_case
 from test_layers_reference import CASES
+from test_solver_reference import assert_final_weights, assert_series, case_dir, copy_case, train, trajectory
 from test_vision_layers import build, check, conv, deconv, naive_conv, naive_deconv, rand, seeded_pass
 
 
@@ -123,6 +128,18 @@ CONV_CASES = [c for c in CASES if 'conv' in c.lower()]
 @pytest.mark.parametrize('path', CONV_CASES, ids=[c.rsplit('/', 1)[-1][:-4] for c in CONV_CASES])
 def test_reference_case_through_the_spectral_route(everywhere, path):
     run_reference_case(path)
+
+
+@pytest.mark.parametrize('case', ['sgd_step', 'adam', 'iter_size2'])
+def test_training_through_the_spectral_route_follows_caffe(everywhere, case, tmp_path):
+    """`caffe train` runs whose convolution (3x3, unit stride) goes through spectra: Caffe's
+    displayed losses and final weights."""
+    folder = copy_case(case, tmp_path, with_snapshots=False)
+    ours = trajectory(train(folder, '-weights', 'init.caffemodel'))
+    with open(os.path.join(case_dir(case), 'trajectory.json')) as f:
+        caffe = json.load(f)
+    assert_series(ours['train'], caffe['train'], 'displayed loss')
+    assert_final_weights(folder, ours['events'], case)
 
 
 def window(kernel, stride, pad, dilation, size):
