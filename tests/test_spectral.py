@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from caffe_py.layers import im2col, spectral, vision
+from caffe_py.layers import cores, im2col, spectral, vision
 from harness import run_reference_case
 from test_layers_reference import CASES
 from test_solver_reference import assert_final_weights, assert_series, case_dir, copy_case, train, trajectory
@@ -87,6 +87,33 @@ def test_float32_agrees_with_the_gemm_route(monkeypatch, layer):
     for gemm, spectral_result in zip(*results):
         scale = np.abs(gemm).max()
         np.testing.assert_allclose(spectral_result, gemm, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_work_split_over_threads_changes_nothing(everywhere, monkeypatch):
+    """Transposes and bias in parallel parts (here 3, on tiny arrays): the same bits as serial."""
+    x = rand(5, 4, 7, 6)
+    results = []
+    for count, smallest in ((1, cores.MIN_PARALLEL), (3, 0)):
+        monkeypatch.setattr(cores, 'CORES', count)
+        monkeypatch.setattr(cores, 'MIN_PARALLEL', smallest)
+        net = build({'x': x}, conv('num_output: 6 kernel_size: 3 pad: 1 group: 2'), dtype=np.float32)
+        assert route(net) is spectral.SpectralConv
+        results.append(seeded_pass(net))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stacked_products_split_over_the_stack_give_the_same_bits(monkeypatch):
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+            for shape in ((30, 2, 10, 16), (30, 2, 16, 12)))
+    whole, split = np.empty((30, 2, 10, 12), complex), np.empty((30, 2, 10, 12), complex)
+    cores.matmul_stack(a, b, whole)
+    monkeypatch.setattr(cores, 'CORES', 3)
+    monkeypatch.setattr(cores, 'MIN_SPLIT_GEMM', 0)
+    cores.matmul_stack(a, b, split)
+    np.testing.assert_array_equal(split, whole)
+    np.testing.assert_allclose(whole, a @ b, rtol=1e-12)
 
 
 def test_weight_gradient_reads_the_bottom_at_backward_time(everywhere):
