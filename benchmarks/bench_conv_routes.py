@@ -8,22 +8,15 @@ choice should fall on the faster route. This is what BYTE_COST and ADVANTAGE wer
 """
 import argparse
 import statistics
-import time
 
 import numpy as np
 
-from bench_cpu_nets import NETS, build
+from bench_cpu_nets import NETS, build, timed
 from caffe_py.layers import spectral, vision
 
 
-def timed(fn, iters):
-    fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def median_ms(fn, iters):
+    return statistics.median(timed(fn, iters))
 
 
 def main():
@@ -50,7 +43,8 @@ def main():
                 def both():
                     core.forward(im, weight, out)
                     core.backward(im, top_diff, weight, weight_diff, im_diff)
-                times.append((timed(lambda: core.forward(im, weight, out), args.iters), timed(both, args.iters)))
+                forward = median_ms(lambda: core.forward(im, weight, out), args.iters)
+                times.append((forward, median_ms(both, args.iters)))
             gemm, spectral_cost = spectral.costs(window, layer.group, layer.conv_in, layer.conv_out, layer.num)
             chosen = spectral.worthwhile(window, layer.group, layer.conv_in, layer.conv_out, layer.num)
             print('%-24s %8.1f / %6.1f %8.1f / %6.1f %10.2f %10.2f  %s' % (
