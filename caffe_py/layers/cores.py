@@ -64,6 +64,11 @@ def assign(dst, src):
     dst[...] = src
 
 
+def add(dst, a, b):
+    """dst = a + b (a function, for split_apply)."""
+    _module(dst).add(a, b, out=dst)
+
+
 # -- matrix products -----------------------------------------------------------
 # OpenBLAS's own threads keep spinning on the cores for a while after each threaded product,
 # which slows the element-wise work that follows severalfold. Products of NumPy arrays are

@@ -22,7 +22,7 @@ GEMM's to about 1e-6 of the layer's scale.
 """
 import numpy as np
 
-from .cores import assign, matmul, matmul_stack, split_apply
+from .cores import add, assign, matmul, matmul_stack, split_apply
 from .im2col import Buffers, ForwardMemo
 
 SPECTRUM_BYTES = 32 << 20   # the largest spectrum of a minibatch worth holding
@@ -74,15 +74,17 @@ def complex_idft(n, positions, conj=False):
     return np.exp(sign * 1j * _angles(n, positions, np.arange(n))) / n
 
 
-def _add(dst, values):
-    np.add(dst, values, out=dst)
+def _spectrum_shape(window):
+    """(hp, wf): the padded height and the half width of a plane's spectrum."""
+    hp, wp = window.padded
+    return hp, wp // 2 + 1
 
 
 def costs(window, group, in_channels, out_channels, num):
     """(GEMM, spectral) cost of one forward pass: real multiply-adds plus BYTE_COST per byte of
     the arrays each route streams (the column matrix; the input, weight and output spectra)."""
-    (kh, kw), (ph, pw), (h, w), (oh, ow) = window.kernel, window.pad, window.size, window.out
-    hp, wf = h + 2 * ph, (w + 2 * pw) // 2 + 1
+    (kh, kw), (h, w), (oh, ow) = window.kernel, window.size, window.out
+    hp, wf = _spectrum_shape(window)
     per_group = in_channels // group
     gemm = num * out_channels * per_group * kh * kw * oh * ow
     columns = 4 * num * in_channels * kh * kw * oh * ow
@@ -99,8 +101,8 @@ def worthwhile(window, group, in_channels, out_channels, num):
     spectra of moderate size, and at most ADVANTAGE of the GEMM's cost."""
     if len(window.kernel) != 2 or window.stride != (1, 1) or window.dilation != (1, 1) or not num:
         return False
-    (ph, pw), (h, w) = window.pad, window.size
-    spectrum = num * max(in_channels, out_channels) * (h + 2 * ph) * ((w + 2 * pw) // 2 + 1) * 8
+    hp, wf = _spectrum_shape(window)
+    spectrum = num * max(in_channels, out_channels) * hp * wf * 8
     if spectrum > SPECTRUM_BYTES:
         return False
     gemm, spectral = costs(window, group, in_channels, out_channels, num)
@@ -118,10 +120,10 @@ class SpectralConv:
 
     def __init__(self, window, group, in_channels, out_channels):
         (kh, kw), (ph, pw), (h, w), (oh, ow) = window.kernel, window.pad, window.size, window.out
-        hp, wp = h + 2 * ph, w + 2 * pw
+        hp, wp = window.padded
         self.window = window
         self.group = group
-        self.shape = (hp, wp // 2 + 1)
+        self.shape = _spectrum_shape(window)
         rows, cols = range(ph, ph + h), range(pw, pw + w)
         # (height, width) matrices; the top diff and the weights are transformed conjugated, so
         # that every product below is a plain one (see the module docstring)
@@ -232,7 +234,7 @@ class SpectralConv:
         """Convolution: out_side = weight * im (+ bias)."""
         spectrum = self.correlate(im, weight, out_side)
         if bias is not None:
-            split_apply(_add, out_side, bias.reshape(-1, 1, 1))
+            split_apply(add, out_side, out_side, bias.reshape(-1, 1, 1))
         self.memo.keep(im, spectrum)
 
     def backward(self, im, out_diff, weight, weight_diff=None, im_diff=None):

@@ -20,7 +20,7 @@ from .. import backend
 from ..fillers import fill
 from ..layer import Layer, register
 from . import vision_gpu
-from .cores import assign, matmul, matmul_add, parallel, split_apply
+from .cores import add, assign, matmul, matmul_add, parallel, split_apply
 from .im2col import Buffers, ForwardMemo, PhaseGrid, Window, conv_out_size, strided_columns
 from .spectral import SpectralConv, worthwhile
 
@@ -174,7 +174,7 @@ class _GemmConv:
             else:
                 src = buf.reshape(g, -1, m, p).transpose(2, 0, 1, 3)
         if bias is not None:
-            split_apply(_add, dst, src, bias.reshape(g, -1, 1))
+            split_apply(add, dst, src, bias.reshape(g, -1, 1))
         elif src is not dst:
             split_apply(assign, dst, src)
 
@@ -275,10 +275,6 @@ class _DeviceConv(_GemmConv):
 
     def col2im(self, weight, out_cm, im, n0, n1):
         self.kernels.col2im(self.back_columns(weight, out_cm), im[n0:n1])
-
-
-def _add(dst, a, b):
-    backend.get_array_module(dst).add(a, b, out=dst)
 
 
 def _batch_last(array):
