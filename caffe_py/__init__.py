@@ -18,6 +18,13 @@ from .classifier import Classifier  # noqa: F401
 from .detector import Detector  # noqa: F401
 from .net_spec import NetSpec, params, to_proto  # noqa: F401
 from . import coord_map  # noqa: F401  (pycaffe's caffe.coord_map: crop for FCN-style nets)
+from .log import init_log  # noqa: F401
+from .solvers.timer import Timer  # noqa: F401
+
+
+def has_nccl():
+    """pycaffe's caffe.has_nccl: False, caffe-py trains on one device."""
+    return False
 
 __version__ = '0.1.0'
 

@@ -144,3 +144,23 @@ def test_layer_callbacks_run_in_caffes_order(net):
     calls.clear()
     net.backward(start='ip', end='conv')
     assert calls == [('bb', 2), ('ab', 2), ('bb', 1), ('ab', 1)]
+
+
+def test_module_level_names_of_pycaffe():
+    import logging
+    timer = caffe.Timer()
+    timer.start()
+    timer.stop()
+    assert timer.ms >= 0
+    assert caffe.has_nccl() is False
+    before = caffe.log.logger.level
+    try:
+        caffe.init_log(1)
+        assert caffe.log.logger.level == logging.WARNING
+    finally:
+        caffe.log.logger.setLevel(before)
+    for name in ('Net', 'SGDSolver', 'NesterovSolver', 'AdaGradSolver', 'RMSPropSolver', 'AdaDeltaSolver',
+                 'AdamSolver', 'get_solver', 'set_mode_cpu', 'set_mode_gpu', 'set_device', 'set_random_seed',
+                 'Layer', 'layer_type_list', 'TRAIN', 'TEST', 'Classifier', 'Detector', 'io', 'layers',
+                 'params', 'NetSpec', 'to_proto', 'coord_map', 'proto'):
+        assert hasattr(caffe, name), name
