@@ -145,3 +145,38 @@ def test_crop_builds_a_caffe_crop_that_aligns():
 def test_reachable_as_caffe_coord_map():
     import caffe_py.coord_map as module
     assert caffe.coord_map is module and caffe.coord_map.crop is crop
+
+
+def fcn32s(width=2):
+    """FCN-32s as its net.py writes it (conv1_1 padded by 100, five poolings, fc6 7 x 7,
+    32x upsampling), with `width` channels instead of 64..4096."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 64, 64]))
+    bottom = n.data
+    for stage, convs in enumerate((2, 2, 3, 3, 3), 1):
+        for i in range(1, convs + 1):
+            name = 'conv%d_%d' % (stage, i)
+            n[name] = L.Convolution(bottom, num_output=width, kernel_size=3, stride=1,
+                                    pad=100 if name == 'conv1_1' else 1,
+                                    param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)])
+            n['relu%d_%d' % (stage, i)] = bottom = L.ReLU(n[name], in_place=True)
+        n['pool%d' % stage] = bottom = L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.fc6 = L.Convolution(bottom, num_output=width, kernel_size=7, pad=0)
+    n.relu6 = L.ReLU(n.fc6, in_place=True)
+    n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
+    n.fc7 = L.Convolution(n.drop6, num_output=width, kernel_size=1, pad=0)
+    n.relu7 = L.ReLU(n.fc7, in_place=True)
+    n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
+    n.score_fr = L.Convolution(n.drop7, num_output=21, kernel_size=1, pad=0)
+    n.upscore = L.Deconvolution(n.score_fr, convolution_param=dict(num_output=21, kernel_size=64, stride=32,
+                                                                   bias_term=False), param=[dict(lr_mult=0)])
+    n.score = crop(n.upscore, n.data)
+    return n
+
+
+def test_fcn32s_crop_is_the_published_offset_and_builds():
+    n = fcn32s()
+    score = n.to_proto().layer[-1]
+    assert (score.crop_param.axis, list(score.crop_param.offset)) == (2, [19])   # FCN's train.prototxt
+    net = caffe.Net(n.to_proto(), caffe.TEST)
+    assert net.blobs['score'].shape == (1, 21, 64, 64)

@@ -103,6 +103,7 @@ def test_grey_alpha_images_load_as_rgba(images, backend):
         np.testing.assert_array_equal(io.load_image(images['la.png'], color), pycaffe_load_image(rgba, color))
 
 
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')     # imageio trying its plugins
 def test_load_image_errors(tmp_path, backend):
     bad = tmp_path / 'bad.png'
     bad.write_bytes(b'not an image')
