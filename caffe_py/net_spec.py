@@ -87,6 +87,10 @@ class NetSpecError(ValueError, AttributeError):
     """A keyword names no field of the layer's messages (an AttributeError, as pycaffe raises)."""
 
 
+class MissingTopError(AttributeError, KeyError):
+    """A NetSpec has no top of that name (a KeyError, as pycaffe raises, and an AttributeError)."""
+
+
 class Top:
     """One output blob of a layer: what later layers take as a bottom (`n`: its index)."""
 
@@ -168,7 +172,7 @@ class NetSpec:
         try:
             return self.tops[name]
         except KeyError:
-            raise AttributeError(name) from None
+            raise MissingTopError('the NetSpec has no top "%s"' % name) from None
 
     __setitem__ = __setattr__
     __getitem__ = __getattr__

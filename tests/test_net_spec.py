@@ -74,6 +74,9 @@ def test_layers_follow_the_tops_depth_first_not_the_call_order():
     n.a = first
     n.sum = L.Eltwise(n.a, n.b)
     assert [l.name for l in n.to_proto().layer] == ['b', 'a', 'sum']
+    with pytest.raises(KeyError, match='no top "c"'):
+        n['c']
+    assert not hasattr(n, 'c')
 
 
 def test_keywords_go_to_the_own_message_first_then_the_layer():
