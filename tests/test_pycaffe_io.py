@@ -173,3 +173,31 @@ def test_backend_choice():
             io.set_image_backend('pil')
     finally:
         io.set_image_backend(before)
+
+
+def test_classifier_feeds_the_net_pycaffes_pixels(skimage_backend):
+    """Classifier.predict (centre crop) equals the net run on pycaffe's own pipeline: its
+    load_image, resize_image to image_dims, the centre crop and the Transformer's steps."""
+    import os
+    import caffe_py as caffe
+    from conftest import ROOT
+    mini = os.path.join(ROOT, 'models', 'mini_caffenet')
+    model, weights = os.path.join(mini, 'deploy.prototxt'), os.path.join(mini, 'mini_caffenet_pretrained.caffemodel')
+    paths = [os.path.join(ROOT, 'examples', 'finetune_style', 'images', name)
+             for name in ('checks_060.png', 'dots_061.png')]
+    mean = np.array([120.0, 125.0, 130.0])
+    classifier = caffe.Classifier(model, weights, image_dims=(45, 41), mean=mean, raw_scale=255,
+                                  input_scale=0.0125, channel_swap=(2, 1, 0))
+    got = classifier.predict([io.load_image(p) for p in paths], oversample=False)
+    crop = classifier.blobs['data'].shape[2]
+    batch = []
+    for path in paths:
+        resized = pycaffe_resize_image(pycaffe_load_image(path), (45, 41))
+        y0, x0 = int(45 / 2.0 - crop / 2.0), int(41 / 2.0 - crop / 2.0)
+        chw = resized[y0:y0 + crop, x0:x0 + crop].transpose(2, 0, 1)[[2, 1, 0]]
+        chw *= 255
+        chw -= mean[:, np.newaxis, np.newaxis]
+        chw *= 0.0125
+        batch.append(chw)
+    expected = caffe.Net(model, caffe.TEST, weights=weights).forward_all(data=np.stack(batch))['prob']
+    np.testing.assert_array_equal(got, expected)
