@@ -26,6 +26,7 @@ def has_nccl():
     """pycaffe's caffe.has_nccl: False, caffe-py trains on one device."""
     return False
 
+
 __version__ = '0.1.0'
 
 log.init()

@@ -27,14 +27,14 @@ def lenet(batch_size, spec=True):
 
 def test_lenet_named_and_anonymous_build_as_pycaffe():
     named = lenet(5)
-    assert [l.name for l in named.layer] == ['data', 'conv1', 'pool1', 'conv2', 'pool2', 'ip1',
-                                             'relu1', 'ip2', 'loss']
+    assert [layer.name for layer in named.layer] == [
+        'data', 'conv1', 'pool1', 'conv2', 'pool2', 'ip1', 'relu1', 'ip2', 'loss']
     assert named.layer[6].bottom == named.layer[6].top == ['ip1']
     assert len(caffe.Net(named, caffe.TEST).layers) == 9
     anon = lenet(5, spec=False)
-    assert [l.name for l in anon.layer] == ['DummyData1', 'Convolution1', 'Pooling1', 'Convolution2',
-                                            'Pooling2', 'InnerProduct1', 'ReLU1', 'InnerProduct2',
-                                            'SoftmaxWithLoss1']
+    assert [layer.name for layer in anon.layer] == [
+        'DummyData1', 'Convolution1', 'Pooling1', 'Convolution2', 'Pooling2', 'InnerProduct1', 'ReLU1',
+        'InnerProduct2', 'SoftmaxWithLoss1']
     assert list(anon.layer[0].top) == ['DummyData1', 'DummyData2']
     assert list(anon.layer[6].top) == list(anon.layer[6].bottom) == ['InnerProduct1']
     assert list(anon.layer[-1].bottom) == ['InnerProduct2', 'DummyData2']
@@ -49,7 +49,7 @@ def test_zero_top_layers_are_functions_and_still_emitted():
     n.silence_data2 = L.Silence(n.data2, ntop=0)
     assert isinstance(n.silence_data, caffe.net_spec.Function) and n.silence_data.tops == ()
     proto = n.to_proto()
-    assert [(l.name, l.type, list(l.top)) for l in proto.layer] == [
+    assert [(layer.name, layer.type, list(layer.top)) for layer in proto.layer] == [
         ('data', 'DummyData', ['data', 'data2']), ('silence_data', 'Silence', []),
         ('silence_data2', 'Silence', [])]
     net = caffe.Net(proto, caffe.TEST)
@@ -73,7 +73,7 @@ def test_layers_follow_the_tops_depth_first_not_the_call_order():
     n.b = second
     n.a = first
     n.sum = L.Eltwise(n.a, n.b)
-    assert [l.name for l in n.to_proto().layer] == ['b', 'a', 'sum']
+    assert [layer.name for layer in n.to_proto().layer] == ['b', 'a', 'sum']
     with pytest.raises(KeyError, match='no top "c"'):
         n['c']
     assert not hasattr(n, 'c')
@@ -105,10 +105,10 @@ def test_in_place_layer_names_and_several_in_place_steps():
     n.drop = L.Dropout(n.relu, in_place=True, dropout_ratio=0.3)
     anon = L.TanH(n.drop, in_place=True)
     proto = caffe.to_proto(anon)
-    assert [(l.name, list(l.bottom), list(l.top)) for l in proto.layer] == [
+    assert [(layer.name, list(layer.bottom), list(layer.top)) for layer in proto.layer] == [
         ('Input1', [], ['Input1']), ('ReLU1', ['Input1'], ['Input1']),
         ('Dropout1', ['Input1'], ['Input1']), ('TanH1', ['Input1'], ['Input1'])]
     named = n.to_proto()
-    assert [(l.name, list(l.top)) for l in named.layer] == [('data', ['data']), ('relu', ['data']),
-                                                            ('drop', ['data'])]
+    assert [(layer.name, list(layer.top)) for layer in named.layer] == [
+        ('data', ['data']), ('relu', ['data']), ('drop', ['data'])]
     assert named.layer[2].dropout_param.dropout_ratio == pytest.approx(0.3)

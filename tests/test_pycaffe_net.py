@@ -118,8 +118,7 @@ def test_private_names_and_views(net):
     assert net._bottom_ids(3) == [3, 1] and net._top_ids(0) == [0, 1]
     assert net._blob_loss_weights == [0, 0, 0, 0, 1]
     assert list(net.blob_loss_weights.values()) == [0, 0, 0, 0, 1]
-    assert [layer.type for layer in net.layers] == ['DummyData', 'Convolution', 'InnerProduct',
-                                                     'SoftmaxWithLoss']
+    assert [layer.type for layer in net.layers] == ['DummyData', 'Convolution', 'InnerProduct', 'SoftmaxWithLoss']
     assert list(net.layer_dict) == net._layer_names
     assert list(net.params) == ['conv', 'ip']
     blob = net.blobs['data']
