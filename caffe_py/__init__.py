@@ -1,8 +1,8 @@
 """caffe-py: BVLC Caffe's files, nets, solvers and tools in Python (NumPy / CuPy).
 
 `import caffe_py as caffe` gives pycaffe's surface: Net, TRAIN/TEST, solvers,
-set_mode_cpu/set_mode_gpu/set_device, io, Classifier, Detector, layer_type_list, and
-net_spec's NetSpec, to_proto, params and layers (`from caffe_py import layers as L` then
+set_mode_cpu/set_mode_gpu/set_device, io, Classifier, Detector, layer_type_list, coord_map,
+and net_spec's NetSpec, to_proto, params and layers (`from caffe_py import layers as L` then
 `L.Convolution(...)`: the layers package hands net_spec's layer functions out).
 """
 from . import log
@@ -17,6 +17,15 @@ from . import io  # noqa: F401
 from .classifier import Classifier  # noqa: F401
 from .detector import Detector  # noqa: F401
 from .net_spec import NetSpec, params, to_proto  # noqa: F401
+from . import coord_map  # noqa: F401  (pycaffe's caffe.coord_map: crop for FCN-style nets)
+from .log import init_log  # noqa: F401
+from .solvers.timer import Timer  # noqa: F401
+
+
+def has_nccl():
+    """pycaffe's caffe.has_nccl: False, caffe-py trains on one device."""
+    return False
+
 
 __version__ = '0.1.0'
 

@@ -7,9 +7,14 @@
     transformer.set_mean('data', mean_bgr)             # per channel, or K x H x W
     net.blobs['data'].data[...] = transformer.preprocess('data', caffe.io.load_image(path))
 
-Images are H x W x K float32 arrays, RGB, in [0, 1], as pycaffe's (it used scikit-image;
-caffe-py reads and resizes with OpenCV: bilinear, edges replicated rather than blended with zero).
+Images are H x W x K float32 arrays, RGB, in [0, 1], as pycaffe's. With scikit-image installed
+(`pip install 'caffe-py[skimage]'`) load_image and resize_image give pycaffe's pixels (its
+scikit-image calls); without it, or after set_image_backend('opencv'), OpenCV decodes (same
+pixels wherever the JPEG/PNG decoders agree) and resizes, about 100x faster but not equal to
+skimage's resize (edges replicated instead of blended with zero, no smoothing before
+downsampling, OpenCV's bicubic).
 """
+import importlib.util
 import os
 
 import cv2
@@ -20,8 +25,8 @@ from .formats.blobs import array_to_blob, blob_to_array
 from .formats.errors import FormatError, MissingFileError
 from .proto import caffe_pb2
 
-# scikit-image's rgb2gray weights, which pycaffe's load_image(color=False) used
-GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)
+# scikit-image's rgb2gray weights, which pycaffe's load_image(color=False) uses
+GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
 INTERPOLATIONS = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}
 CV_MAX_CHANNELS = 512        # the most channels one cv2.resize call takes
 
@@ -78,35 +83,109 @@ def datum_to_array(datum):
 
 
 # -- images ------------------------------------------------------------------------
-def load_image(filename, color=True):
-    """An image file as H x W x 3 RGB (color) or H x W x 1 intensity, float32 in [0, 1].
+_backend = []        # the chosen image backend, once chosen
 
-    Grey images are repeated into three channels when `color`; an alpha channel is dropped;
-    16-bit images scale by 65535."""
-    if not os.path.isfile(filename):
-        raise MissingFileError(filename, 'load_image')
+
+def set_image_backend(name):
+    """How load_image decodes and resize_image resizes: 'skimage' gives pycaffe's pixels
+    (scikit-image's decoding and skimage.transform.resize, as pycaffe calls them; the default
+    when scikit-image is installed), 'opencv' is the fast path (the default without it)."""
+    if name not in ('skimage', 'opencv'):
+        raise ValueError("image backend must be 'skimage' or 'opencv', not %r" % (name,))
+    if name == 'skimage':
+        _import_skimage()
+    _backend[:] = [name]
+
+
+def image_backend():
+    """The image backend in use ('skimage' or 'opencv'), see set_image_backend."""
+    if not _backend:
+        _backend.append('skimage' if importlib.util.find_spec('skimage') else 'opencv')
+    return _backend[0]
+
+
+def _import_skimage():
+    try:
+        import skimage.io
+        import skimage.transform  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("the 'skimage' image backend needs scikit-image: "
+                          "pip install 'caffe-py[skimage]' (%s)" % exc) from None
+    return skimage
+
+
+def _as_float(img):
+    """scikit-image's img_as_float: unsigned ints times 1 / their maximum, in float64."""
+    if img.dtype.kind == 'u':
+        return np.multiply(img, 1.0 / np.iinfo(img.dtype).max, dtype=np.float64)
+    return img.astype(np.float64)
+
+
+def _intensity(img):
+    """scikit-image's rgb2gray of an H x W x 3 or 4 image, an alpha first composited over white
+    (its rgba2rgb), as imread(as_gray=True) does."""
+    rgb = _as_float(img)
+    if rgb.shape[2] == 4:
+        alpha = rgb[:, :, 3:]
+        rgb = np.clip((1 - alpha) * np.ones(3) + alpha * rgb[:, :, :3], 0, 1)
+    return rgb @ GRAY_WEIGHTS
+
+
+def _decode(filename):
+    """The image as decoded integers, H x W or H x W x C in RGB(A) order."""
+    if image_backend() == 'skimage':
+        try:
+            return _import_skimage().io.imread(filename)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise FormatError('cannot decode the image %s: %s' % (filename, exc), path=filename) from None
     img = cv2.imread(filename, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise FormatError('cannot decode the image %s' % filename, path=filename)
-    scale = np.iinfo(img.dtype).max if img.dtype.kind in 'ui' else 1.0
-    img = img.astype(np.float32) / np.float32(scale)
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        img = img[:, :, [2, 1, 0, 3][:img.shape[2]]]
+        if img.dtype == np.uint16:      # Pillow (scikit-image's reader) keeps 8 bits of colour
+            img = (img >> 8).astype(np.uint8)
+    return img
+
+
+def load_image(filename, color=True):
+    """An image file as H x W x 3 RGB (color) or H x W x 1 intensity, float32 in [0, 1], with
+    pycaffe's arithmetic: integers times 1 / 255 (1 / 65535 for 16-bit grey; 16-bit colour is
+    read as 8 bits, as pycaffe's reader does) in float64; grey
+    repeated into three channels when `color`; an alpha channel dropped when `color`, else
+    composited over white before the intensity 0.2125 R + 0.7154 G + 0.0721 B (grey + alpha
+    images count as RGBA, where pycaffe fails)."""
+    if not os.path.isfile(filename):
+        raise MissingFileError(filename, 'load_image')
+    img = _decode(filename)
+    if img.ndim == 3 and img.shape[2] == 2:
+        img = img[:, :, [0, 0, 0, 1]]
+    if not color and img.ndim == 3:
+        img = _intensity(img)
+    img = _as_float(img).astype(np.float32)
     if img.ndim == 2:
         img = img[:, :, np.newaxis]
-    else:
-        img = img[:, :, 2::-1] if img.shape[2] >= 3 else img[:, :, :1]   # BGR(A) -> RGB
-    if not color and img.shape[2] == 3:
-        img = (img @ GRAY_WEIGHTS)[:, :, np.newaxis]
-    elif color and img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img)
+        if color:
+            img = np.tile(img, (1, 1, 3))
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    return img
 
 
 def resize_image(im, new_dims, interp_order=1):
-    """im (H x W x K) resized to new_dims (height, width), K kept; interp_order 0 nearest,
-    1 bilinear (default), 3 bicubic. Returns float32."""
-    height, width = int(new_dims[0]), int(new_dims[1])
+    """im (H x W x K) resized to new_dims (height, width), K kept, as float32; interp_order 0
+    nearest, 1 bilinear (default), 3 bicubic.
+
+    With the 'skimage' backend this is pycaffe's resize_image: for 1 or 3 channels the image is
+    scaled to [0, 1], resized by skimage.transform.resize(order=interp_order, mode='constant')
+    (edges blend with zero; scikit-image >= 0.15 also smooths before downsampling) and scaled
+    back; other channel counts go through scipy.ndimage.zoom. With 'opencv' it is cv2.resize
+    (edges replicated, no smoothing, OpenCV's bicubic)."""
     if interp_order not in INTERPOLATIONS:
         raise ValueError('interp_order must be 0, 1 or 3, not %r' % (interp_order,))
+    if image_backend() == 'skimage':
+        return _resize_as_pycaffe(im, new_dims, interp_order)
+    height, width = int(new_dims[0]), int(new_dims[1])
     im = np.asarray(im, np.float32)
     channels = im.shape[2]
     out = np.empty((height, width, channels), np.float32)
@@ -115,6 +194,22 @@ def resize_image(im, new_dims, interp_order=1):
                           interpolation=INTERPOLATIONS[interp_order])
         out[:, :, start:start + CV_MAX_CHANNELS] = part.reshape(height, width, -1)
     return out
+
+
+def _resize_as_pycaffe(im, new_dims, interp_order):
+    """pycaffe's resize_image, step for step (scikit-image / SciPy)."""
+    if im.shape[-1] in (1, 3):
+        im_min, im_max = im.min(), im.max()
+        if im_max <= im_min:              # a constant image
+            return np.full((new_dims[0], new_dims[1], im.shape[-1]), im_min, np.float32)
+        resize = _import_skimage().transform.resize
+        im_std = (im - im_min) / (im_max - im_min)
+        resized_im = resize(im_std, new_dims, order=interp_order, mode='constant') * (im_max - im_min) + im_min
+    else:
+        from scipy.ndimage import zoom
+        scale = tuple(np.array(new_dims, dtype=float) / np.array(im.shape[:2]))
+        resized_im = zoom(im, scale + (1,), order=interp_order)
+    return resized_im.astype(np.float32)
 
 
 def _crop_boxes(image_dims, crop_dims):
@@ -219,10 +314,11 @@ class Transformer:
         self.raw_scale[in_] = scale
 
     def set_mean(self, in_, mean):
-        """Subtract `mean`: one value per channel, or K x H x W (H x W for one channel), resized to
-        the input's spatial size when it differs."""
+        """Subtract `mean`: one value per channel, or K x H x W (H x W for one channel), resized
+        to the input's spatial size when it differs (as pycaffe: scaled to [0, 1], resized and
+        scaled back). The mean keeps its dtype, so the subtraction rounds as pycaffe's does."""
         self._check_input(in_)
-        mean = np.asarray(mean, np.float32)
+        mean = np.asarray(mean)
         channels, spatial = self.inputs[in_][1], self.inputs[in_][2:]
         if mean.ndim == 1:
             if mean.shape[0] != channels:
@@ -236,7 +332,13 @@ class Transformer:
                 raise ValueError('Mean shape %s invalid for an input of shape %s'
                                  % (mean.shape, self.inputs[in_]))
             if mean.shape[1:] != spatial:
-                mean = resize_image(mean.transpose(1, 2, 0), spatial).transpose(2, 0, 1)
+                m_min, m_max = mean.min(), mean.max()
+                if m_max > m_min:
+                    normal = (mean - m_min) / (m_max - m_min)
+                    mean = resize_image(normal.transpose(1, 2, 0), spatial).transpose(2, 0, 1) \
+                        * (m_max - m_min) + m_min
+                else:
+                    mean = np.full((channels,) + spatial, m_min, mean.dtype)
         self.mean[in_] = mean
 
     def set_input_scale(self, in_, scale):

@@ -54,6 +54,12 @@ def init(level=None):
     logger.setLevel(level)
 
 
+def init_log(level=None, stderr=True):
+    """pycaffe's caffe.init_log: log from glog level `level` up (0 INFO, 1 WARNING, 2 ERROR;
+    default GLOG_minloglevel). caffe-py always logs to stderr, whatever `stderr` says."""
+    init(None if level is None else _LEVELS.get(int(level), logging.CRITICAL))
+
+
 info = logger.info
 warning = logger.warning
 error = logger.error

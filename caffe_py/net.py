@@ -137,31 +137,32 @@ def insert_splits(param):
 class Net:
     """A Caffe network.
 
-    Net(model, phase, weights=None, level=0, stages=()) as pycaffe, where `model`
-    is a prototxt path or a NetParameter; the legacy Net(model, weights, phase)
-    form works too. `dtype` (keyword) selects float32 (default) or float64.
+    Net(network_file, phase, level=0, stages=None, weights=None) as pycaffe, where
+    `network_file` is a prototxt path or a NetParameter; pycaffe's legacy
+    Net(network_file, weights, phase) works too, and so does a weights path given
+    third. `dtype` (keyword) selects float32 (default) or float64.
     """
 
-    def __init__(self, model, phase=None, weights=None, level=0, stages=(), *,
-                 dtype=np.float32, **kwargs):
-        if isinstance(phase, str) and weights in (TRAIN, TEST):
-            phase, weights = weights, phase           # Net(model, weights, phase)
-        if phase is None:
-            phase = kwargs.pop('phase', None)
-        if kwargs:
-            raise TypeError('unexpected arguments: %s' % ', '.join(kwargs))
+    def __init__(self, network_file, phase=None, level=0, stages=None, weights=None, *,
+                 dtype=np.float32):
+        if phase not in (TRAIN, TEST) and level in (TRAIN, TEST) and _is_path(phase):
+            phase, weights, level = level, phase, 0    # legacy Net(network_file, weights, phase)
+        elif _is_path(level):
+            level, weights = 0, level                  # Net(network_file, phase, weights)
         if phase not in (TRAIN, TEST):
             raise ValueError('phase must be caffe_py.TRAIN or caffe_py.TEST, got %r' % (phase,))
-        if isinstance(model, caffe_pb2.NetParameter):
+        if isinstance(network_file, caffe_pb2.NetParameter):
             param = caffe_pb2.NetParameter()
-            param.CopyFrom(model)
+            param.CopyFrom(network_file)
         else:
-            param = formats.read_net(model)
+            param = formats.read_net(network_file)
         param.state.phase = phase
         param.state.level = level
         for stage in stages or ():
             param.state.stage.append(stage)
         self.dtype = np.dtype(dtype)
+        self._callbacks = {'before_forward': [], 'after_forward': [],
+                           'before_backward': [], 'after_backward': []}
         self._init(param)
         if weights:
             self.copy_from(weights)
@@ -183,7 +184,7 @@ class Net:
         self.bottom_ids, self.top_ids = [], []
         self.bottom_need_backward = []
         self.layer_need_backward = []
-        self._blob_loss_weights = {}
+        self._blob_loss_weights = []  # by blob id, as pycaffe's Net._blob_loss_weights
         self._input_ids = []
         self._params = []            # every param blob, by net param id
         self._param_owners = []
@@ -301,6 +302,7 @@ class Net:
             self._blobs.append(Blob(dtype=self.dtype))
             self._blob_names.append(name)
             self._blob_need_backward.append(False)
+            self._blob_loss_weights.append(0.0)
             if name_to_id is not None:
                 name_to_id[name] = blob_id
         self.top_ids[layer_id].append(blob_id)
@@ -420,6 +422,22 @@ class Net:
         return [self._blob_names[i] for i in self._output_ids]
 
     @property
+    def _inputs(self):
+        """The input blobs' ids (pycaffe's Net._inputs)."""
+        return list(self._input_ids)
+
+    @property
+    def _outputs(self):
+        return list(self._output_ids)
+
+    def _bottom_ids(self, layer_id):
+        """The blob ids of layer `layer_id`'s bottoms (pycaffe's Net._bottom_ids)."""
+        return list(self.bottom_ids[layer_id])
+
+    def _top_ids(self, layer_id):
+        return list(self.top_ids[layer_id])
+
+    @property
     def top_names(self):
         return OrderedDict((name, [self._blob_names[i] for i in ids])
                            for name, ids in zip(self._layer_names, self.top_ids))
@@ -431,8 +449,7 @@ class Net:
 
     @property
     def blob_loss_weights(self):
-        return OrderedDict((name, self._blob_loss_weights.get(i, 0.0))
-                           for i, name in enumerate(self._blob_names))
+        return OrderedDict(zip(self._blob_names, self._blob_loss_weights))
 
     @property
     def blob_need_backward(self):
@@ -451,22 +468,51 @@ class Net:
     def forward_from_to(self, start=0, end=None):
         """Run layers start..end inclusive; return the summed loss (Caffe's ForwardFromTo)."""
         end = len(self.layers) - 1 if end is None else end
+        before, after = self._callbacks['before_forward'], self._callbacks['after_forward']
         loss = 0.0
         for i in range(start, end + 1):
+            for run in before:
+                run(i)
             loss += self.layers[i].run_forward(self.bottom_vecs[i], self.top_vecs[i])
             if self.debug_info:
                 self._forward_debug_info(i)
+            for run in after:
+                run(i)
         return loss
 
     def backward_from_to(self, start=None, end=0):
         """Backward through layers start..end (start >= end), as Caffe's BackwardFromTo."""
         start = len(self.layers) - 1 if start is None else start
+        before, after = self._callbacks['before_backward'], self._callbacks['after_backward']
         for i in range(start, end - 1, -1):
+            for run in before:
+                run(i)
             if self.layer_need_backward[i]:
                 self.layers[i].run_backward(self.top_vecs[i], self.bottom_need_backward[i],
                                             self.bottom_vecs[i])
                 if self.debug_info:
                     self._backward_debug_info(i)
+            for run in after:
+                run(i)
+
+    _forward = forward_from_to       # pycaffe's private names, which some scripts call
+    _backward = backward_from_to
+
+    def before_forward(self, run):
+        """Call run(layer index) before each layer's forward (pycaffe's Net.before_forward)."""
+        self._callbacks['before_forward'].append(run)
+
+    def after_forward(self, run):
+        """Call run(layer index) after each layer's forward."""
+        self._callbacks['after_forward'].append(run)
+
+    def before_backward(self, run):
+        """Call run(layer index) before each layer's backward."""
+        self._callbacks['before_backward'].append(run)
+
+    def after_backward(self, run):
+        """Call run(layer index) after each layer's backward."""
+        self._callbacks['after_backward'].append(run)
 
     def forward_backward(self):
         """One forward and backward pass over the whole net; returns the loss."""
@@ -475,43 +521,53 @@ class Net:
         return loss
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """pycaffe's forward: set inputs from kwargs, run, return {output name: data}."""
-        start_ind = self.layer_index(start) if start is not None else 0
-        if end is not None:
-            end_ind = self.layer_index(end)
-            outputs = [end] + list(blobs or [])
+        """pycaffe's forward: set the inputs given as kwargs, run layers start..end (names,
+        inclusive) and return {blob name: data} of the net's outputs, or of the `end` layer's
+        tops when `end` is given, plus the blobs named in `blobs`."""
+        start_ind = 0 if start is None else self.layer_index(start)
+        if end is None:
+            end_ind, outputs = len(self.layers) - 1, list(self.outputs)
         else:
-            end_ind = len(self.layers) - 1
-            outputs = self.outputs + list(blobs or [])
-        for name, value in kwargs.items():
-            if name not in self.inputs:
-                raise KeyError('Input blob arguments do not match net inputs: %s' % name)
-            blob = self.blobs[name]
-            if tuple(np.shape(value)) != blob.shape:
-                raise ValueError('Input %s has shape %s, the blob has %s; reshape the blob first'
-                                 % (name, np.shape(value), blob.shape))
-            blob.data[...] = blob.xp.asarray(value)
+            end_ind, outputs = self.layer_index(end), self.top_names[end]
+        self._set_arrays('data', kwargs, self.inputs, 'inputs')
         self.forward_from_to(start_ind, end_ind)
-        return {name: self.blobs[name].data for name in outputs if name in self.blobs}
+        return self._arrays('data', outputs + list(blobs or []))
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """pycaffe's backward: set output diffs from kwargs, run, return {input name: diff}."""
-        start_ind = self.layer_index(start) if start is not None else len(self.layers) - 1
-        if end is not None:
-            end_ind = self.layer_index(end)
-            outputs = [end] + list(diffs or [])
+        """pycaffe's backward: set the output diffs given as kwargs, run layers start..end
+        backward (names, inclusive; start defaults to the last layer) and return {blob name:
+        diff} of the net's inputs, or of the `end` layer's bottoms when `end` is given, plus the
+        blobs named in `diffs`."""
+        start_ind = len(self.layers) - 1 if start is None else self.layer_index(start)
+        if end is None:
+            end_ind, outputs = 0, list(self.inputs)
         else:
-            end_ind = 0
-            outputs = self.inputs + list(diffs or [])
-        for name, value in kwargs.items():
-            if name not in self.outputs:
-                raise KeyError('Top diff arguments do not match net outputs: %s' % name)
-            blob = self.blobs[name]
-            if tuple(np.shape(value)) != blob.shape:
-                raise ValueError('Diff %s has shape %s, the blob has %s' % (name, np.shape(value), blob.shape))
-            blob.diff[...] = blob.xp.asarray(value)
+            end_ind, outputs = self.layer_index(end), self.bottom_names[end]
+        self._set_arrays('diff', kwargs, self.outputs, 'outputs')
         self.backward_from_to(start_ind, end_ind)
-        return {name: self.blobs[name].diff for name in outputs if name in self.blobs}
+        return self._arrays('diff', outputs + list(diffs or []))
+
+    def _set_arrays(self, side, arrays, allowed, what):
+        """Write {blob name: array} into the blobs' `side` (data or diff), broadcasting as
+        pycaffe's `blob.data[...] = array`; the arrays must hold the blob's batch size."""
+        unknown = sorted(set(arrays) - set(allowed))
+        if unknown:
+            raise KeyError('%s: not among the %s of net "%s" (%s)'
+                           % (', '.join(unknown), what, self.name, ', '.join(allowed)))
+        for name, value in arrays.items():
+            blob = self.blobs[name]
+            value = np.asarray(value)
+            if value.ndim == 0 or value.shape[0] != blob.shape[0]:
+                raise ValueError('%s %s has shape %s, not batch sized (the blob is %s)'
+                                 % (name, side, value.shape, blob.shape))
+            try:
+                getattr(blob, side)[...] = value
+            except ValueError:
+                raise ValueError('%s %s of shape %s does not fit the blob %s'
+                                 % (name, side, value.shape, blob.shape)) from None
+
+    def _arrays(self, side, names):
+        return {name: getattr(self.blobs[name], side) for name in dict.fromkeys(names)}
 
     def forward_all(self, blobs=None, **kwargs):
         """pycaffe's forward_all: forward over inputs of any length in batches of the input blob's
@@ -576,6 +632,8 @@ class Net:
         if first is None or first.type != 'MemoryData':
             raise NetError('set_input_arrays needs a MemoryData first layer (net "%s")' % self.name)
         first.set_input_arrays(data, labels)
+
+    _set_input_arrays = set_input_arrays
 
     def close(self):
         """Stop the background work of layers that have any (data prefetching)."""
@@ -738,3 +796,7 @@ def _shape_equals(proto, shape):
 def h5py_is_hdf5(path):
     import h5py
     return h5py.is_hdf5(path)
+
+
+def _is_path(value):
+    return isinstance(value, (str, bytes, os.PathLike))

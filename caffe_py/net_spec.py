@@ -9,20 +9,19 @@
     n.pool1 = L.Pooling(n.relu1, pool=P.Pooling.MAX, kernel_size=2, stride=2)
     print(n.to_proto())
 
-Keyword arguments that are LayerParameter fields (param, include, loss_weight,
-transform_param ...) go on the layer; the others go into the layer type's own
-parameter message (convolution_param for Convolution ...). Dicts fill
-messages, lists fill repeated fields, enum values may be given by name.
-A top is named after the NetSpec attribute it is assigned to, a layer after
-its first top (or `name=`); `ntop=k` gives k tops, `in_place=True` makes the
-tops the bottoms.
+Keyword arguments go into the layer type's own parameter message when it has
+that field (convolution_param for Convolution ...), as pycaffe's do; `*param`
+keywords and the other LayerParameter fields (include, loss_weight, name ...)
+go on the layer. Dicts fill messages, lists fill repeated fields, enum values
+may be given by name. A top is named after the NetSpec attribute it is
+assigned to, else after its layer type and a count per type (Convolution1); a
+layer after its first top (or `name=`). `ntop=k` gives k tops; `ntop=0` gives
+the Function itself (assign it to the NetSpec to emit the layer);
+`in_place=True` makes the tops the bottoms.
 """
-import itertools
 from collections import OrderedDict
 
 from .proto import caffe_pb2
-
-_counter = itertools.count()
 
 # layer type -> the LayerParameter field holding its parameters
 _SPECIAL_PARAM_FIELDS = {'Deconvolution': 'convolution_param', 'SoftmaxWithLoss': 'softmax_param',
@@ -84,57 +83,84 @@ def _enum_value(field, value):
     return value
 
 
-class Top:
-    """One output blob of a layer: what later layers take as a bottom."""
+class NetSpecError(ValueError, AttributeError):
+    """A keyword names no field of the layer's messages (an AttributeError, as pycaffe raises)."""
 
-    def __init__(self, fn, index):
+
+class MissingTopError(AttributeError, KeyError):
+    """A NetSpec has no top of that name (a KeyError, as pycaffe raises, and an AttributeError)."""
+
+
+class Top:
+    """One output blob of a layer: what later layers take as a bottom (`n`: its index)."""
+
+    def __init__(self, fn, n):
         self.fn = fn
-        self.index = index
+        self.n = n
 
     def to_proto(self):
         return to_proto(self)
 
 
 class Function:
-    """One layer call: its type, bottoms and keyword parameters."""
+    """One layer call: its type, bottoms (Tops) and keyword parameters."""
 
     def __init__(self, type_name, inputs, params):
-        self.order = next(_counter)
         self.type_name = type_name
-        self.inputs = list(inputs)
-        for bottom in self.inputs:
+        for index, bottom in enumerate(inputs):
             if not isinstance(bottom, Top):
-                raise TypeError('%s: bottoms must be tops of other layers, got %r' % (type_name, bottom))
+                raise TypeError('%s input %d is not a Top (type is %s)' % (type_name, index, type(bottom)))
+        self.inputs = tuple(inputs)
         self.params = dict(params)
         self.ntop = self.params.pop('ntop', 1)
         self.in_place = self.params.pop('in_place', False)
-        self.tops = tuple(Top(self, i) for i in range(self.ntop))
+        self.tops = tuple(Top(self, n) for n in range(self.ntop))
 
-    def _layer(self, names, blobs):
-        """The LayerParameter; `names` are the tops' given names, `blobs` their blob names."""
+    def _name(self, names, autonames):
+        """The layer's name: its own entry (a NetSpec attribute), else its first top's name."""
+        if self not in names:
+            names[self] = _top_name(self.tops[0], names, autonames) if self.tops else \
+                _autoname(self.type_name, autonames)
+        return names[self]
+
+    def _layer(self, bottoms, names, autonames):
+        """The LayerParameter, given its bottoms' blob names."""
         layer = caffe_pb2.LayerParameter()
         layer.type = self.type_name
-        layer.bottom.extend(blobs[b] for b in self.inputs)
-        for i, top in enumerate(self.tops):
-            blobs[top] = blobs[self.inputs[i]] if self.in_place else names[top]
-            layer.top.append(blobs[top])
-        layer.name = self.params.get('name') or (names[self.tops[0]] if self.tops else
-                                                 '%s%d' % (self.type_name.lower(), self.order))
+        layer.bottom.extend(bottoms)
+        if self.in_place:
+            layer.top.extend(bottoms)
+        else:
+            layer.top.extend(_top_name(top, names, autonames) for top in self.tops)
+        layer.name = self._name(names, autonames)
         own_field = _param_field(self.type_name)
+        own = getattr(layer, own_field) if own_field else None
         for key, value in self.params.items():
-            if key == 'name':
-                continue
-            if key in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name:
+            if own is not None and not key.endswith('param') and key in own.DESCRIPTOR.fields_by_name:
+                _assign(own, key, value)
+            elif key in layer.DESCRIPTOR.fields_by_name:
                 _assign(layer, key, value)
-            elif own_field is None:
-                raise ValueError('layer type %s has no parameter message for "%s"' % (self.type_name, key))
             else:
-                _assign(getattr(layer, own_field), key, value)
+                raise NetSpecError('layer "%s" (%s): no field "%s" in %s' % (
+                    layer.name, self.type_name, key,
+                    ' or '.join(([own.DESCRIPTOR.name] if own is not None else []) + ['LayerParameter'])))
         return layer
 
 
+def _autoname(type_name, autonames):
+    autonames[type_name] = autonames.get(type_name, 0) + 1
+    return '%s%d' % (type_name, autonames[type_name])
+
+
+def _top_name(top, names, autonames):
+    if top not in names:
+        names[top] = _autoname(top.fn.type_name, autonames)
+    return names[top]
+
+
 class NetSpec:
-    """Named tops in assignment order; `to_proto()` gives the NetParameter."""
+    """Named tops in assignment order; `to_proto()` gives the NetParameter. A Function (a
+    layer made with ntop=0) may be assigned too: its layer gets the attribute's name."""
 
     def __init__(self):
         super().__setattr__('tops', OrderedDict())
@@ -146,7 +172,7 @@ class NetSpec:
         try:
             return self.tops[name]
         except KeyError:
-            raise AttributeError(name) from None
+            raise MissingTopError('the NetSpec has no top "%s"' % name) from None
 
     __setitem__ = __setattr__
     __getitem__ = __getattr__
@@ -157,31 +183,39 @@ class NetSpec:
 
 
 def to_proto(*tops, names=None):
-    """The NetParameter of every layer that `tops` depend on, in the order they were written."""
+    """The NetParameter of every layer that `tops` (Tops or Functions) depend on, as pycaffe
+    orders them: depth first from each of `tops` in turn, a layer after its bottoms' layers.
+    Unnamed tops are named after their layer type and a count per type (Convolution1, ...),
+    a layer after its first top."""
     names = dict(names or {})
-    fns, stack = {}, [t.fn for t in tops]
-    while stack:
-        fn = stack.pop()
-        if id(fn) not in fns:
-            fns[id(fn)] = fn
-            stack.extend(b.fn for b in fn.inputs)
+    autonames, layers = {}, OrderedDict()
+    for top in tops:
+        fn = top.fn if isinstance(top, Top) else top
+        stack = [(fn, iter(fn.inputs))]
+        while stack:
+            fn, pending = stack[-1]
+            bottom = next((b for b in pending if b.fn not in layers), None)
+            if bottom is not None:
+                stack.append((bottom.fn, iter(bottom.fn.inputs)))
+                continue
+            stack.pop()
+            if fn not in layers:
+                bottoms = [layers[b.fn].top[b.n] for b in fn.inputs]
+                layers[fn] = fn._layer(bottoms, names, autonames)
     net = caffe_pb2.NetParameter()
-    auto = itertools.count(1)
-    blobs = {}
-    for fn in sorted(fns.values(), key=lambda f: f.order):
-        for top in fn.tops:
-            if top not in names:
-                names[top] = '%s%d' % (fn.type_name.lower(), next(auto))
-        net.layer.add().CopyFrom(fn._layer(names, blobs))
+    net.layer.extend(layers.values())
     return net
 
 
 class _Layers:
-    """`layers.Convolution(bottom, ...)` makes a Function of type Convolution and returns its top(s)."""
+    """`layers.Convolution(bottom, ...)` makes a Function of type Convolution and returns its top,
+    its tuple of tops (ntop > 1) or, for ntop=0, the Function itself."""
 
     def __getattr__(self, type_name):
         def make(*bottoms, **params):
             fn = Function(type_name, bottoms, params)
+            if fn.ntop == 0:
+                return fn
             return fn.tops[0] if fn.ntop == 1 else fn.tops
         return make
 

@@ -16,6 +16,15 @@ MINI = os.path.join(ROOT, 'models', 'mini_caffenet')
 STYLE_IMAGES = os.path.join(ROOT, 'examples', 'finetune_style', 'images')
 
 
+@pytest.fixture
+def opencv_images():
+    """OpenCV's image path (tests of its own resize values), the backend restored afterwards."""
+    before = io.image_backend()
+    io.set_image_backend('opencv')
+    yield
+    io.set_image_backend(before)
+
+
 # -- blobs and datums --------------------------------------------------------------
 def test_blobproto_round_trips_and_legacy_dims():
     arr = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
@@ -73,7 +82,7 @@ def test_load_image_is_rgb_float_in_0_1(tmp_path):
         io.load_image(str(tmp_path / 'nope.png'))
 
 
-def test_resize_image_keeps_channels_and_constants():
+def test_resize_image_keeps_channels_and_constants(opencv_images):
     rng = np.random.default_rng(0)
     for channels in (1, 3, 5, 600):          # 600: more than one OpenCV call
         im = rng.random((6, 8, channels)).astype(np.float32)
@@ -209,7 +218,7 @@ def style_images():
     return IMAGES
 
 
-def test_classifier_centre_crop_equals_caffes_test_transform(style_images):
+def test_classifier_centre_crop_equals_caffes_test_transform(style_images, opencv_images):
     classifier = caffe.Classifier(MODEL, WEIGHTS, image_dims=(40, 40), mean=np.full(3, 128.0),
                                   raw_scale=255, input_scale=0.0125, channel_swap=(2, 1, 0))
     predictions = classifier.predict([caffe.io.load_image(p) for p in style_images], oversample=False)

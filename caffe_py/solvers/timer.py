@@ -39,3 +39,8 @@ class Timer:
 
     def seconds(self):
         return self.milliseconds() / 1000.0
+
+    @property
+    def ms(self):
+        """pycaffe's caffe.Timer().ms: the milliseconds from start to stop (stopping it)."""
+        return self.milliseconds()
