@@ -1,0 +1,279 @@
+"""Faults while training: signals, kill -9 during snapshots, a full disk, NaN/inf.
+
+Signals and kills are sent to real `caffe-py train` subprocesses; the files they leave are checked
+after the next start. Snapshots are published in pairs (caffe_py.solvers.snapshots).
+"""
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import caffe_py as caffe
+from caffe_py import formats
+from caffe_py.solvers import get_solver, snapshots
+from caffe_py.solvers.nan_check import NonFiniteError
+from caffe_py.tools import cli
+from test_solvers import lines, make_classifier, write_solver
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a net with 512 x 512 weights (1 MB caffemodel, 1 MB solverstate) and no data files
+BIG_NET = '''name: "big"
+layer { name: "data" type: "DummyData" top: "data" top: "target"
+  dummy_data_param { shape { dim: 2 dim: 512 } shape { dim: 2 dim: 512 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 0.5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 512 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }
+'''
+
+BIG_SOLVER = ('net: "net.prototxt"\nbase_lr: 0.001\nmomentum: 0.9\nlr_policy: "fixed"\ndisplay: 0\n'
+              'random_seed: 1\nsnapshot_prefix: "snaps/big"\n')
+
+# what a snapshot of a prefix may leave in its folder
+SNAPSHOT_FILE = re.compile(r'big_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?$')
+
+
+@pytest.fixture
+def bigdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'net.prototxt').write_text(BIG_NET)
+    (tmp_path / 'snaps').mkdir()
+    return tmp_path
+
+
+def big_solver(folder, text):
+    path = os.path.join(str(folder), 'solver.prototxt')
+    with open(path, 'w') as f:
+        f.write(BIG_SOLVER + text)
+    return path
+
+
+def train_process(*argv, stderr, **kwargs):
+    """`caffe-py train` as a subprocess of its own (python -m caffe_py)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train'] + [str(a) for a in argv],
+                            stdout=subprocess.DEVNULL, stderr=stderr, env=env, **kwargs)
+
+
+def wait_for(path, text, process, timeout=60):
+    """Wait until the log file `path` holds `text` (fail if the process ends first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if text in f.read():
+                return
+        if process.poll() is not None:
+            with open(path) as f:
+                raise AssertionError('training ended (%s) before "%s":\n%s' % (process.returncode, text, f.read()))
+        time.sleep(0.005)
+    process.kill()
+    raise AssertionError('no "%s" within %d s' % (text, timeout))
+
+
+def snapshot_files(folder='snaps'):
+    """{iteration: set of kinds} for the snapshot files, and the list of other files."""
+    pairs, others = {}, []
+    for name in os.listdir(folder):
+        match = SNAPSHOT_FILE.match(name)
+        if match:
+            pairs.setdefault(int(match.group(1)), set()).add(match.group(2) + (match.group(3) or ''))
+        else:
+            others.append(name)
+    return pairs, others
+
+
+def assert_only_pairs(folder='snaps', h5=False):
+    pairs, others = snapshot_files(folder)
+    assert others == []
+    kinds = {'caffemodel.h5', 'solverstate.h5'} if h5 else {'caffemodel', 'solverstate'}
+    assert all(found == kinds for found in pairs.values()), pairs
+    return sorted(pairs)
+
+
+# -- snapshots are published in pairs ----------------------------------------------------------
+
+@pytest.mark.parametrize('h5', [False, True])
+def test_snapshots_leave_pairs_only(bigdir, h5):
+    big_solver(bigdir, 'max_iter: 4\nsnapshot: 2\n' + ('snapshot_format: HDF5\n' if h5 else ''))
+    solver = get_solver('solver.prototxt')
+    solver.solve()
+    assert assert_only_pairs(h5=h5) == [2, 4]
+    ext = '.h5' if h5 else ''
+    assert solver.latest_snapshot() == ('snaps/big_iter_4.solverstate' + ext, 'snaps/big_iter_4.caffemodel' + ext)
+    resumed = get_solver('solver.prototxt')
+    resumed.restore(solver.latest_snapshot()[0])
+    assert resumed.iter == 4
+    np.testing.assert_array_equal(resumed.net.params['ip'][0].data, solver.net.params['ip'][0].data)
+
+
+def dead_pid():
+    """The id of a process that has ended."""
+    child = subprocess.Popen(['true'])
+    child.wait()
+    return child.pid
+
+
+def test_recover_finishes_or_removes_what_a_kill_left(bigdir, captured_log):
+    big_solver(bigdir, 'max_iter: 6\nsnapshot: 2\n')
+    get_solver('solver.prototxt').solve()
+    before = {name: open('snaps/' + name, 'rb').read() for name in os.listdir('snaps')}
+    pid = dead_pid()
+    # killed while writing iteration 8: temporaries only (one of them truncated)
+    shutil.copy('snaps/big_iter_6.caffemodel', 'snaps/big_iter_8.caffemodel.tmp-%d' % pid)
+    with open('snaps/big_iter_8.solverstate.tmp-%d' % pid, 'wb') as f:
+        f.write(before['big_iter_6.solverstate'][:100])
+    # killed between the two renames of iteration 6: the journal says what is left to do
+    os.rename('snaps/big_iter_6.solverstate', 'snaps/big_iter_6.solverstate.tmp-%d' % pid)
+    with open('snaps/big_iter_6.snapshot-journal', 'w') as f:
+        json.dump({'pid': pid, 'renames': [['big_iter_6.caffemodel.tmp-%d' % pid, 'big_iter_6.caffemodel'],
+                                           ['big_iter_6.solverstate.tmp-%d' % pid, 'big_iter_6.solverstate']]}, f)
+    # killed after both renames of iteration 4, before the journal was removed
+    with open('snaps/big_iter_4.snapshot-journal', 'w') as f:
+        json.dump({'pid': pid, 'renames': [['big_iter_4.caffemodel.tmp-%d' % pid, 'big_iter_4.caffemodel']]}, f)
+    # a temporary of a run that is still alive, and a caffemodel of the user's without a solverstate
+    alive = 'snaps/big_iter_10.caffemodel.tmp-%d' % os.getppid()
+    open(alive, 'wb').close()
+    shutil.copy('snaps/big_iter_2.caffemodel', 'snaps/big_iter_9.caffemodel')
+
+    solver = get_solver('solver.prototxt')
+    text = captured_log.getvalue()
+    assert 'Completed the snapshot snaps/big_iter_6.caffemodel + snaps/big_iter_6.solverstate ' \
+           'interrupted by a kill (process %d)' % pid in text
+    assert 'Removed snaps/big_iter_8.solverstate.tmp-%d, left by a snapshot that was interrupted' % pid in text
+    assert 'Leaving %s: process %d, which writes it, is running' % (alive, os.getppid()) in text
+    os.remove(alive)
+    assert sorted(os.listdir('snaps')) == sorted(before) + ['big_iter_9.caffemodel']
+    for name, data in before.items():
+        assert open('snaps/' + name, 'rb').read() == data, name
+    assert solver.restore_latest() == 'snaps/big_iter_6.solverstate'
+    assert solver.iter == 6
+
+
+def test_resume_latest_picks_the_newest_complete_pair(bigdir, capsys, captured_log):
+    big_solver(bigdir, 'max_iter: 4\nsnapshot: 2\n')
+    assert cli.main(['train', '-solver', 'solver.prototxt', '-snapshot', 'latest']) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == 'caffe-py: error: no snapshot to resume from: ' \
+        'no snaps/big_iter_N.solverstate with its caffemodel'
+    assert cli.main(['train', '-solver', 'solver.prototxt']) == 0
+    os.remove('snaps/big_iter_4.caffemodel')          # a solverstate whose weights are gone
+    big_solver(bigdir, 'max_iter: 6\nsnapshot: 2\n')
+    assert cli.main(['train', '-solver', 'solver.prototxt', '-snapshot', 'latest']) == 0
+    assert 'Resuming from the newest complete snapshot: snaps/big_iter_2.solverstate ' \
+           '(weights snaps/big_iter_2.caffemodel)' in captured_log.getvalue()
+    assert snapshot_files()[0] == {2: {'caffemodel', 'solverstate'}, 4: {'caffemodel', 'solverstate'},
+                                   6: {'caffemodel', 'solverstate'}}
+
+
+# -- signals, as Caffe's SignalHandler ---------------------------------------------------------
+
+def test_sighup_snapshots_and_sigint_stops_a_real_run(bigdir):
+    big_solver(bigdir, 'max_iter: 100000000\n')
+    with open('log.txt', 'w') as log:
+        proc = train_process('-solver', 'solver.prototxt', stderr=log)
+    try:
+        wait_for('log.txt', 'Starting Optimization', proc)
+        proc.send_signal(signal.SIGHUP)
+        wait_for('log.txt', 'Snapshotting solver state', proc)
+        assert proc.poll() is None                   # a snapshot, and training goes on
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    text = open('log.txt').read()
+    assert 'Optimization stopped early.' in text
+    # the SIGHUP snapshot, and the one Solve writes after stopping (snapshot_after_train)
+    assert len(assert_only_pairs()) == 2
+
+
+def test_signal_effects_from_flags_on_a_real_run(bigdir):
+    big_solver(bigdir, 'max_iter: 100000000\n')
+    with open('log.txt', 'w') as log:
+        proc = train_process('-solver', 'solver.prototxt', '-sigint_effect', 'none', '-sighup_effect', 'stop',
+                             stderr=log)
+    try:
+        wait_for('log.txt', 'Starting Optimization', proc)
+        proc.send_signal(signal.SIGINT)                # ignored
+        time.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert 'Optimization stopped early.' in open('log.txt').read()
+    assert len(assert_only_pairs()) == 1
+
+
+# -- kill -9 during snapshots --------------------------------------------------------------------
+
+def kill_during_snapshots(folder, kills, seed):
+    """Train with a snapshot every iteration and kill -9 at random times (seeded); after each next start,
+    what the kill left is gone or completed. Returns how many kills left something to clean up."""
+    rng = random.Random(seed)
+    big_solver(folder, 'max_iter: 100000000\nsnapshot: 1\n')
+    left = 0
+    newest = None
+    for round_ in range(kills + 1):
+        pairs, debris = snapshot_files()
+        lone = [i for i, kinds in pairs.items() if kinds == {'caffemodel'}]
+        left += bool(debris or lone)
+        log_path = 'log%d.txt' % round_
+        resume = ['-snapshot', 'latest'] if round_ else []
+        with open(log_path, 'w') as log:
+            proc = train_process('-solver', 'solver.prototxt', *resume, stderr=log)
+        try:
+            wait_for(log_path, 'Starting Optimization', proc)
+            # the start removed the temporaries and completed the half-published pairs
+            assert not any(os.path.exists('snaps/' + name) for name in debris), debris
+            assert all(os.path.exists('snaps/big_iter_%d.solverstate' % i) for i in lone), lone
+            if round_ == kills:
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(60) == 0
+            else:
+                wait_for(log_path, 'Snapshotting to', proc)
+                time.sleep(rng.uniform(0, 0.25))
+                proc.kill()
+                proc.wait(60)
+        finally:
+            proc.kill()
+        if round_:
+            assert 'Resuming from the newest complete snapshot: snaps/big_iter_%d.solverstate' % newest \
+                in open(log_path).read()
+        # the solverstate is published last: it has its caffemodel even before the next start
+        pairs, _ = snapshot_files()
+        assert all('caffemodel' in kinds for kinds in pairs.values()), pairs
+        complete = sorted(i for i, kinds in pairs.items() if kinds == {'caffemodel', 'solverstate'})
+        # the next start resumes from there, or from a pair whose journal it completes
+        journals = [int(m.group(1)) for m in map(re.compile(r'big_iter_(\d+)\.snapshot-journal$').match,
+                                                  os.listdir('snaps')) if m]
+        newest = max(complete + journals)
+        for i in complete[:-2]:                        # keep the disk small
+            for kind in ('caffemodel', 'solverstate'):
+                os.remove('snaps/big_iter_%d.%s' % (i, kind))
+    for i in assert_only_pairs():
+        state = formats.read_solverstate('snaps/big_iter_%d.solverstate' % i)
+        assert (state.iter, state.learned_net) == (i, 'snaps/big_iter_%d.caffemodel' % i)
+        assert len(state.history[0].data) == 512 * 512
+        net = formats.read_net('snaps/big_iter_%d.caffemodel' % i, binary=True)
+        assert len(net.layer[1].blobs[0].data) == 512 * 512
+    return left
+
+
+def test_kill_9_during_snapshots(bigdir):
+    print('kills that left temporaries or a lone caffemodel: %d of 5'
+          % kill_during_snapshots(bigdir, kills=5, seed=17))
+
+
+@pytest.mark.slow
+def test_kill_9_during_snapshots_30_times(bigdir):
+    print('kills that left temporaries or a lone caffemodel: %d of 30'
+          % kill_during_snapshots(bigdir, kills=30, seed=1717))
