@@ -17,12 +17,10 @@ import time
 import numpy as np
 import pytest
 
-import caffe_py as caffe
 from caffe_py import formats
-from caffe_py.solvers import get_solver, snapshots
+from caffe_py.solvers import get_solver
 from caffe_py.solvers.nan_check import NonFiniteError
 from caffe_py.tools import cli
-from test_solvers import lines, make_classifier, write_solver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,8 +34,8 @@ layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
 layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }
 '''
 
-BIG_SOLVER = ('net: "net.prototxt"\nbase_lr: 0.001\nmomentum: 0.9\nlr_policy: "fixed"\ndisplay: 0\n'
-              'random_seed: 1\nsnapshot_prefix: "snaps/big"\n')
+BIG_SOLVER = ('net: "net.prototxt"\nmomentum: 0.9\nlr_policy: "fixed"\ndisplay: 0\nrandom_seed: 1\n'
+              'snapshot_prefix: "snaps/big"\n')
 
 # what a snapshot of a prefix may leave in its folder
 SNAPSHOT_FILE = re.compile(r'big_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?$')
@@ -51,10 +49,10 @@ def bigdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def big_solver(folder, text):
+def big_solver(folder, text, base_lr=0.001):
     path = os.path.join(str(folder), 'solver.prototxt')
     with open(path, 'w') as f:
-        f.write(BIG_SOLVER + text)
+        f.write(BIG_SOLVER + 'base_lr: %g\n' % base_lr + text)
     return path
 
 
@@ -240,7 +238,7 @@ def kill_during_snapshots(folder, kills, seed):
                 assert proc.wait(60) == 0
             else:
                 wait_for(log_path, 'Snapshotting to', proc)
-                time.sleep(rng.uniform(0, 0.25))
+                time.sleep(rng.uniform(0, 0.15))
                 proc.kill()
                 proc.wait(60)
         finally:
@@ -277,3 +275,125 @@ def test_kill_9_during_snapshots(bigdir):
 def test_kill_9_during_snapshots_30_times(bigdir):
     print('kills that left temporaries or a lone caffemodel: %d of 30'
           % kill_during_snapshots(bigdir, kills=30, seed=1717))
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+
+def error_line(stderr):
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith('caffe-py: error: '), stderr[-2000:]
+    return last
+
+
+def test_file_size_limit_names_the_snapshot_and_keeps_earlier_files(bigdir):
+    """RLIMIT_FSIZE makes every write past 256 KB fail (EFBIG), as a full disk fails it (ENOSPC)."""
+    big_solver(bigdir, 'max_iter: 2\nsnapshot: 2\n')
+    first = train_process('-solver', 'solver.prototxt', stderr=subprocess.PIPE, text=True)
+    assert first.communicate(timeout=60)[1] and first.returncode == 0
+    before = {name: open('snaps/' + name, 'rb').read() for name in os.listdir('snaps')}
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+    again = train_process('-solver', 'solver.prototxt', stderr=subprocess.PIPE, text=True,
+                          preexec_fn=limit_file_size)
+    stderr = again.communicate(timeout=60)[1]
+    assert again.returncode == 1
+    assert error_line(stderr) == 'caffe-py: error: cannot write snapshot snaps/big_iter_2.caffemodel: File too ' \
+        'large (nothing of it was kept; earlier snapshots are untouched)'
+    assert sorted(os.listdir('snaps')) == sorted(before)
+    for name, data in before.items():
+        assert open('snaps/' + name, 'rb').read() == data, name
+
+
+# run inside a user and mount namespace, with snaps/ a 2.5 MB tmpfs: room for one snapshot pair
+IN_TMPFS = '''
+import json, os, subprocess, sys
+run = subprocess.run([sys.executable, '-m', 'caffe_py', 'train', '-solver', 'solver.prototxt'],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+from caffe_py import formats
+state = formats.read_solverstate('snaps/big_iter_2.solverstate')
+weights = formats.read_net(state.learned_net, binary=True)
+print(json.dumps({'rc': run.returncode, 'stderr': run.stderr, 'files': sorted(os.listdir('snaps')),
+                  'iter': state.iter, 'weights': len(weights.layer[1].blobs[0].data)}))
+'''
+
+
+def test_disk_full_names_the_path_and_keeps_earlier_snapshots(bigdir):
+    unshare = ['unshare', '--user', '--map-root-user', '--mount']
+    if not shutil.which('unshare') or subprocess.run(unshare + ['true'], capture_output=True).returncode:
+        pytest.skip('cannot mount a small tmpfs here (no unprivileged user namespaces)')
+    big_solver(bigdir, 'max_iter: 4\nsnapshot: 2\n')
+    (bigdir / 'in_tmpfs.py').write_text(IN_TMPFS)
+    result = subprocess.run(unshare + ['sh', '-c', 'mount -t tmpfs -o size=2560k tmpfs snaps && "$0" in_tmpfs.py',
+                                       sys.executable], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out['rc'] == 1
+    assert re.fullmatch(r'caffe-py: error: cannot write snapshot snaps/big_iter_4\.(caffemodel|solverstate): No '
+                        r'space left on device \(nothing of it was kept; earlier snapshots are untouched\)',
+                        error_line(out['stderr']))
+    assert out['files'] == ['big_iter_2.caffemodel', 'big_iter_2.solverstate']
+    assert (out['iter'], out['weights']) == (2, 512 * 512)
+
+
+# -- NaN and inf -----------------------------------------------------------------------------------
+
+def nan_net(data_filler, power_layer=True, lr_mult=1):
+    """DummyData -> InnerProduct ip -> Power root (sqrt) -> EuclideanLoss: sqrt(<0) is NaN forward, sqrt'(0) inf."""
+    root = ('layer { name: "root" type: "Power" bottom: "ip" top: "root" power_param { power: 0.5 } }\n'
+            if power_layer else '')
+    return ('name: "nan"\n'
+            'layer { name: "data" type: "DummyData" top: "data" top: "target"\n'
+            '  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }\n'
+            '    data_filler { %s } data_filler { type: "constant" value: 1 } } }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" param { lr_mult: %g }\n'
+            '  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }\n'
+            '%slayer { name: "loss" type: "EuclideanLoss" bottom: "%s" bottom: "target" top: "loss" }\n'
+            % (data_filler, lr_mult, root, 'root' if power_layer else 'ip'))
+
+
+def nan_solver(folder, net, base_lr=0.01):
+    with open(os.path.join(str(folder), 'net.prototxt'), 'w') as f:
+        f.write(net)
+    return big_solver(folder, 'max_iter: 3\nsnapshot_after_train: false\n', base_lr)
+
+
+@pytest.mark.filterwarnings('ignore::RuntimeWarning')
+@pytest.mark.parametrize('net, base_lr, message', [
+    (nan_net('type: "gaussian" std: 1'), 0.01,
+     'NaN or inf at iteration 0: layer root (Power) forward wrote top blob root data'),
+    (nan_net('type: "constant" value: 0'), 0.01,
+     'NaN or inf at iteration 0: layer root (Power) backward wrote bottom blob ip diff'),
+    (nan_net('type: "gaussian" std: 1', power_layer=False, lr_mult=10), 3e38,
+     'NaN or inf at iteration 0: layer ip (InnerProduct) update wrote param blob 0 data'),
+])
+def test_nan_check_names_iteration_layer_and_blob(bigdir, net, base_lr, message):
+    nan_solver(bigdir, net, base_lr)
+    solver = get_solver('solver.prototxt')
+    solver.solve()                                      # Caffe's default: trains on
+    assert solver.iter == 3
+    solver = get_solver('solver.prototxt')
+    solver.nan_check = True
+    with pytest.raises(NonFiniteError) as info:
+        solver.solve()
+    assert str(info.value).startswith(message + ' (')
+
+
+@pytest.mark.filterwarnings('ignore::RuntimeWarning')
+def test_nan_check_flag_stops_the_cli_with_one_line(bigdir, capsys):
+    nan_solver(bigdir, nan_net('type: "gaussian" std: 1'))
+    assert cli.main(['train', '-solver', 'solver.prototxt']) == 0
+    assert cli.main(['train', '-solver', 'solver.prototxt', '-nan_check']) == 1
+    assert re.fullmatch(r'caffe-py: error: NaN or inf at iteration 0: layer root \(Power\) forward wrote top blob '
+                        r'root data \(\d+ of 8 values; -nan_check\)', error_line(capsys.readouterr().err))
+    assert os.listdir('snaps') == []
+
+
+def test_nan_check_off_runs_the_plain_pass(bigdir, monkeypatch):
+    from caffe_py.solvers import nan_check
+    nan_solver(bigdir, nan_net('type: "gaussian" std: 1', power_layer=False))
+    monkeypatch.setattr(nan_check, 'forward_backward', None)
+    monkeypatch.setattr(nan_check, 'check_params', None)
+    get_solver('solver.prototxt').solve()

@@ -86,8 +86,8 @@ def publish(files, journal):
             if os.path.exists(temp):
                 os.remove(temp)
         if isinstance(exc, OSError):
-            raise SnapshotError(exc.errno, 'cannot write snapshot %s: %s (nothing of it was kept; '
-                                'earlier snapshots are untouched)' % (current, _reason(exc))) from None
+            raise SnapshotError('cannot write snapshot %s: %s (nothing of it was kept; earlier '
+                                'snapshots are untouched)' % (current, _reason(exc))) from None
         raise
     _sync(folder)
     for temp, (path, _) in zip(temps, files):
