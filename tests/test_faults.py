@@ -397,3 +397,13 @@ def test_nan_check_off_runs_the_plain_pass(bigdir, monkeypatch):
     monkeypatch.setattr(nan_check, 'forward_backward', None)
     monkeypatch.setattr(nan_check, 'check_params', None)
     get_solver('solver.prototxt').solve()
+
+
+def test_nan_check_names_weights_that_start_non_finite(bigdir):
+    nan_solver(bigdir, nan_net('type: "gaussian" std: 1', power_layer=False))
+    solver = get_solver('solver.prototxt')
+    solver.net.params['ip'][1].data[1] = np.inf
+    solver.nan_check = True
+    with pytest.raises(NonFiniteError, match=r'^NaN or inf at iteration 0: layer ip \(InnerProduct\) starts with '
+                                             r'param blob 1 data \(1 of 2 values; -nan_check\)$'):
+        solver.step(1)

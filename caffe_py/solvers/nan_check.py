@@ -3,7 +3,7 @@
 Caffe trains on through non-finite values, and so does caffe-py by default: the check is opt-in and
 costs nothing when off (the solver then calls the net's own forward_backward). When on, the net runs
 one layer at a time and each layer's output is checked: the top data after its forward, the bottom
-and parameter diffs after its backward, and the parameters after the update. The first non-finite
+and parameter diffs after its backward, and the parameters as training starts and after each update. The first non-finite
 value stops training with one line naming the iteration, the layer and the blob.
 """
 
@@ -45,8 +45,8 @@ def forward_backward(net, iteration):
     return loss
 
 
-def check_params(net, iteration):
-    """The parameters (net.params[layer][k]) after the update of `iteration`."""
+def check_params(net, iteration, stage='update wrote'):
+    """The parameters (net.params[layer][k]): after the update of `iteration`, or as training starts."""
     for layer in net.layers:
         for k, blob in enumerate(layer.blobs):
-            _check(blob, 'data', iteration, layer, 'update wrote', 'param blob %d' % k)
+            _check(blob, 'data', iteration, layer, stage, 'param blob %d' % k)

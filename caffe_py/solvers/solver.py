@@ -241,6 +241,8 @@ class Solver:
         self.smoothed_loss = f32(0)
         self._iteration_timer.start()
         check = self.nan_check
+        if check:
+            nan_check.check_params(self.net, self.iter, 'starts with')
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
