@@ -170,6 +170,11 @@ def test_resume_latest_picks_the_newest_complete_pair(bigdir, capsys, captured_l
            '(weights snaps/big_iter_2.caffemodel)' in captured_log.getvalue()
     assert snapshot_files()[0] == {2: {'caffemodel', 'solverstate'}, 4: {'caffemodel', 'solverstate'},
                                    6: {'caffemodel', 'solverstate'}}
+    os.remove('snaps/big_iter_6.caffemodel')
+    assert cli.main(['train', '-solver', 'solver.prototxt', '-snapshot', 'snaps/big_iter_6.solverstate']) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == 'caffe-py: error: file not found: snaps/big_iter_6.caffemodel (named by ' \
+        'learned_net in snaps/big_iter_6.solverstate); the newest complete snapshot is ' \
+        'snaps/big_iter_4.solverstate (-snapshot latest resumes from it)'
 
 
 # -- signals, as Caffe's SignalHandler ---------------------------------------------------------
@@ -213,26 +218,28 @@ def test_signal_effects_from_flags_on_a_real_run(bigdir):
 
 # -- kill -9 during snapshots --------------------------------------------------------------------
 
-def kill_during_snapshots(folder, kills, seed):
+def kill_during_snapshots(folder, kills, seed, h5=False):
     """Train with a snapshot every iteration and kill -9 at random times (seeded); after each next start,
     what the kill left is gone or completed. Returns how many kills left something to clean up."""
     rng = random.Random(seed)
-    big_solver(folder, 'max_iter: 100000000\nsnapshot: 1\n')
+    big_solver(folder, 'max_iter: 100000000\nsnapshot: 1\n' + ('snapshot_format: HDF5\n' if h5 else ''))
+    ext = '.h5' if h5 else ''
+    model, state = 'caffemodel' + ext, 'solverstate' + ext
     left = 0
     newest = None
     for round_ in range(kills + 1):
         pairs, debris = snapshot_files()
-        lone = [i for i, kinds in pairs.items() if kinds == {'caffemodel'}]
+        lone = [i for i, kinds in pairs.items() if kinds == {model}]
         left += bool(debris or lone)
         log_path = 'log%d.txt' % round_
-        resume = ['-snapshot', 'latest'] if round_ else []
+        resume = ['-snapshot', 'latest'] if newest is not None else []
         with open(log_path, 'w') as log:
             proc = train_process('-solver', 'solver.prototxt', *resume, stderr=log)
         try:
             wait_for(log_path, 'Starting Optimization', proc)
             # the start removed the temporaries and completed the half-published pairs
             assert not any(os.path.exists('snaps/' + name) for name in debris), debris
-            assert all(os.path.exists('snaps/big_iter_%d.solverstate' % i) for i in lone), lone
+            assert all(os.path.exists('snaps/big_iter_%d.%s' % (i, state)) for i in lone), lone
             if round_ == kills:
                 proc.send_signal(signal.SIGINT)
                 assert proc.wait(60) == 0
@@ -243,26 +250,24 @@ def kill_during_snapshots(folder, kills, seed):
                 proc.wait(60)
         finally:
             proc.kill()
-        if round_:
-            assert 'Resuming from the newest complete snapshot: snaps/big_iter_%d.solverstate' % newest \
+        if resume:
+            assert 'Resuming from the newest complete snapshot: snaps/big_iter_%d.%s' % (newest, state) \
                 in open(log_path).read()
         # the solverstate is published last: it has its caffemodel even before the next start
         pairs, _ = snapshot_files()
-        assert all('caffemodel' in kinds for kinds in pairs.values()), pairs
-        complete = sorted(i for i, kinds in pairs.items() if kinds == {'caffemodel', 'solverstate'})
+        assert all(model in kinds for kinds in pairs.values()), pairs
+        complete = sorted(i for i, kinds in pairs.items() if kinds == {model, state})
         # the next start resumes from there, or from a pair whose journal it completes
         journals = [int(m.group(1)) for m in map(re.compile(r'big_iter_(\d+)\.snapshot-journal$').match,
                                                   os.listdir('snaps')) if m]
-        newest = max(complete + journals)
+        newest = max(complete + journals, default=None)
         for i in complete[:-2]:                        # keep the disk small
-            for kind in ('caffemodel', 'solverstate'):
+            for kind in (model, state):
                 os.remove('snaps/big_iter_%d.%s' % (i, kind))
-    for i in assert_only_pairs():
-        state = formats.read_solverstate('snaps/big_iter_%d.solverstate' % i)
-        assert (state.iter, state.learned_net) == (i, 'snaps/big_iter_%d.caffemodel' % i)
-        assert len(state.history[0].data) == 512 * 512
-        net = formats.read_net('snaps/big_iter_%d.caffemodel' % i, binary=True)
-        assert len(net.layer[1].blobs[0].data) == 512 * 512
+    for i in assert_only_pairs(h5=h5):
+        solver = get_solver('solver.prototxt')
+        solver.restore('snaps/big_iter_%d.%s' % (i, state))
+        assert solver.iter == i
     return left
 
 
@@ -275,6 +280,12 @@ def test_kill_9_during_snapshots(bigdir):
 def test_kill_9_during_snapshots_30_times(bigdir):
     print('kills that left temporaries or a lone caffemodel: %d of 30'
           % kill_during_snapshots(bigdir, kills=30, seed=1717))
+
+
+@pytest.mark.slow
+def test_kill_9_during_hdf5_snapshots_10_times(bigdir):
+    print('kills that left temporaries or a lone caffemodel: %d of 10'
+          % kill_during_snapshots(bigdir, kills=10, seed=99, h5=True))
 
 
 # -- a full disk -----------------------------------------------------------------------------------

@@ -62,10 +62,22 @@ def main(command, argv):
                 solver.restore_latest()
             elif flags['snapshot']:
                 log.info('Resuming from %s', flags['snapshot'])
-                solver.restore(flags['snapshot'])
+                restore_named(solver, flags['snapshot'])
             log.info('Starting Optimization')
             solver.solve()
         finally:
             solver.close()
     log.info('Optimization Done.')
     return 0
+
+
+def restore_named(solver, state_file):
+    """solver.restore(state_file); if a file it needs is missing, the error names the newest complete snapshot."""
+    try:
+        solver.restore(state_file)
+    except formats.MissingFileError as exc:
+        pair = solver.latest_snapshot()
+        if pair is None:
+            raise
+        raise CommandError('%s; the newest complete snapshot is %s (-snapshot latest resumes from it)'
+                           % (exc, pair[0])) from None
