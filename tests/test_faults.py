@@ -172,8 +172,8 @@ def test_resume_latest_picks_the_newest_complete_pair(bigdir, capsys, captured_l
                                    6: {'caffemodel', 'solverstate'}}
     os.remove('snaps/big_iter_6.caffemodel')
     assert cli.main(['train', '-solver', 'solver.prototxt', '-snapshot', 'snaps/big_iter_6.solverstate']) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == 'caffe-py: error: file not found: snaps/big_iter_6.caffemodel (named by ' \
-        'learned_net in snaps/big_iter_6.solverstate); the newest complete snapshot is ' \
+    assert capsys.readouterr().err.splitlines()[-1] == 'caffe-py: error: file not found: ' \
+        'snaps/big_iter_6.caffemodel (named by learned_net in snaps/big_iter_6.solverstate); the newest complete snapshot is ' \
         'snaps/big_iter_4.solverstate (-snapshot latest resumes from it)'
 
 
@@ -352,7 +352,9 @@ def test_disk_full_names_the_path_and_keeps_earlier_snapshots(bigdir):
 # -- NaN and inf -----------------------------------------------------------------------------------
 
 def nan_net(data_filler, power_layer=True, lr_mult=1):
-    """DummyData -> InnerProduct ip -> Power root (sqrt) -> EuclideanLoss: sqrt(<0) is NaN forward, sqrt'(0) inf."""
+    """DummyData -> InnerProduct ip -> Power root (sqrt) -> EuclideanLoss.
+
+    sqrt(x < 0) is NaN in the forward pass, sqrt'(0) is inf in the backward pass."""
     root = ('layer { name: "root" type: "Power" bottom: "ip" top: "root" power_param { power: 0.5 } }\n'
             if power_layer else '')
     return ('name: "nan"\n'

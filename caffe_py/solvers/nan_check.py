@@ -3,8 +3,8 @@
 Caffe trains on through non-finite values, and so does caffe-py by default: the check is opt-in and
 costs nothing when off (the solver then calls the net's own forward_backward). When on, the net runs
 one layer at a time and each layer's output is checked: the top data after its forward, the bottom
-and parameter diffs after its backward, and the parameters as training starts and after each update. The first non-finite
-value stops training with one line naming the iteration, the layer and the blob.
+and parameter diffs after its backward, and the parameters as training starts and after each update.
+The first non-finite value stops training with one line naming the iteration, the layer and the blob.
 """
 
 
