@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 
-from caffe_py import formats
 from caffe_py.solvers import get_solver
 from caffe_py.solvers.nan_check import NonFiniteError
 from caffe_py.tools import cli
@@ -322,7 +321,6 @@ IN_TMPFS = '''
 import json, os, subprocess, sys
 run = subprocess.run([sys.executable, '-m', 'caffe_py', 'train', '-solver', 'solver.prototxt'],
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-from caffe_py import formats
 state = formats.read_solverstate('snaps/big_iter_2.solverstate')
 weights = formats.read_net(state.learned_net, binary=True)
 print(json.dumps({'rc': run.returncode, 'stderr': run.stderr, 'files': sorted(os.listdir('snaps')),
@@ -332,8 +330,9 @@ print(json.dumps({'rc': run.returncode, 'stderr': run.stderr, 'files': sorted(os
 
 def test_disk_full_names_the_path_and_keeps_earlier_snapshots(bigdir):
     unshare = ['unshare', '--user', '--map-root-user', '--mount']
-    if not shutil.which('unshare') or subprocess.run(unshare + ['true'], capture_output=True).returncode:
-        pytest.skip('cannot mount a small tmpfs here (no unprivileged user namespaces)')
+    probe = unshare + ['sh', '-c', 'mount -t tmpfs -o size=64k tmpfs "$0"', str(bigdir / 'snaps')]
+    if not shutil.which('unshare') or subprocess.run(probe, capture_output=True).returncode:
+        pytest.skip('cannot mount a small tmpfs here (no user and mount namespaces)')
     big_solver(bigdir, 'max_iter: 4\nsnapshot: 2\n')
     (bigdir / 'in_tmpfs.py').write_text(IN_TMPFS)
     result = subprocess.run(unshare + ['sh', '-c', 'mount -t tmpfs -o size=2560k tmpfs snaps && "$0" in_tmpfs.py',
