@@ -321,6 +321,7 @@ IN_TMPFS = '''
 import json, os, subprocess, sys
 run = subprocess.run([sys.executable, '-m', 'caffe_py', 'train', '-solver', 'solver.prototxt'],
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+from caffe_py import formats
 state = formats.read_solverstate('snaps/big_iter_2.solverstate')
 weights = formats.read_net(state.learned_net, binary=True)
 print(json.dumps({'rc': run.returncode, 'stderr': run.stderr, 'files': sorted(os.listdir('snaps')),
