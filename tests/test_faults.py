@@ -20,6 +20,7 @@ import pytest
 from caffe_py.solvers import get_solver
 from caffe_py.solvers.nan_check import NonFiniteError
 from caffe_py.tools import cli
+import fakecupy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -420,3 +421,25 @@ def test_nan_check_names_weights_that_start_non_finite(bigdir):
     with pytest.raises(NonFiniteError, match=r'^NaN or inf at iteration 0: layer ip \(InnerProduct\) starts with '
                                              r'param blob 1 data \(1 of 2 values; -nan_check\)$'):
         solver.step(1)
+
+
+@pytest.mark.filterwarnings('ignore::RuntimeWarning')
+@pytest.mark.skipif(fakecupy.compiler() is None, reason='the fake device emulates kernels with g++, not installed')
+def test_nan_check_and_snapshot_pairs_in_gpu_mode(bigdir):
+    """The same checks on device arrays (tests/fakecupy.py standing in for CuPy)."""
+    with fakecupy.fake_gpu():
+        nan_solver(bigdir, nan_net('type: "constant" value: 0'))
+        solver = get_solver('solver.prototxt')
+        solver.nan_check = True
+        with pytest.raises(NonFiniteError, match='^NaN or inf at iteration 0: layer root \\(Power\\) backward wrote '
+                                                 'bottom blob ip diff '):
+            solver.step(1)
+        nan_solver(bigdir, nan_net('type: "gaussian" std: 1', power_layer=False))
+        solver = get_solver('solver.prototxt')
+        solver.nan_check = True
+        solver.step(2)
+        solver.snapshot()
+    assert assert_only_pairs() == [2]
+    resumed = get_solver('solver.prototxt')
+    resumed.restore_latest()
+    np.testing.assert_array_equal(resumed.net.params['ip'][0].data, solver.net.params['ip'][0].data)
