@@ -85,9 +85,9 @@ def publish(files, journal):
         for temp in temps + [journal_temp]:
             if os.path.exists(temp):
                 os.remove(temp)
-        if isinstance(exc, OSError):
+        if isinstance(exc, Exception):       # OSError; h5py reports a full disk as RuntimeError
             raise SnapshotError('cannot write snapshot %s: %s (nothing of it was kept; earlier '
-                                'snapshots are untouched)' % (current, _reason(exc))) from None
+                                'snapshots are untouched)' % (current, _reason(exc))) from exc
         raise
     _sync(folder)
     for temp, (path, _) in zip(temps, files):
@@ -97,7 +97,7 @@ def publish(files, journal):
 
 
 def _reason(exc):
-    text = exc.strerror or str(exc)
+    text = getattr(exc, 'strerror', None) or str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
 
 
