@@ -755,18 +755,20 @@ class Net:
 
     def save_hdf5(self, path, write_diff=False):
         """Write the weights as Caffe's HDF5 caffemodel (data/<layer>/<i>, atomically)."""
-        def write(f):
-            data = f.create_group('data')
-            diff = f.create_group('diff') if write_diff else None
-            for layer_id, layer in enumerate(self.layers):
-                group = data.create_group(layer.name)
-                dgroup = diff.create_group(layer.name) if write_diff else None
-                for k, blob in enumerate(layer.blobs):
-                    if self._param_owners[self.param_id_vecs[layer_id][k]] == -1:
-                        group.create_dataset(str(k), data=blob.read_data())
-                    if write_diff:
-                        dgroup.create_dataset(str(k), data=blob.read_diff())
-        formats.write_hdf5(path, write)
+        formats.write_hdf5(path, lambda f: self.fill_hdf5(f, write_diff))
+
+    def fill_hdf5(self, f, write_diff=False):
+        """Put the weights (and diffs) into the open h5py.File `f` as Caffe's HDF5 caffemodel."""
+        data = f.create_group('data')
+        diff = f.create_group('diff') if write_diff else None
+        for layer_id, layer in enumerate(self.layers):
+            group = data.create_group(layer.name)
+            dgroup = diff.create_group(layer.name) if write_diff else None
+            for k, blob in enumerate(layer.blobs):
+                if self._param_owners[self.param_id_vecs[layer_id][k]] == -1:
+                    group.create_dataset(str(k), data=blob.read_data())
+                if write_diff:
+                    dgroup.create_dataset(str(k), data=blob.read_diff())
 
     def share_with(self, other):
         """Share `other`'s trained layers' weights by layer name (Caffe's ShareTrainedLayersWith)."""

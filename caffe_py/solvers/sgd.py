@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import backend, formats, gpu, log
 from ..proto import caffe_pb2
+from . import snapshots
 from .lr_policies import learning_rate
 from .solver import Solver, SolverError
 
@@ -123,20 +124,15 @@ class SGDSolver(Solver):
         diff[...] = history
 
     # -- solver state --------------------------------------------------------------
-    def snapshot_solver_state(self, model_filename):
-        p = self.param
-        if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            filename = self.snapshot_filename('.solverstate.h5')
-            log.info('Snapshotting solver state to HDF5 file %s', filename)
-            formats.write_hdf5(filename, lambda f: self._fill_hdf5_state(f, model_filename))
+    def snapshot_solver_state(self, model_filename, path):
+        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            snapshots.write_hdf5(path, lambda f: self._fill_hdf5_state(f, model_filename))
             return
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_filename,
                                       current_step=self.current_step)
         for history in self.history:
             formats.array_to_blob(backend.to_numpy(history), blob=state.history.add())
-        filename = self.snapshot_filename('.solverstate')
-        log.info('Snapshotting solver state to binary proto file %s', filename)
-        formats.write_solverstate(filename, state)
+        snapshots.write_bytes(path, state.SerializeToString())
 
     def _fill_hdf5_state(self, f, model_filename):
         f.create_dataset('iter', data=np.array([self.iter], np.int32))

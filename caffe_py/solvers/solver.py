@@ -11,6 +11,7 @@ import numpy as np
 from .. import backend, formats, log
 from ..net import Net
 from ..proto import caffe_pb2
+from . import nan_check, snapshots
 from .timer import Timer
 
 f32 = np.float32
@@ -72,6 +73,9 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self._check_snapshot_prefix()
+        snapshots.recover(param.snapshot_prefix)
+        # stop at the first NaN or inf (caffe-py train -nan_check); Caffe trains on
+        self.nan_check = False
         if param.random_seed >= 0:
             backend.set_random_seed(param.random_seed)
         self._action_function = None
@@ -96,7 +100,8 @@ class Solver:
     def apply_update(self):
         raise NotImplementedError
 
-    def snapshot_solver_state(self, model_filename):
+    def snapshot_solver_state(self, model_filename, path):
+        """Write the solver state of the snapshot whose weights are `model_filename` to `path`."""
         raise NotImplementedError
 
     def restore_solver_state_from_binary_proto(self, path):
@@ -235,6 +240,9 @@ class Solver:
         self.losses = []
         self.smoothed_loss = f32(0)
         self._iteration_timer.start()
+        check = self.nan_check
+        if check:
+            nan_check.check_params(self.net, self.iter, 'starts with')
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
@@ -248,7 +256,8 @@ class Solver:
             self.net.debug_info = display and p.debug_info
             loss = f32(0)
             for _ in range(p.iter_size):
-                loss += f32(self.net.forward_backward())
+                loss += f32(nan_check.forward_backward(self.net, self.iter) if check
+                            else self.net.forward_backward())
             loss /= f32(p.iter_size)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
@@ -256,6 +265,8 @@ class Solver:
             for _, on_gradients_ready in self._callbacks:
                 on_gradients_ready()
             self.apply_update()
+            if check:
+                nan_check.check_params(self.net, self.iter - 1)
             request = self.requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT:
                 self.snapshot()
@@ -373,20 +384,47 @@ class Solver:
             net.close()
 
     def snapshot(self):
-        """Write the weights and the solver state (Caffe's Solver::Snapshot); returns the model file."""
+        """Write the weights and the solver state (Caffe's Solver::Snapshot); returns the model file.
+
+        The two files are published together (see caffe_py.solvers.snapshots).
+        """
         p = self.param
         if p.snapshot_format == caffe_pb2.SolverParameter.BINARYPROTO:
-            model_filename = self.snapshot_filename('.caffemodel')
-            log.info('Snapshotting to binary proto file %s', model_filename)
-            self.net.save(model_filename, write_diff=p.snapshot_diff)
+            kind, model_ext, state_ext = 'binary proto', '.caffemodel', '.solverstate'
+
+            def write_model(path):
+                snapshots.write_bytes(path, self.net.to_proto(p.snapshot_diff).SerializeToString())
         elif p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            model_filename = self.snapshot_filename('.caffemodel.h5')
-            log.info('Snapshotting to HDF5 file %s', model_filename)
-            self.net.save_hdf5(model_filename, write_diff=p.snapshot_diff)
+            kind, model_ext, state_ext = 'HDF5', '.caffemodel.h5', '.solverstate.h5'
+
+            def write_model(path):
+                snapshots.write_hdf5(path, lambda f: self.net.fill_hdf5(f, p.snapshot_diff))
         else:
             raise SolverError('Unsupported snapshot format %d.' % p.snapshot_format)
-        self.snapshot_solver_state(model_filename)
+        model_filename = self.snapshot_filename(model_ext)
+        state_filename = self.snapshot_filename(state_ext)
+
+        def write_state(path):
+            log.info('Snapshotting solver state to %s file %s', kind, state_filename)
+            self.snapshot_solver_state(model_filename, path)
+        log.info('Snapshotting to %s file %s', kind, model_filename)
+        snapshots.publish([(model_filename, write_model), (state_filename, write_state)],
+                          self.snapshot_filename('.snapshot-journal'))
         return model_filename
+
+    def latest_snapshot(self):
+        """(solverstate, caffemodel) of the newest snapshot of snapshot_prefix that has both, or None."""
+        return snapshots.latest_pair(self.param.snapshot_prefix)
+
+    def restore_latest(self):
+        """Restore the newest complete snapshot of snapshot_prefix; returns its solverstate path."""
+        pair = self.latest_snapshot()
+        if pair is None:
+            raise SolverError("no snapshot to resume from: no %s_iter_N.solverstate with its caffemodel"
+                              % self.param.snapshot_prefix)
+        log.info('Resuming from the newest complete snapshot: %s (weights %s)', *pair)
+        self.restore(pair[0])
+        return pair[0]
 
     def restore(self, state_file):
         """Continue from a .solverstate (binary) or .solverstate.h5 written by Caffe or caffe-py."""

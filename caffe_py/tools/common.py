@@ -14,13 +14,15 @@ from .flags import parse, wants_help
 FLAGS = {
     'solver': '', 'model': '', 'weights': '', 'snapshot': '', 'gpu': '', 'phase': '',
     'level': 0, 'stage': '', 'iterations': 50, 'sigint_effect': 'stop', 'sighup_effect': 'snapshot',
+    'nan_check': False,
 }
 
 FLAG_HELP = {
     'solver': 'the solver definition (prototxt)',
     'model': 'the model definition (prototxt)',
     'weights': 'pretrained weights (caffemodel or .h5), separated by \',\' for train',
-    'snapshot': 'a solver state (.solverstate or .solverstate.h5) to resume training from',
+    'snapshot': "a solver state (.solverstate or .solverstate.h5) to resume training from, or 'latest': "
+                'the newest snapshot of snapshot_prefix that has its caffemodel and solverstate',
     'gpu': "run on the GPU with this id ('N', 'N,M' or 'all': only the first is used)",
     'phase': 'network phase, TRAIN or TEST',
     'level': 'network level',
@@ -28,6 +30,7 @@ FLAG_HELP = {
     'iterations': 'the number of iterations to run',
     'sigint_effect': 'what SIGINT does while training: snapshot, stop or none',
     'sighup_effect': 'what SIGHUP does while training: snapshot, stop or none',
+    'nan_check': 'stop training at the first NaN or inf, naming the iteration, layer and blob',
 }
 
 

@@ -1,4 +1,6 @@
 """`caffe-py train`: train or finetune a model, as `caffe train` (tools/caffe.cpp)."""
+import os
+
 from .. import backend, formats, log
 from ..proto import caffe_pb2
 from ..solvers import get_solver
@@ -6,8 +8,11 @@ from . import common
 from .cli import CommandError
 
 SUMMARY = ('Train a model from a solver definition; -weights a.caffemodel[,b...] finetunes from '
-           'pretrained weights, -snapshot x.solverstate resumes training.')
-USED = ('solver', 'weights', 'snapshot', 'gpu', 'level', 'stage', 'sigint_effect', 'sighup_effect')
+           'pretrained weights, -snapshot x.solverstate resumes training (-snapshot latest: from the '
+           'newest snapshot of snapshot_prefix that has both files); -nan_check stops at the first '
+           'NaN or inf.')
+USED = ('solver', 'weights', 'snapshot', 'gpu', 'level', 'stage', 'sigint_effect', 'sighup_effect',
+        'nan_check')
 
 
 def main(command, argv):
@@ -37,8 +42,10 @@ def main(command, argv):
         param.device_id = gpus[0]
 
     handler = common.SignalHandler(flags['sigint_effect'], flags['sighup_effect'])
+    latest = flags['snapshot'] == 'latest' and not os.path.isfile('latest')
     if flags['snapshot']:
-        common.require_file(flags['snapshot'], '-snapshot')
+        if not latest:
+            common.require_file(flags['snapshot'], '-snapshot')
         del param.weights[:]
     elif flags['weights']:
         for name in flags['weights'].split(','):
@@ -50,12 +57,27 @@ def main(command, argv):
         solver = get_solver(param)
         try:
             solver.set_action_function(handler)
-            if flags['snapshot']:
+            solver.nan_check = flags['nan_check']
+            if latest:
+                solver.restore_latest()
+            elif flags['snapshot']:
                 log.info('Resuming from %s', flags['snapshot'])
-                solver.restore(flags['snapshot'])
+                restore_named(solver, flags['snapshot'])
             log.info('Starting Optimization')
             solver.solve()
         finally:
             solver.close()
     log.info('Optimization Done.')
     return 0
+
+
+def restore_named(solver, state_file):
+    """solver.restore(state_file); if a file it needs is missing, the error names the newest complete snapshot."""
+    try:
+        solver.restore(state_file)
+    except formats.MissingFileError as exc:
+        pair = solver.latest_snapshot()
+        if pair is None:
+            raise
+        raise CommandError('%s; the newest complete snapshot is %s (-snapshot latest resumes from it)'
+                           % (exc, pair[0])) from None
