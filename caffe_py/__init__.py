@@ -17,6 +17,9 @@ from . import io  # noqa: F401
 from .classifier import Classifier  # noqa: F401
 from .detector import Detector  # noqa: F401
 from .net_spec import NetSpec, params, to_proto  # noqa: F401
+from .parallel import (has_nccl, set_multiprocess, set_solver_count, set_solver_rank,  # noqa: F401
+                       solver_count, solver_rank)
+from .parallel.nccl import NCCL  # noqa: F401
 
 __version__ = '0.1.0'
 

@@ -54,6 +54,7 @@ def init(level=None):
     logger.setLevel(level)
 
 
+debug = logger.debug
 info = logger.info
 warning = logger.warning
 error = logger.error

@@ -193,6 +193,7 @@ class Net:
         self.param_id_vecs = []
         self.learnable_params = []
         self.learnable_param_ids = []
+        self._after_backward = []
         self.params_lr, self.params_weight_decay = [], []
         self._has_lr, self._has_decay = [], []
         name_to_id = {}
@@ -467,6 +468,12 @@ class Net:
                                             self.bottom_vecs[i])
                 if self.debug_info:
                     self._backward_debug_info(i)
+                for run in self._after_backward:
+                    run(i)
+
+    def after_backward(self, run):
+        """Call run(layer index) after each layer's backward (pycaffe's Net.after_backward)."""
+        self._after_backward.append(run)
 
     def forward_backward(self):
         """One forward and backward pass over the whole net; returns the loss."""

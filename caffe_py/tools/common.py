@@ -21,7 +21,7 @@ FLAG_HELP = {
     'model': 'the model definition (prototxt)',
     'weights': 'pretrained weights (caffemodel or .h5), separated by \',\' for train',
     'snapshot': 'a solver state (.solverstate or .solverstate.h5) to resume training from',
-    'gpu': "run on the GPU with this id ('N', 'N,M' or 'all': only the first is used)",
+    'gpu': "GPU ids ('N', 'N,M' or 'all'): train runs one process per GPU, the others use the first",
     'phase': 'network phase, TRAIN or TEST',
     'level': 'network level',
     'stage': "network stages, separated by ','",

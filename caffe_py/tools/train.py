@@ -1,5 +1,7 @@
 """`caffe-py train`: train or finetune a model, as `caffe train` (tools/caffe.cpp)."""
-from .. import backend, formats, log
+from .. import formats, log
+from ..parallel import launch
+from ..parallel.sync import GradientSync
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from . import common
@@ -27,15 +29,30 @@ def main(command, argv):
     if not gpu_flag and param.HasField('solver_mode') and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         gpu_flag = str(param.device_id)
     gpus = common.get_gpus(gpu_flag)
-    if not gpus:
-        log.info('Use CPU.')
-        backend.set_mode_cpu()
-    else:
+    if gpus:
         log.info('Using GPUs %s', ', '.join(str(g) for g in gpus))
-        common.use_gpu(gpus)
-        log.info('GPU %d: %s', gpus[0], common.device_name(gpus[0]))
-        param.device_id = gpus[0]
+    rank = launch.this_rank(gpus)
+    if rank is None:                 # several GPUs here: one process per GPU, started from here
+        return launch.run_local(gpus, argv)
+    try:
+        return _train(flags, param, rank)
+    except Exception as exc:
+        if rank.size == 1:
+            raise
+        rank.fail(exc)
 
+
+def _train(flags, param, rank):
+    """One rank's training (the only one, or one of a data-parallel group)."""
+    comm = rank.join()
+    if rank.gpu is None:
+        log.info('Use CPU.')
+    else:
+        log.info('GPU %d: %s', rank.gpu, common.device_name(rank.gpu))
+        param.device_id = rank.gpu
+    if rank.size > 1:
+        log.info('Training data-parallel on %d ranks (%s)', rank.size,
+                 'NCCL' if rank.gpu is not None else 'MPI')
     handler = common.SignalHandler(flags['sigint_effect'], flags['sighup_effect'])
     if flags['snapshot']:
         common.require_file(flags['snapshot'], '-snapshot')
@@ -50,9 +67,11 @@ def main(command, argv):
         solver = get_solver(param)
         try:
             solver.set_action_function(handler)
-            if flags['snapshot']:
+            if flags['snapshot']:          # every rank restores (Caffe: NCCL::Run's workers do)
                 log.info('Resuming from %s', flags['snapshot'])
                 solver.restore(flags['snapshot'])
+            if rank.size > 1:
+                GradientSync(solver, comm).attach().broadcast()
             log.info('Starting Optimization')
             solver.solve()
         finally:
