@@ -88,3 +88,59 @@ def write_run(folder, batch, iter_size=1, max_iter=6, snapshot=3, prefix='snap',
         f.write(SOLVER % {'max_iter': max_iter, 'iter_size': iter_size, 'snapshot': snapshot,
                           'prefix': prefix})
     return path
+
+
+# written as BVLC's python/train.py (its multi-GPU calls, without the timing option)
+PYCAFFE_TRAIN = '''from multiprocessing import Process
+
+import caffe_py as caffe
+
+
+def train(solver, snapshot, gpus):
+    uid = caffe.NCCL.new_uid()
+    procs = []
+    for rank in range(len(gpus)):
+        p = Process(target=solve, args=(solver, snapshot, gpus, uid, rank))
+        p.daemon = True
+        p.start()
+        procs.append(p)
+    for p in procs:
+        p.join()
+    return [p.exitcode for p in procs]
+
+
+def solve(proto, snapshot, gpus, uid, rank):
+    caffe.set_mode_gpu()
+    caffe.set_device(gpus[rank])
+    caffe.set_solver_count(len(gpus))
+    caffe.set_solver_rank(rank)
+    caffe.set_multiprocess(True)
+
+    solver = caffe.SGDSolver(proto)
+    if snapshot and len(snapshot) != 0:
+        solver.restore(snapshot)
+
+    nccl = caffe.NCCL(solver, uid)
+    nccl.bcast()
+    solver.add_callback(nccl)
+
+    if solver.param.layer_wise_reduce:
+        solver.net.after_backward(nccl)
+    solver.step(solver.param.max_iter)
+
+
+if __name__ == '__main__':
+    import sys
+    codes = train(sys.argv[1], None, [0, 1])
+    sys.exit(max(codes))
+'''
+
+SITECUSTOMIZE = '''import os
+import sys
+
+if os.environ.get('FAKECUPY_DEVICES'):   # the CuPy stand-in in every Python process of the test
+    sys.path.insert(0, %r)
+    import fakecupy
+    from caffe_py import backend
+    backend.use_device_module(fakecupy.make_module(int(os.environ['FAKECUPY_DEVICES'])))
+'''

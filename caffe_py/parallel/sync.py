@@ -14,7 +14,7 @@ backward pass of the layers below; `on_gradients_ready` then waits for that stre
 CPU (MPI), with iter_size > 1 or with shared weights the gradients are reduced in one fused
 call once the backward passes are done.
 """
-from .. import backend
+from .. import backend, log
 
 
 class GradientSync:
@@ -35,6 +35,9 @@ class GradientSync:
         self.solver.add_callback(self)
         if self.stream is not None:
             self.solver.net.after_backward(self)
+        log.info('Reducing gradients over %d ranks %s', self.comm.size,
+                 'layer by layer during the backward pass' if self.stream is not None
+                 else 'in one call after the backward passes')
         self.solver.sync = self
         return self
 
