@@ -81,12 +81,7 @@ def run_job(argv, cwd, timeout=60, fake_devices=None):
     env = dict(os.environ, CAFFE_PY_TEST_JOB=mark, OMPI_ALLOW_RUN_AS_ROOT='1',
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', GLOG_minloglevel='0')
     if fake_devices:
-        site = os.path.join(str(cwd), 'site')
-        os.makedirs(site, exist_ok=True)
-        with open(os.path.join(site, 'sitecustomize.py'), 'w') as f:
-            f.write(cases.SITECUSTOMIZE % TESTS)
-        env['PYTHONPATH'] = os.pathsep.join([site, str(cwd), env.get('PYTHONPATH', '')])
-        env['FAKECUPY_DEVICES'] = str(fake_devices)
+        _stand_in(env, cwd, fake_devices)
     start = time.monotonic()
     proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -105,6 +100,16 @@ def run_job(argv, cwd, timeout=60, fake_devices=None):
     _kill(left)
     assert not left, 'processes left behind: %s' % left
     return proc.returncode, err, seconds
+
+
+def _stand_in(env, folder, devices=2):
+    """Make every Python process started with `env` use the CuPy stand-in with `devices` devices."""
+    site = os.path.join(str(folder), 'site')
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, 'sitecustomize.py'), 'w') as f:
+        f.write(cases.SITECUSTOMIZE % TESTS)
+    env['PYTHONPATH'] = os.pathsep.join([site, str(folder), env.get('PYTHONPATH', '')])
+    env['FAKECUPY_DEVICES'] = str(devices)
 
 
 def _kill(pids):
@@ -331,6 +336,34 @@ def test_gpu_rank_failing_names_the_rank_and_the_cause(data_dir):
     last = err.strip().splitlines()[-1]
     assert code == 1 and last.startswith('caffe-py: error: rank ') and 'nosuch' in last
     assert last.endswith('; stopped the other ranks')
+
+
+@needs_compiler
+def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
+    """SIGINT reaches the root only; the root decides and every rank stops at the same iteration."""
+    solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark)
+    _stand_in(env, data_dir)
+    proc = subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1'],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        while not os.path.exists('sig_iter_3.caffemodel') and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        _kill(_marked(mark))
+    assert proc.returncode == 0, err[-3000:]
+    assert 'Optimization stopped early.' in err
+    last = max(int(f[len('sig_iter_'):-len('.caffemodel')]) for f in os.listdir('.')
+               if f.startswith('sig_iter_') and f.endswith('.caffemodel'))
+    assert 3 <= last < 100000 and os.path.exists('sig_iter_%d.solverstate' % last)
 
 
 def test_several_gpus_without_cupy_is_one_line(data_dir, monkeypatch, capsys):
