@@ -304,6 +304,16 @@ def test_a_resumed_mpi_run_restores_every_rank(data_dir):
     assert err.count('Iteration 4 (') == 1 and os.path.exists('two_iter_6.caffemodel')
 
 
+@needs_mpi
+@needs_compiler
+def test_mpi_ranks_with_gpus_take_their_local_rank_s_device_and_bootstrap_nccl_through_mpi(data_dir):
+    code, err, _ = run_job([MPIEXEC, '-n', '2'] + LOOPBACK + [sys.executable, '-m', 'caffe_py', 'train', '-solver',
+                           cases.write_run('.', 4, prefix='mpigpu'), '-gpu', 'all'], data_dir, fake_devices=2)
+    assert code == 0, err[-3000:]
+    assert 'Training data-parallel on 2 ranks (NCCL)' in err and 'GPU 0: caffe-py fake device' in err
+    assert_same_weights(weights('mpigpu_iter_6.caffemodel'), train_here(8, prefix='one'))
+
+
 # -- one process per GPU, on the CuPy stand-in ------------------------------------------------------
 
 @needs_compiler

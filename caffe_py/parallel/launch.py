@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from .. import backend, log
@@ -61,6 +62,8 @@ class Rank:
         set_multiprocess(self.size > 1)
         if self.rank > 0:
             log.logger.setLevel(max(log.logger.level, logging.WARNING))
+        if self.size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         mpi_comm = self._mpi = MPIComm() if self.via_mpi else None
         if self.gpu is not None:
             backend.set_device(self.gpu)
@@ -89,6 +92,11 @@ class Rank:
             print('caffe-py: error: %s' % line, file=sys.stderr, flush=True)
             self._mpi.abort(1)
         raise ParallelError(line) from exc
+
+
+def _exit_on_sigterm(signum, frame):
+    """A rank told to stop unwinds (a snapshot being written is removed, never left half-written)."""
+    raise SystemExit(128 + signum)
 
 
 def this_rank(gpus):
