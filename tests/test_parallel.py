@@ -154,7 +154,7 @@ def test_pycaffe_rank_state(ranks):
     caffe.set_multiprocess(True)
     assert (caffe.solver_count(), caffe.solver_rank(), parallel.multiprocess()) == (4, 3, True)
     assert not parallel.root_solver()
-    assert isinstance(caffe.has_nccl(), bool)
+    assert caffe.has_nccl is parallel.has_nccl and isinstance(caffe.has_nccl(), bool)
 
 
 DEALT_NET = '''layer { name: "a" type: "Data" top: "a" top: "label" include { phase: %(phase)s }

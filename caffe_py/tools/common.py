@@ -81,9 +81,9 @@ def get_gpus(flag):
 
 
 def use_gpu(gpus):
-    """Switch to the GPU mode on the first of `gpus` (caffe-py runs on one device)."""
+    """Switch to the GPU mode on the first of `gpus` (test and time run on one device, as Caffe's)."""
     if len(gpus) > 1:
-        log.warning('caffe-py trains on one GPU: using GPU %d, ignoring %s',
+        log.warning('this command runs on one GPU: using GPU %d, ignoring %s',
                     gpus[0], ', '.join(str(g) for g in gpus[1:]))
     backend.set_device(gpus[0])
     backend.set_mode_gpu()
