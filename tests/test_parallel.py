@@ -63,16 +63,15 @@ def data_dir(tmp_path, monkeypatch):
 def _marked(mark):
     """Pids of live processes whose environment carries the job mark."""
     needle = ('CAFFE_PY_TEST_JOB=%s' % mark).encode()
-    pids = []
-    for name in os.listdir('/proc'):
-        if name.isdigit():
-            try:
-                with open('/proc/%s/environ' % name, 'rb') as f:
-                    if needle in f.read():
-                        pids.append(int(name))
-            except OSError:
-                pass
-    return pids
+    return [int(name) for name in os.listdir('/proc') if name.isdigit() and needle in _environ(int(name))]
+
+
+def _environ(pid):
+    try:
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            return f.read()
+    except OSError:
+        return b''
 
 
 def run_job(argv, cwd, timeout=60, fake_devices=None):
@@ -314,6 +313,32 @@ def test_mpi_ranks_with_gpus_take_their_local_rank_s_device_and_bootstrap_nccl_t
     assert_same_weights(weights('mpigpu_iter_6.caffemodel'), train_here(8, prefix='one'))
 
 
+@needs_mpi
+@pytest.mark.slow
+def test_sigint_to_the_root_mpi_rank_stops_every_rank(data_dir):
+    solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1')
+    proc = subprocess.Popen([MPIEXEC, '-n', '2'] + LOOPBACK + [sys.executable, '-m', 'caffe_py', 'train', '-solver',
+                            solver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        while not os.path.exists('sig_iter_3.caffemodel') and time.monotonic() < deadline:
+            time.sleep(0.05)
+        root = [pid for pid in _marked(mark) if b'OMPI_COMM_WORLD_RANK=0\0' in _environ(pid)]
+        assert len(root) == 1
+        os.kill(root[0], signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        _kill(_marked(mark))
+    assert proc.returncode == 0, err[-3000:]
+    assert 'Optimization stopped early.' in err
+
+
 # -- one process per GPU, on the CuPy stand-in ------------------------------------------------------
 
 @needs_compiler
@@ -374,6 +399,12 @@ def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
     last = max(int(f[len('sig_iter_'):-len('.caffemodel')]) for f in os.listdir('.')
                if f.startswith('sig_iter_') and f.endswith('.caffemodel'))
     assert 3 <= last < 100000 and os.path.exists('sig_iter_%d.solverstate' % last)
+
+
+def test_a_gpu_named_twice_is_one_line(data_dir, capsys):
+    assert cli.main(['train', '-solver', cases.write_run('.', 4), '-gpu', '0,1,0']) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        'caffe-py: error: -gpu names GPU 0 more than once (one process per device)')
 
 
 def test_several_gpus_without_cupy_is_one_line(data_dir, monkeypatch, capsys):

@@ -135,6 +135,9 @@ def run_local(gpus, argv):
     SIGINT and SIGHUP reach the root only (the ranks run in their own sessions): the root
     decides the action and every rank follows it. When a rank fails, the others are stopped.
     """
+    repeated = sorted({g for g in gpus if gpus.count(g) > 1})
+    if repeated:
+        raise ParallelError('-gpu names GPU %s more than once (one process per device)' % repeated[0])
     uid = new_uid()
     log.info('Starting %d ranks on GPUs %s', len(gpus), ', '.join(map(str, gpus)))
     folder = tempfile.mkdtemp(prefix='caffe_py_ranks_')
