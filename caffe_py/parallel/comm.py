@@ -63,10 +63,11 @@ class MPIComm:
         return flat
 
     @staticmethod
-    def _scatter(flat, arrays):
+    def _scatter(flat, arrays, scale=1.0):
+        """The flat buffer's values, times `scale`, back into the arrays (one pass)."""
         start = 0
         for a in arrays:
-            a[...] = flat[start:start + a.size].reshape(a.shape)
+            np.multiply(flat[start:start + a.size].reshape(a.shape), scale, out=a, casting='unsafe')
             start += a.size
 
     def allreduce_mean(self, arrays, stream=None):
@@ -74,8 +75,7 @@ class MPIComm:
             return
         flat = self._buffer(arrays)
         self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
-        flat *= flat.dtype.type(1.0 / self.size)
-        self._scatter(flat, arrays)
+        self._scatter(flat, arrays, flat.dtype.type(1.0 / self.size))
 
     def bcast(self, arrays):
         if self.size == 1 or not arrays:
