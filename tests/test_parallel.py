@@ -401,6 +401,30 @@ def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
     assert 3 <= last < 100000 and os.path.exists('sig_iter_%d.solverstate' % last)
 
 
+@needs_compiler
+@pytest.mark.slow
+def test_ranks_die_with_a_killed_launcher(data_dir):
+    solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='orphan')
+    mark = uuid.uuid4().hex
+    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark)
+    _stand_in(env, data_dir)
+    proc = subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1'],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        while not os.path.exists('orphan_iter_3.caffemodel') and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = _marked(mark)
+    finally:
+        _kill(_marked(mark))
+    assert not left
+
+
 def test_a_gpu_named_twice_is_one_line(data_dir, capsys):
     assert cli.main(['train', '-solver', cases.write_run('.', 4), '-gpu', '0,1,0']) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
