@@ -30,10 +30,11 @@ setup(
     extras_require={
         'gpu': ['cupy-cuda12x'],          # CUDA 12; for CUDA 13 use gpu-cuda13
         'gpu-cuda13': ['cupy-cuda13x'],
-        'test': ['pytest', 'matplotlib', 'scikit-image>=0.19'],  # matplotlib: plot_log/draw_net PNG tests
+        'test': ['pytest', 'matplotlib', 'scikit-image>=0.19', 'mpi4py', 'openmpi'],  # matplotlib: plot_log/draw_net PNG tests
         'skimage': ['scikit-image>=0.19'],  # caffe.io's images exactly as pycaffe's (scikit-image)
         'plot': ['matplotlib'],
         'leveldb': ['plyvel'],
+        'mpi': ['mpi4py', 'openmpi'],     # data-parallel ranks over MPI (mpirun / srun, or CPUs)
     },
     entry_points={'console_scripts': ['caffe-py = caffe_py.tools.cli:main']},
 )

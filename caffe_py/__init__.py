@@ -20,12 +20,9 @@ from .net_spec import NetSpec, params, to_proto  # noqa: F401
 from . import coord_map  # noqa: F401  (pycaffe's caffe.coord_map: crop for FCN-style nets)
 from .log import init_log  # noqa: F401
 from .solvers.timer import Timer  # noqa: F401
-
-
-def has_nccl():
-    """pycaffe's caffe.has_nccl: False, caffe-py trains on one device."""
-    return False
-
+from .parallel import (has_nccl, set_multiprocess, set_solver_count, set_solver_rank,  # noqa: F401
+                       solver_count, solver_rank)
+from .parallel.nccl import NCCL  # noqa: F401
 
 __version__ = '0.1.0'
 

@@ -60,6 +60,7 @@ def init_log(level=None, stderr=True):
     init(None if level is None else _LEVELS.get(int(level), logging.CRITICAL))
 
 
+debug = logger.debug
 info = logger.info
 warning = logger.warning
 error = logger.error

@@ -9,16 +9,22 @@
 - `RawModule` compiles kernels/*.cu with g++ (with a small CUDA shim: one thread walks every work
   item of the grid-stride loops) and runs them on the arrays' memory; without g++ it raises.
 - TRANSFERS counts host<->device copies (h2d, d2h), for the SyncedMemory tests.
+- `cuda.nccl` is a small NCCL for processes on this machine (one fake device each): rank 0
+  gathers, sums and sends back over loopback sockets; the unique id names its port. Streams
+  and events exist and do nothing (the fake device runs everything at once).
 """
 import contextlib
 import ctypes
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import types
+from multiprocessing.connection import Client, Listener
 
 import numpy as np
 
@@ -73,6 +79,7 @@ class FakeArray(np.lib.mixins.NDArrayOperatorsMixin):
     nbytes = property(lambda self: self._a.nbytes)
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: FakeArray(self._a.T))
+    data = property(lambda self: _Pointer(self._a.ctypes.data))
     device = property(lambda self: _Device(0))
 
     def __getattr__(self, name):
@@ -253,13 +260,22 @@ class _Namespace(types.ModuleType):
 
 
 # -- the CUDA side ----------------------------------------------------------------
+class _Pointer:
+    """cupy's MemoryPointer, as far as `.ptr` (the address NCCL takes)."""
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
 class _Device:
+    count = 1
+
     def __init__(self, device_id=None):
         self.id = 0 if device_id is None else int(device_id)
         self.compute_capability = '90'
 
     def use(self):
-        if self.id != 0:
+        if not 0 <= self.id < self.count:
             raise RuntimeError('fake device %d does not exist' % self.id)
 
     def __repr__(self):
@@ -352,16 +368,132 @@ def _build(source):
     return library
 
 
-def make_module():
-    """A fresh stand-in for the `cupy` module."""
+class _Stream:
+    """A CUDA stream of the fake device: work is already done when it is queued."""
+    ptr = 0
+
+    def __init__(self, null=False, non_blocking=False):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def wait_event(self, event):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class _Event:
+    def record(self, stream=None):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+# -- a small NCCL between processes ---------------------------------------------------
+_NCCL_TYPES = {0: np.int8, 2: np.int32, 4: np.int64, 6: np.float16, 7: np.float32, 8: np.float64}
+
+
+def _host_view(ptr, count, datatype):
+    dtype = np.dtype(_NCCL_TYPES[datatype])
+    return np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(ptr), dtype)
+
+
+def get_unique_id():
+    """128 chars naming a free loopback port and a key, as ncclGetUniqueId's 128 bytes."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    text = b'fakenccl:%d:%s' % (port, os.urandom(8).hex().encode())
+    return tuple(text.ljust(128, b'\0'))
+
+
+class NcclCommunicator:
+    """Rank 0 accepts the others on the id's port; collectives go through rank 0."""
+
+    def __init__(self, ndev, commId, rank):
+        _, port, key = bytes(v & 0xff for v in commId).rstrip(b'\0').decode().split(':')
+        address, authkey = ('127.0.0.1', int(port)), key.encode()
+        self.rank, self.size = rank, ndev
+        self.peers = []
+        if rank == 0:
+            with Listener(address, authkey=authkey) as listener:
+                peers = {}
+                for _ in range(ndev - 1):
+                    conn = listener.accept()
+                    peers[conn.recv()] = conn
+            self.peers = [peers[r] for r in sorted(peers)]
+        else:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    self.root = Client(address, authkey=authkey)
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            self.root.send(rank)
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+        mine = _host_view(sendbuf, count, datatype)
+        if self.rank == 0:
+            total = mine.copy()
+            for conn in self.peers:
+                total += np.frombuffer(conn.recv_bytes(), total.dtype)
+            for conn in self.peers:
+                conn.send_bytes(total.tobytes())
+        else:
+            self.root.send_bytes(mine.tobytes())
+            total = np.frombuffer(self.root.recv_bytes(), mine.dtype)
+        _host_view(recvbuf, count, datatype)[...] = total
+
+    def broadcast(self, sendbuf, recvbuf, count, datatype, root, stream):
+        if root != 0:
+            raise NotImplementedError('the fake NCCL broadcasts from rank 0 only')
+        if self.rank == 0:
+            values = _host_view(sendbuf, count, datatype).copy()
+            for conn in self.peers:
+                conn.send_bytes(values.tobytes())
+        else:
+            values = np.frombuffer(self.root.recv_bytes(), np.dtype(_NCCL_TYPES[datatype]))
+        _host_view(recvbuf, count, datatype)[...] = values
+
+    def bcast(self, buff, count, datatype, root, stream):
+        self.broadcast(buff, buff, count, datatype, root, stream)
+
+    def destroy(self):
+        for conn in self.peers + ([self.root] if self.rank else []):
+            conn.close()
+
+    abort = destroy
+
+
+def _nccl_module():
+    return types.SimpleNamespace(
+        available=True, get_unique_id=get_unique_id, NcclCommunicator=NcclCommunicator,
+        groupStart=lambda: None, groupEnd=lambda: None, NCCL_SUM=0,
+        NCCL_INT8=0, NCCL_INT32=2, NCCL_INT64=4, NCCL_FLOAT16=6, NCCL_FLOAT32=7, NCCL_FLOAT64=8)
+
+
+def make_module(devices=1):
+    """A fresh stand-in for the `cupy` module, with `devices` fake devices."""
     module = _Namespace('fakecupy', np)
     module.__version__ = 'fakecupy (NumPy %s)' % np.__version__
     module.ndarray = FakeArray
     module.get_array_module = lambda *arrays: module if any(isinstance(a, FakeArray) for a in arrays) else np
     module.RawModule = RawModule
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, deviceSynchronize=lambda: None,
+    device = type('_Device', (_Device,), {'count': devices})
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: devices, deviceSynchronize=lambda: None,
                                     getDeviceProperties=_properties, deviceGetAttribute=_attribute)
-    module.cuda = types.SimpleNamespace(runtime=runtime, Device=_Device)
+    module.cuda = types.SimpleNamespace(runtime=runtime, Device=device, Stream=_Stream, Event=_Event,
+                                        get_current_stream=_Stream, nccl=_nccl_module())
     return module
 
 

@@ -151,7 +151,7 @@ def test_module_level_names_of_pycaffe():
     timer.start()
     timer.stop()
     assert timer.ms >= 0
-    assert caffe.has_nccl() is False
+    assert isinstance(caffe.has_nccl(), bool)
     before = caffe.log.logger.level
     try:
         caffe.init_log(1)

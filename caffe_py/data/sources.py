@@ -18,10 +18,17 @@ from .transformer import chw_shape
 
 
 class DatumSource:
-    """Datum records of an LMDB/LevelDB, in key order, wrapping around (Caffe's DataLayer)."""
+    """Datum records of an LMDB/LevelDB, in key order, wrapping around (Caffe's DataLayer).
 
-    def __init__(self, reader, transformer, batch_size, force_encoded_color=False, workers=None):
+    deal=(rank, count): keep only the records read at an offset k with k % count == rank
+    (Caffe 1.0's Skip(): the ranks of a data-parallel run share the database round-robin).
+    """
+
+    def __init__(self, reader, transformer, batch_size, force_encoded_color=False, workers=None,
+                 deal=(0, 1)):
         self.reader = reader
+        self.rank, self.count = deal
+        self.offset = 0
         self.transformer = transformer
         self.batch_size = batch_size
         param = transformer.param
@@ -63,10 +70,13 @@ class DatumSource:
         if not self.reader.valid:
             log.info('Restarting data prefetching from start.')
             self.reader.seek_to_first()
+        self.offset += 1
 
     def load_batch(self, batch):
         records = []
         for _ in range(self.batch_size):
+            while self.offset % self.count != self.rank:
+                self._next()
             records.append((self.reader.key(), self.reader.value()))
             self._next()
         draws = self.transformer.draw(self.batch_size)

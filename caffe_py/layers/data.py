@@ -4,7 +4,7 @@ import weakref
 
 import numpy as np
 
-from .. import backend, log
+from .. import backend, log, parallel
 from ..fillers import fill
 from ..layer import Layer, LayerError, register
 from ..proto import caffe_pb2
@@ -63,6 +63,8 @@ class HDF5DataLayer(Layer):
         self.current_file = 0
         self._load(self.filenames[self.file_order[0]])
         self.current_row = 0
+        self.offset = 0     # rows visited, kept or dealt to other ranks (Caffe 1.0's offset_)
+        self.rank, self.count = parallel.deal(self.phase)
         for blob, array in zip(top, self.arrays):
             blob.reshape((self.batch_size,) + array.shape[1:])
 
@@ -93,13 +95,18 @@ class HDF5DataLayer(Layer):
         pass
 
     def forward(self, bottom, top):
+        """The next batch_size rows this rank keeps: those at offsets k with k % count == rank."""
         done = 0
         while done < self.batch_size:
-            rows = self.row_order[self.current_row:self.current_row + self.batch_size - done]
+            left = len(self.row_order) - self.current_row
+            kept = np.arange((self.rank - self.offset) % self.count, left, self.count)[:self.batch_size - done]
+            rows = self.row_order[self.current_row + kept]
             for blob, array in zip(top, self.arrays):
                 blob.data[done:done + len(rows)] = blob.xp.asarray(array[rows])
             done += len(rows)
-            self.current_row += len(rows)
+            step = int(kept[-1]) + 1 if done == self.batch_size else left
+            self.current_row += step
+            self.offset += step
             if self.current_row == len(self.row_order):
                 self._end_of_file()
 
@@ -298,7 +305,8 @@ class DataLayer(PrefetchingDataLayer):
             raise self.error('data_param.batch_size must be positive')
         reader = Reader(param.source, param.backend)
         try:
-            source = DatumSource(reader, self.transformer, param.batch_size, param.force_encoded_color)
+            source = DatumSource(reader, self.transformer, param.batch_size, param.force_encoded_color,
+                                 deal=parallel.deal(self.phase))
             if param.rand_skip:
                 skip = int(backend.rng().integers(0, 1 << 32)) % param.rand_skip
                 log.info('Skipping first %d data points.', skip)
@@ -336,6 +344,8 @@ class ImageDataLayer(PrefetchingDataLayer):
         source = ImageListSource(lines, param, self.transformer, shuffle_rng)
         if shuffle_rng is not None:
             source.shuffle()
+        elif self.phase == caffe_pb2.TRAIN and parallel.solver_rank() > 0 and not param.rand_skip:
+            log.warning('Shuffling or skipping recommended for multi-GPU')
         log.info('A total of %d images.', len(lines))
         if param.rand_skip:
             skip = int(backend.rng().integers(0, 1 << 32)) % param.rand_skip

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from .. import backend, formats, log
+from .. import backend, formats, log, parallel
 from ..net import Net
 from ..proto import caffe_pb2
 from . import nan_check, snapshots
@@ -73,20 +73,22 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self._check_snapshot_prefix()
-        snapshots.recover(param.snapshot_prefix)
+        if parallel.root_solver():   # only the root writes snapshots, so only it tidies them
+            snapshots.recover(param.snapshot_prefix)
         # stop at the first NaN or inf (caffe-py train -nan_check); Caffe trains on
         self.nan_check = False
-        if param.random_seed >= 0:
-            backend.set_random_seed(param.random_seed)
+        if param.random_seed >= 0:   # each rank its own stream (Caffe: random_seed + solver_rank)
+            backend.set_random_seed(param.random_seed + parallel.solver_rank())
         self._action_function = None
         self._callbacks = []
+        self.sync = None   # set by caffe_py.parallel: makes every rank follow the root's requests
         self.requested_early_exit = False
         self.losses = []
         self.smoothed_loss = f32(0)
         self._iterations_last = 0
         self._iteration_timer = Timer()
         self.net = self._init_train_net()
-        self.test_nets = self._init_test_nets()
+        self.test_nets = self._init_test_nets() if parallel.root_solver() else []   # only the root tests
         log.info('Solver scaffolding done.')
         self.pre_solve()
 
@@ -112,7 +114,7 @@ class Solver:
 
     # -- scaffolding ----------------------------------------------------------------
     def _check_snapshot_prefix(self):
-        if not self.param.snapshot:
+        if not self.param.snapshot or not parallel.root_solver():
             return
         if not self.param.HasField('snapshot_prefix'):
             raise SolverError('In solver params, snapshot is specified but snapshot_prefix is not')
@@ -227,9 +229,18 @@ class Solver:
         """pycaffe's solver.share_weights(net): `net` uses the training net's parameters."""
         net.share_with(self.net)
 
-    def add_callback(self, on_start, on_gradients_ready):
-        """Call on_start() before each iteration's forward passes, on_gradients_ready() before the update."""
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """Call on_start() before each iteration's forward passes, on_gradients_ready() before the update.
+
+        As pycaffe, one object with on_start and on_gradients_ready methods (caffe.NCCL) also does."""
+        if on_gradients_ready is None:
+            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
         self._callbacks.append((on_start, on_gradients_ready))
+
+    def _agreed_action(self):
+        """The root's requested action, the same on every rank (the root decides for all)."""
+        action = self.requested_action() if parallel.root_solver() else NONE
+        return action if self.sync is None else self.sync.agree(action)
 
     # -- the loop ------------------------------------------------------------------
     def step(self, iters):
@@ -247,12 +258,16 @@ class Solver:
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
-                self.test_all()
+                if parallel.root_solver():
+                    self.test_all()
+                if self.sync is not None:   # a stop asked for while the root tested stops every rank
+                    self.requested_early_exit = self.sync.agree(
+                        STOP if self.requested_early_exit else NONE) == STOP
                 if self.requested_early_exit:
                     break
             for on_start, _ in self._callbacks:
                 on_start()
-            display = bool(p.display) and self.iter % p.display == 0
+            display = bool(p.display) and self.iter % p.display == 0 and parallel.root_solver()
             self.net.debug_info = display and p.debug_info
             loss = f32(0)
             for _ in range(p.iter_size):
@@ -267,8 +282,9 @@ class Solver:
             self.apply_update()
             if check:
                 nan_check.check_params(self.net, self.iter - 1)
-            request = self.requested_action()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT:
+            request = self._agreed_action()
+            due = (p.snapshot and self.iter % p.snapshot == 0) or request == SNAPSHOT
+            if due and parallel.root_solver():
                 self.snapshot()
             if request == STOP:
                 self.requested_early_exit = True
@@ -311,7 +327,8 @@ class Solver:
             self.restore(resume)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if (p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0)
+                and parallel.root_solver()):
             self.snapshot()
         if self.requested_early_exit:
             log.info('Optimization stopped early.')

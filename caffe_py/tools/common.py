@@ -23,7 +23,7 @@ FLAG_HELP = {
     'weights': 'pretrained weights (caffemodel or .h5), separated by \',\' for train',
     'snapshot': "a solver state (.solverstate or .solverstate.h5) to resume training from, or 'latest': "
                 'the newest snapshot of snapshot_prefix that has its caffemodel and solverstate',
-    'gpu': "run on the GPU with this id ('N', 'N,M' or 'all': only the first is used)",
+    'gpu': "GPU ids ('N', 'N,M' or 'all'): train runs one process per GPU, the others use the first",
     'phase': 'network phase, TRAIN or TEST',
     'level': 'network level',
     'stage': "network stages, separated by ','",
@@ -84,9 +84,9 @@ def get_gpus(flag):
 
 
 def use_gpu(gpus):
-    """Switch to the GPU mode on the first of `gpus` (caffe-py runs on one device)."""
+    """Switch to the GPU mode on the first of `gpus` (test and time run on one device, as Caffe's)."""
     if len(gpus) > 1:
-        log.warning('caffe-py trains on one GPU: using GPU %d, ignoring %s',
+        log.warning('this command runs on one GPU: using GPU %d, ignoring %s',
                     gpus[0], ', '.join(str(g) for g in gpus[1:]))
     backend.set_device(gpus[0])
     backend.set_mode_gpu()

@@ -1,7 +1,9 @@
 """`caffe-py train`: train or finetune a model, as `caffe train` (tools/caffe.cpp)."""
 import os
 
-from .. import backend, formats, log
+from .. import formats, log
+from ..parallel import launch
+from ..parallel.sync import GradientSync
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from . import common
@@ -32,15 +34,30 @@ def main(command, argv):
     if not gpu_flag and param.HasField('solver_mode') and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         gpu_flag = str(param.device_id)
     gpus = common.get_gpus(gpu_flag)
-    if not gpus:
-        log.info('Use CPU.')
-        backend.set_mode_cpu()
-    else:
+    if gpus:
         log.info('Using GPUs %s', ', '.join(str(g) for g in gpus))
-        common.use_gpu(gpus)
-        log.info('GPU %d: %s', gpus[0], common.device_name(gpus[0]))
-        param.device_id = gpus[0]
+    rank = launch.this_rank(gpus)
+    if rank is None:                 # several GPUs here: one process per GPU, started from here
+        return launch.run_local(gpus, argv)
+    try:
+        return _train(flags, param, rank)
+    except Exception as exc:
+        if rank.size == 1:
+            raise
+        rank.fail(exc)
 
+
+def _train(flags, param, rank):
+    """One rank's training (the only one, or one of a data-parallel group)."""
+    comm = rank.join()
+    if rank.gpu is None:
+        log.info('Use CPU.')
+    else:
+        log.info('GPU %d: %s', rank.gpu, common.device_name(rank.gpu))
+        param.device_id = rank.gpu
+    if rank.size > 1:
+        log.info('Training data-parallel on %d ranks (%s)', rank.size,
+                 'NCCL' if rank.gpu is not None else 'MPI')
     handler = common.SignalHandler(flags['sigint_effect'], flags['sighup_effect'])
     latest = flags['snapshot'] == 'latest' and not os.path.isfile('latest')
     if flags['snapshot']:
@@ -58,11 +75,13 @@ def main(command, argv):
         try:
             solver.set_action_function(handler)
             solver.nan_check = flags['nan_check']
-            if latest:
+            if latest:                     # every rank restores (Caffe: NCCL::Run's workers do)
                 solver.restore_latest()
             elif flags['snapshot']:
                 log.info('Resuming from %s', flags['snapshot'])
                 restore_named(solver, flags['snapshot'])
+            if rank.size > 1:
+                GradientSync(solver, comm).attach().broadcast()
             log.info('Starting Optimization')
             solver.solve()
         finally:
