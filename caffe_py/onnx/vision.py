@@ -1,0 +1,123 @@
+"""Convolution, Deconvolution, Pooling and LRN as ONNX operators, with Caffe's exact geometry."""
+import numpy as np
+
+from ..proto import caffe_pb2
+from .graph import converter
+
+PoolingParameter = caffe_pb2.PoolingParameter
+
+
+def _conv_inputs(ctx):
+    layer = ctx.layer
+    if layer.axis != 1:
+        raise ctx.refuse('convolution over axis %d (ONNX convolves from axis 1)' % layer.axis)
+    if len(ctx.bottoms) > 1:
+        raise ctx.refuse('several bottoms sharing one filter bank (export one layer per bottom)')
+    inputs = [ctx.bottoms[0], ctx.weight(0, what='weight')]
+    if layer.bias_term:
+        inputs.append(ctx.weight(1, what='bias'))
+    return inputs, dict(kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                        pads=list(layer.pad) * 2, dilations=list(layer.dilation), group=layer.group)
+
+
+@converter('Convolution')
+def convolution(ctx):
+    inputs, attrs = _conv_inputs(ctx)
+    ctx.op('Conv', inputs, ctx.top(0), **attrs)
+
+
+@converter('Deconvolution')
+def deconvolution(ctx):
+    """Caffe's weights (in, out/group, *k) are ConvTranspose's layout; the output sizes agree."""
+    inputs, attrs = _conv_inputs(ctx)
+    ctx.op('ConvTranspose', inputs, ctx.top(0), **attrs)
+
+
+def pool_extents(ctx, size, kernel, stride, pad, ceil_mode):
+    """(Caffe's output size, padding after the end) for one spatial axis.
+
+    Caffe rounds up (or down), then drops a last window that would start in the padding; the
+    end padding makes ONNX's floor-mode count equal Caffe's and is less than the kernel.
+    """
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    if (out - 1) * stride - pad >= size:
+        raise ctx.refuse('its last window lies wholly outside the input (size %d, kernel %d, stride %d): '
+                         'Caffe pools it to -FLT_MAX or 0, ONNX has no such window' % (size, kernel, stride))
+    return out, max(0, (out - 1) * stride + kernel - size - pad)
+
+
+def _zero_padded(ctx, x, pads):
+    """x with `pads` (h_begin, w_begin, h_end, w_end) zeros around its planes (no node if none)."""
+    if not any(pads):
+        return x
+    return ctx.op('Pad', [x, ctx.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], 'pads')])
+
+
+def ave_divisors(sizes, outs, kernel, stride, pad):
+    """Caffe's AVE divisor per output cell: the window clipped to the padded extent [-pad, size + pad)."""
+    counts = []
+    for size, out, k, s, p in zip(sizes, outs, kernel, stride, pad):
+        start = np.arange(out) * s - p
+        counts.append(np.minimum(start + k, size + p) - start)
+    return np.outer(counts[0], counts[1]).astype(np.float64)
+
+
+@converter('Pooling')
+def pooling(ctx):
+    layer = ctx.layer
+    if len(ctx.top_shapes) > 1:
+        raise ctx.refuse("MAX pooling's mask top (ONNX's indices count across the batch and channels)")
+    x = ctx.bottoms[0]
+    sizes = ctx.bottom_shapes[0][2:]
+    if layer.global_pooling and layer.method in (PoolingParameter.MAX, PoolingParameter.AVE):
+        op = 'GlobalMaxPool' if layer.method == PoolingParameter.MAX else 'GlobalAveragePool'
+        ctx.op(op, [x], ctx.top(0))
+        return
+    kernel, stride, pad = list(layer.kernel), list(layer.stride), list(layer.pad)
+    extents = [pool_extents(ctx, n, k, s, p, layer.ceil_mode) for n, k, s, p in zip(sizes, kernel, stride, pad)]
+    outs, ends = [e[0] for e in extents], [e[1] for e in extents]
+    if layer.method == PoolingParameter.MAX:
+        # MaxPool's padding never wins a max, as Caffe's clipped windows
+        ctx.op('MaxPool', [x], ctx.top(0), kernel_shape=kernel, strides=stride, pads=pad + ends)
+        return
+    padded = _zero_padded(ctx, x, pad + ends)
+    if layer.method == PoolingParameter.AVE:
+        # a plain average of whole windows over the zero-padded input is sum / (kh * kw); rescale to
+        # Caffe's divisor where its window was clipped at the padded extent
+        ratio = np.prod(kernel) / ave_divisors(sizes, outs, kernel, stride, pad)
+        if np.all(ratio == 1):
+            ctx.op('AveragePool', [padded], ctx.top(0), kernel_shape=kernel, strides=stride)
+        else:
+            mean = ctx.op('AveragePool', [padded], kernel_shape=kernel, strides=stride)
+            ctx.op('Mul', [mean, ctx.const(ratio.reshape(1, 1, *outs), 'divisor_ratio')], ctx.top(0))
+        return
+    if ctx.layer.phase != caffe_pb2.TEST:
+        raise ctx.refuse('STOCHASTIC pooling in TRAIN draws at random')
+    # STOCHASTIC at test time: sum(x^2) / sum(x) over each window, 0 where the sum is not positive
+    squares = ctx.op('Mul', [padded, padded])
+    sum_sq = ctx.op('AveragePool', [squares], kernel_shape=kernel, strides=stride)
+    total = ctx.op('AveragePool', [padded], kernel_shape=kernel, strides=stride)
+    zero = ctx.const(0.0, 'zero')
+    positive = ctx.op('Greater', [total, zero])
+    safe = ctx.op('Where', [positive, total, ctx.const(1.0, 'one')])
+    ctx.op('Where', [positive, ctx.op('Div', [sum_sq, safe]), zero], ctx.top(0))
+
+
+@converter('LRN')
+def lrn(ctx):
+    layer = ctx.layer
+    x = ctx.bottoms[0]
+    if layer.across:
+        ctx.op('LRN', [x], ctx.top(0), size=layer.size, alpha=float(layer.alpha), beta=float(layer.beta),
+               bias=float(layer.k))
+        return
+    # WITHIN_CHANNEL: x * (1 + alpha * mean of x^2 over size x size, padded cells counted)^-beta
+    pre = layer.pre_pad
+    squares = _zero_padded(ctx, ctx.op('Mul', [x, x]), [pre] * 4)
+    mean = ctx.op('AveragePool', [squares], kernel_shape=[layer.size] * 2, strides=[1, 1])
+    base = ctx.op('Add', [ctx.op('Mul', [mean, ctx.const(layer.alpha, 'alpha')]), ctx.const(1.0, 'one')])
+    scale = ctx.op('Pow', [base, ctx.const(-layer.beta, 'minus_beta')])
+    ctx.op('Mul', [x, scale], ctx.top(0))
