@@ -30,9 +30,10 @@ setup(
     extras_require={
         'gpu': ['cupy-cuda12x'],          # CUDA 12; for CUDA 13 use gpu-cuda13
         'gpu-cuda13': ['cupy-cuda13x'],
-        'test': ['pytest', 'matplotlib'],  # matplotlib: plot_log/draw_net PNG tests
+        'test': ['pytest', 'matplotlib', 'onnx', 'onnxruntime'],  # matplotlib: plot_log/draw_net PNG tests
         'plot': ['matplotlib'],
         'leveldb': ['plyvel'],
+        'onnx': ['onnx', 'onnxruntime'],  # caffe-py export_onnx; onnxruntime checks the exported numbers
     },
     entry_points={'console_scripts': ['caffe-py = caffe_py.tools.cli:main']},
 )

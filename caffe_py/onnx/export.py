@@ -27,8 +27,8 @@ def export(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, weights=Non
         if name not in tensors:
             raise ExportError('output "%s" is not a blob of net "%s"' % (name, net.name))
         tensor = tensors[name]
-        if tensor in graph.input_names:
-            raise ExportError('output "%s" is a graph input' % name)
+        if tensor != name and name in graph.input_names:
+            raise ExportError('output "%s" is a graph input that a layer changes in place' % name)
         if tensor != name:
             graph.node('Identity', [tensor], [name], 'output/' + name)
         graph.outputs.append(graph.value_info(name, net.blobs[name].shape))

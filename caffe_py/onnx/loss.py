@@ -43,3 +43,37 @@ def accuracy(ctx):
     total = ctx.reduce('ReduceSum', kept, [0, 1, 2], False)
     hits = ctx.reduce('ReduceSum', ctx.op('Mul', [right, kept]), [0, 1, 2], False)
     ctx.op('Div', [hits, ctx.op('Max', [total, ctx.const(1.0, 'one')])], ctx.top(0))
+
+
+FLT_MIN = 1.1754943508222875e-38
+
+
+@converter('SoftmaxWithLoss')
+def softmax_with_loss(ctx):
+    """-log(max(softmax, FLT_MIN)) at the labels, summed and divided by Caffe's normalizer."""
+    p, lp = ctx.param.loss_param, ctx.param.softmax_param
+    if len(ctx.top_shapes) > 1:
+        raise ctx.refuse('the softmax output top is not exported (add a Softmax layer instead)')
+    shape = ctx.bottom_shapes[0]
+    axis = ctx.axis(lp.axis)
+    labels, outer, inner = _labels(ctx, ctx.bottoms[1], shape, axis)
+    kept = None
+    if p.HasField('ignore_label'):
+        ignored = ctx.op('Equal', [labels, ctx.ints([p.ignore_label], 'ignore')])
+        kept = ctx.op('Cast', [ctx.op('Not', [ignored])], to=1)
+        labels = ctx.op('Where', [ignored, ctx.ints([0], 'zero'), labels])
+    scores = ctx.op('Reshape', [ctx.bottoms[0], ctx.ints([outer, shape[axis], inner], 'score_shape')])
+    prob = ctx.op('GatherElements', [ctx.op('Softmax', [scores], axis=1), labels], axis=1)
+    losses = ctx.op('Neg', [ctx.op('Log', [ctx.op('Max', [prob, ctx.const(FLT_MIN, 'flt_min')])])])
+    if kept is not None:
+        losses = ctx.op('Mul', [losses, kept])
+    total = ctx.reduce('ReduceSum', losses, [0, 1, 2], False)
+    mode = p.normalization
+    if not p.HasField('normalization') and p.HasField('normalize'):
+        mode = p.VALID if p.normalize else p.BATCH_SIZE
+    if mode == p.VALID and kept is not None:
+        count = ctx.op('Max', [ctx.reduce('ReduceSum', kept, [0, 1, 2], False), ctx.const(1.0, 'one')])
+        ctx.op('Div', [total, count], ctx.top(0))
+        return
+    normalizer = {p.FULL: outer * inner, p.VALID: outer * inner, p.BATCH_SIZE: outer, p.NONE: 1}[mode]
+    ctx.op('Div', [total, ctx.const(max(1.0, float(normalizer)), 'normalizer')], ctx.top(0))
