@@ -2,8 +2,8 @@
 
     python -m caffe_py.onnx.survey ../shared/corpus
 
-For each net prototxt (solvers are skipped): build its TEST net (real weights when a caffemodel
-beside it fits, random ones otherwise), export it, run it in onnxruntime on seeded random inputs and
+For each net prototxt (solvers are skipped): build its TEST net with its inputs at batch 1 (real
+weights when a caffemodel beside it fits, random ones otherwise), export it, run it in onnxruntime on seeded random inputs and
 compare every output with caffe-py's to 1e-4 of the output's scale. Prints one line per net and the
 counts: exported (and agreeing), refused (with the layer and why), not built (as Caffe, a data
 layer's source is absent).
@@ -93,24 +93,33 @@ def check(net, **kwargs):
     return model, worst_error(got, run_caffe(net, feeds, list(got)))
 
 
-def survey(paths):
+def prepare(path, batch=1):
+    """(TEST net of `path` with its inputs at `batch`, weights path or None): the caffemodel beside
+    it when one fits, seeded random weights otherwise. Raises what Net raises when it cannot build."""
+    net = Net(path, TEST)
+    for name in net.inputs:
+        net.blobs[name].reshape((batch,) + tuple(net.blobs[name].shape[1:]))
+    net.reshape()
+    weights = weights_for(path)
+    try:
+        if weights:
+            net.copy_from(weights)
+            return net, weights
+    except Exception:  # the caffemodel beside it belongs to another net of the folder
+        pass
+    randomize(net)
+    return net, None
+
+
+def survey(paths, batch=1):
     """[(path, status, detail)] with status 'exported', 'refused' or 'not built'."""
     results = []
     for path in paths:
         try:
-            net = Net(path, TEST)
+            net, weights = prepare(path, batch)
         except Exception as exc:  # a net Caffe could not build either (absent data source, ...)
             results.append((path, 'not built', str(exc).split('\n')[0]))
             continue
-        weights = weights_for(path)
-        try:
-            if weights:
-                net.copy_from(weights)
-            else:
-                randomize(net)
-        except Exception:  # the caffemodel beside it belongs to another net of the folder
-            weights = None
-            randomize(net)
         try:
             _, error = check(net)
         except ExportError as exc:
@@ -124,9 +133,10 @@ def survey(paths):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('folder', nargs='?', default=os.path.join('..', 'shared', 'corpus'))
+    parser.add_argument('--batch', type=int, default=1, help='batch size of the Input blobs (default 1)')
     args = parser.parse_args(argv)
     log.init(logging.WARNING)
-    results = survey(net_files(args.folder))
+    results = survey(net_files(args.folder), args.batch)
     for path, status, detail in results:
         print('%-10s %s: %s' % (status, os.path.relpath(path, args.folder), detail))
     counts = {}
