@@ -90,3 +90,47 @@ def test_survey_counts_and_nets_caffe_could_not_build():
                                    os.path.basename(path) + '.net_error.txt')
         if status == 'not built' and os.path.isdir(os.path.join(REFERENCE, 'nets')):
             assert os.path.exists(caffe_error), path
+
+
+LAYER_CASES = sorted(glob.glob(os.path.join(REFERENCE, 'layers', '*.npz')))
+# reference cases ONNX cannot express exactly (refused with a one-line reason), by case name
+REFUSED_CASES = {
+    'batchnorm_train_2d': 'BatchNorm', 'accuracy_per_class': 'Accuracy', 'filter': 'Filter',
+    'im2col_k3_s2_p1': 'Im2col', 'spp_pyr2_max': 'SPP', 'spp_pyr3_ave': 'SPP',
+    # without expose_hidden, a pass starts from the previous pass's state: no stateless graph
+    'lstm_basic': 'LSTM', 'rnn_basic': 'RNN',
+    'contrastive': 'ContrastiveLoss', 'contrastive_legacy': 'ContrastiveLoss', 'euclidean': 'EuclideanLoss',
+    'hinge_l1': 'HingeLoss', 'hinge_l2': 'HingeLoss', 'infogain': 'InfogainLoss',
+    'multinomial_logistic': 'MultinomialLogisticLoss', 'sigmoid_xent': 'SigmoidCrossEntropyLoss',
+}
+
+
+@pytest.mark.skipif(not LAYER_CASES, reason='../shared/reference/layers is absent')
+@pytest.mark.parametrize('path', LAYER_CASES, ids=[os.path.basename(p)[:-4] for p in LAYER_CASES])
+def test_reference_layer_case_in_onnxruntime_gives_caffes_outputs(path):
+    """Each of Caffe's layer cases, exported with its parameters, computes Caffe's recorded outputs
+    in onnxruntime, or is refused with one line naming its layer."""
+    from harness import load_case
+    case, meta, param, phase = load_case(path)
+    net = caffe_py.Net(param, phase)
+    feeds = {name: case['in/' + name] for name in meta['inputs']}
+    for key in case.files:
+        if key.startswith('param/'):
+            _, layer, index = key.split('/')
+            net.params[layer][int(index)].data[...] = case[key]
+    outputs = [key[4:] for key in case.files if key.startswith('out/') and key[4:] not in feeds]
+    name = os.path.basename(path)[:-4]
+    try:
+        model = survey.export(net, outputs=outputs)
+    except survey.ExportError as exc:
+        assert name in REFUSED_CASES, str(exc)
+        assert str(exc).startswith('%s layer' % REFUSED_CASES[name]) and '\n' not in str(exc)
+        return
+    assert name not in REFUSED_CASES
+    if not outputs:          # Silence: nothing to run
+        return
+    got = survey.run_onnx(model, feeds)
+    for blob in outputs:
+        want = case['out/' + blob]
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got[blob].reshape(want.shape), want, rtol=1e-4, atol=1e-4 * scale, err_msg=blob)

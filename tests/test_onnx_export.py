@@ -296,3 +296,34 @@ def test_cli_writes_a_model_onnxruntime_runs(tmp_path, capsys):
     assert survey.worst_error(got, survey.run_caffe(net, {'x': x}, ['prob'])) <= 1e-5
     assert cli.main(['export_onnx', '-model', str(net_path)]) == 1
     assert 'export_onnx needs -output' in capsys.readouterr().err
+
+
+RECURRENT = {
+    'rnn': ({'x': (4, 3, 2, 3), 'cont': (4, 3), 'h0': (1, 3, 5)}, '''layer { name: "r" type: "RNN"
+        bottom: "x" bottom: "cont" bottom: "h0" top: "y" top: "hT"
+        recurrent_param { num_output: 5 expose_hidden: true } }'''),
+    'rnn_static': ({'x': (4, 3, 6), 'cont': (4, 3), 's': (3, 2), 'h0': (1, 3, 5)}, '''layer { name: "r"
+        type: "RNN" bottom: "x" bottom: "cont" bottom: "s" bottom: "h0" top: "y" top: "hT"
+        recurrent_param { num_output: 5 expose_hidden: true } }'''),
+    'lstm': ({'x': (5, 2, 3), 'cont': (5, 2), 'h0': (1, 2, 4), 'c0': (1, 2, 4)}, '''layer { name: "l"
+        type: "LSTM" bottom: "x" bottom: "cont" bottom: "h0" bottom: "c0" top: "y" top: "hT" top: "cT"
+        recurrent_param { num_output: 4 expose_hidden: true } }'''),
+    'lstm_static': ({'x': (5, 2, 3), 'cont': (5, 2), 's': (2, 3), 'h0': (1, 2, 4), 'c0': (1, 2, 4)},
+                    '''layer { name: "l" type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" bottom: "h0"
+        bottom: "c0" top: "y" top: "hT" top: "cT" recurrent_param { num_output: 4 expose_hidden: true } }'''),
+}
+
+
+@pytest.mark.parametrize('case', sorted(RECURRENT))
+def test_recurrent_layers_unrolled_with_exposed_states(case):
+    """Sequences restart where cont is 0; the exposed initial and final states are inputs and outputs."""
+    inputs, layers = RECURRENT[case]
+    net = build(inputs, layers)
+    rng = np.random.default_rng(6)
+    feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in inputs.items()}
+    feeds['cont'] = np.ones(inputs['cont'], np.float32)
+    feeds['cont'][0] = 0
+    feeds['cont'][2, 1] = 0
+    roundtrip(net, feeds=feeds, outputs=[b for b in net.blobs if b not in inputs])
+    with pytest.raises(caffe_onnx.ExportError, match='dynamic'):
+        caffe_onnx.export(net, dynamic_batch=True)

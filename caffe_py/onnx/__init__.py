@@ -3,7 +3,7 @@
 Needs the `onnx` package (`pip install caffe-py[onnx]`). Standard ONNX operators only (default
 opset 17), checked with onnx.checker and strict shape inference, every blob's inferred shape
 equal to Caffe's. Each layer family has a small converter module (vision, common, neuron,
-normalization, loss); a layer ONNX cannot express exactly is refused with an ExportError naming it.
+normalization, loss, recurrent); a layer ONNX cannot express exactly is refused with an ExportError naming it.
 
 A Python layer exports when its class defines `export_onnx(self, ctx)`: `ctx` is a
 caffe_py.onnx.graph.LayerContext; read `ctx.bottoms` (tensor names), `ctx.bottom_shapes`,
@@ -11,5 +11,5 @@ caffe_py.onnx.graph.LayerContext; read `ctx.bottoms` (tensor names), `ctx.bottom
 with `ctx.const(array)`; `raise ctx.refuse('why')` when it cannot.
 """
 from .graph import CONVERTERS, ExportError, LayerContext, converter  # noqa: F401
-from . import common, loss, neuron, normalization, vision  # noqa: F401  (register the converters)
+from . import common, loss, neuron, normalization, recurrent, vision  # noqa: F401  (register the converters)
 from .export import DEFAULT_OPSET, MIN_OPSET, export  # noqa: F401
