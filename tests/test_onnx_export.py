@@ -187,9 +187,16 @@ def test_accuracy_and_softmax_loss_with_ignore_label():
         layer { name: "l2" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" top: "l2"
                 loss_param { ignore_label: 4 } }
         layer { name: "l3" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" top: "l3"
-                loss_param { normalization: FULL ignore_label: 4 } }''')
+                loss_param { normalization: FULL ignore_label: 4 } }
+        layer { name: "l4" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" top: "l4"
+                loss_param { normalize: false } }''')
     _, got = roundtrip(net, feeds={'s': scores, 'l': labels})
-    assert set(got) == {'a1', 'a2', 'a3', 'l1', 'l2', 'l3'}
+    assert set(got) == {'a1', 'a2', 'a3', 'l1', 'l2', 'l3', 'l4'}
+    # the normalizers follow a dynamic batch
+    model = caffe_onnx.export(net, dynamic_batch=True)
+    feeds = {'s': scores[:4], 'l': labels[:4]}
+    got = survey.run_onnx(model, feeds)
+    assert survey.worst_error(got, survey.run_caffe(net, feeds, list(got))) <= 1e-6
 
 
 REFUSED = {

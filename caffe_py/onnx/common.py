@@ -44,10 +44,8 @@ def inner_product(ctx):
         inputs.append(ctx.weight(1, what='bias'))
     two_d = len(ctx.top_shapes[0]) == 2 and axis == 1
     out = ctx.op('Gemm', inputs, ctx.top(0) if two_d else None, transB=0 if p.transpose else 1)
-    if axis == 0:
-        ctx.op('Reshape', [out, ctx.ints(ctx.top_shapes[0], 'shape')], ctx.top(0))
-    elif not two_d:
-        ctx.reshape(out, ctx.top_shapes[0], ctx.top(0))
+    if not two_d:
+        ctx.reshape(out, ctx.top_shapes[0], ctx.top(0), keep_batch=axis > 0)
 
 
 @converter('Concat')
