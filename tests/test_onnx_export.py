@@ -67,6 +67,12 @@ CASES = {
     'stochastic_test_phase': (X4, '''layer { name: "r" type: "AbsVal" bottom: "x" top: "a" }
         layer { name: "p" type: "Pooling" bottom: "a" top: "y"
         pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }'''),
+    'spp_levels_odd_sizes': ({'x': (2, 3, 9, 7)}, '''layer { name: "s" type: "SPP" bottom: "x" top: "y"
+        spp_param { pyramid_height: 3 pool: AVE } }
+        layer { name: "t" type: "SPP" bottom: "x" top: "z" spp_param { pyramid_height: 2 pool: MAX } }
+        layer { name: "u" type: "SPP" bottom: "x" top: "t" spp_param { pyramid_height: 1 } }'''),
+    'im2col_dilated_padded': (X4, '''layer { name: "i" type: "Im2col" bottom: "x" top: "y"
+        convolution_param { kernel_h: 3 kernel_w: 2 stride: 2 pad: 1 dilation: 2 } }'''),
     'lrn_across': (X4, '''layer { name: "n" type: "LRN" bottom: "x" top: "y"
         lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }'''),
     'lrn_within': (X4, '''layer { name: "n" type: "LRN" bottom: "x" top: "y"
@@ -175,6 +181,17 @@ def test_embed_and_batch_reindex_take_float_indices():
     roundtrip(net, feeds={'ids': ids, 'x': x}, randomize=False, outputs=['y', 'z'])
 
 
+def test_filter_keeps_the_selected_items():
+    net = build({'x': (5, 3, 2), 'y': (5, 4), 'sel': (5, 1)}, '''layer { name: "f" type: "Filter" bottom: "x"
+        bottom: "y" bottom: "sel" top: "fx" top: "fy" }''')
+    rng = np.random.default_rng(7)
+    feeds = {'x': rng.standard_normal((5, 3, 2)).astype(np.float32),
+             'y': rng.standard_normal((5, 4)).astype(np.float32),
+             'sel': np.array([[1], [0], [2], [0], [1]], np.float32)}
+    _, got = roundtrip(net, feeds=feeds, tol=0)
+    assert got['fx'].shape == (3, 3, 2)
+
+
 def test_accuracy_and_softmax_loss_with_ignore_label():
     scores = np.random.default_rng(3).standard_normal((6, 5)).astype(np.float32)
     scores[0, :] = 1.0                                   # a tie: counts against the label
@@ -202,7 +219,9 @@ def test_accuracy_and_softmax_loss_with_ignore_label():
 REFUSED = {
     'LSTM': ({'x': (3, 2, 4), 'c': (3, 2)}, '''layer { name: "r" type: "LSTM" bottom: "x" bottom: "c" top: "y"
         recurrent_param { num_output: 5 } }'''),
-    'SPP': (X4, 'layer { name: "s" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 2 } }'),
+    'Accuracy': ({'s': (4, 3), 'l': (4,)}, '''layer { name: "a" type: "Accuracy" bottom: "s" bottom: "l"
+        top: "a" top: "per_class" }'''),
+    'HingeLoss': ({'s': (4, 3), 'l': (4,)}, 'layer { name: "h" type: "HingeLoss" bottom: "s" bottom: "l" top: "h" }'),
     'Pooling': (X4, '''layer { name: "p" type: "Pooling" bottom: "x" top: "y" top: "mask"
         pooling_param { pool: MAX kernel_size: 2 } }'''),
 }

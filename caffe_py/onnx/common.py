@@ -174,3 +174,12 @@ def embed(ctx):
 def batch_reindex(ctx):
     indices = ctx.op('Cast', [ctx.bottoms[1]], to=7)
     ctx.op('Gather', [ctx.bottoms[0], indices], ctx.top(0), axis=0)
+
+
+@converter('Filter')
+def filter_layer(ctx):
+    """Items (along axis 0) whose selector, the last bottom, is non-zero: Compress. The number kept
+    depends on the data, so the outputs' first dimension is symbolic."""
+    selector = ctx.op('Cast', [ctx.reshape(ctx.bottoms[-1], (ctx.bottom_shapes[-1][0],))], to=9)
+    for i, bottom in enumerate(ctx.bottoms[:-1]):
+        ctx.op('Compress', [bottom, selector], ctx.top(i), axis=0)

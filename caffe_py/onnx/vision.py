@@ -71,31 +71,33 @@ def pooling(ctx):
     if len(ctx.top_shapes) > 1:
         raise ctx.refuse("MAX pooling's mask top (ONNX's indices count across the batch and channels)")
     x = ctx.bottoms[0]
-    sizes = ctx.bottom_shapes[0][2:]
     if layer.global_pooling and layer.method in (PoolingParameter.MAX, PoolingParameter.AVE):
         op = 'GlobalMaxPool' if layer.method == PoolingParameter.MAX else 'GlobalAveragePool'
         ctx.op(op, [x], ctx.top(0))
         return
-    kernel, stride, pad = list(layer.kernel), list(layer.stride), list(layer.pad)
-    extents = [pool_extents(ctx, n, k, s, p, layer.ceil_mode) for n, k, s, p in zip(sizes, kernel, stride, pad)]
+    if layer.method == PoolingParameter.STOCHASTIC and layer.phase != caffe_pb2.TEST:
+        raise ctx.refuse('STOCHASTIC pooling in TRAIN draws at random')
+    pool(ctx, x, layer.method, list(layer.kernel), list(layer.stride), list(layer.pad), layer.ceil_mode,
+         ctx.top(0))
+
+
+def pool(ctx, x, method, kernel, stride, pad, ceil_mode, out):
+    """Caffe's 2-D pooling of bottom 0's planes into `out`, output sizes and divisors exactly as Caffe's."""
+    sizes = ctx.bottom_shapes[0][2:]
+    extents = [pool_extents(ctx, n, k, s, p, ceil_mode) for n, k, s, p in zip(sizes, kernel, stride, pad)]
     outs, ends = [e[0] for e in extents], [e[1] for e in extents]
-    if layer.method == PoolingParameter.MAX:
+    if method == PoolingParameter.MAX:
         # MaxPool's padding never wins a max, as Caffe's clipped windows
-        ctx.op('MaxPool', [x], ctx.top(0), kernel_shape=kernel, strides=stride, pads=pad + ends)
-        return
+        return ctx.op('MaxPool', [x], out, kernel_shape=kernel, strides=stride, pads=pad + ends)
     padded = _zero_padded(ctx, x, pad + ends)
-    if layer.method == PoolingParameter.AVE:
+    if method == PoolingParameter.AVE:
         # a plain average of whole windows over the zero-padded input is sum / (kh * kw); rescale to
         # Caffe's divisor where its window was clipped at the padded extent
         ratio = np.prod(kernel) / ave_divisors(sizes, outs, kernel, stride, pad)
         if np.all(ratio == 1):
-            ctx.op('AveragePool', [padded], ctx.top(0), kernel_shape=kernel, strides=stride)
-        else:
-            mean = ctx.op('AveragePool', [padded], kernel_shape=kernel, strides=stride)
-            ctx.op('Mul', [mean, ctx.const(ratio.reshape(1, 1, *outs), 'divisor_ratio')], ctx.top(0))
-        return
-    if ctx.layer.phase != caffe_pb2.TEST:
-        raise ctx.refuse('STOCHASTIC pooling in TRAIN draws at random')
+            return ctx.op('AveragePool', [padded], out, kernel_shape=kernel, strides=stride)
+        mean = ctx.op('AveragePool', [padded], kernel_shape=kernel, strides=stride)
+        return ctx.op('Mul', [mean, ctx.const(ratio.reshape(1, 1, *outs), 'divisor_ratio')], out)
     # STOCHASTIC at test time: sum(x^2) / sum(x) over each window, 0 where the sum is not positive
     squares = ctx.op('Mul', [padded, padded])
     sum_sq = ctx.op('AveragePool', [squares], kernel_shape=kernel, strides=stride)
@@ -103,7 +105,45 @@ def pooling(ctx):
     zero = ctx.const(0.0, 'zero')
     positive = ctx.op('Greater', [total, zero])
     safe = ctx.op('Where', [positive, total, ctx.const(1.0, 'one')])
-    ctx.op('Where', [positive, ctx.op('Div', [sum_sq, safe]), zero], ctx.top(0))
+    return ctx.op('Where', [positive, ctx.op('Div', [sum_sq, safe]), zero], out)
+
+
+@converter('SPP')
+def spp(ctx):
+    """Level l pools into 2^l x 2^l bins (kernel = stride = ceil(size / bins), centred padding);
+    the levels are flattened and concatenated."""
+    p = ctx.param.spp_param
+    if p.pool == PoolingParameter.STOCHASTIC:
+        raise ctx.refuse("STOCHASTIC pooling inside SPP runs in TRAIN mode (Caffe's inner layers): random")
+    n, c, h, w = ctx.bottom_shapes[0]
+    levels = []
+    for level in range(p.pyramid_height):
+        bins = 2 ** level
+        kernel = [-(-h // bins), -(-w // bins)]
+        pad = [(kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2]
+        last = p.pyramid_height == 1
+        pooled = pool(ctx, ctx.bottoms[0], p.pool, kernel, kernel, pad, True, ctx.top(0) if last else None)
+        if not last:
+            levels.append(ctx.reshape(pooled, (n, c * bins * bins)))
+    if levels:
+        ctx.op('Concat', levels, ctx.top(0), axis=1)
+
+
+@converter('Im2col')
+def im2col(ctx):
+    """A convolution with one-hot filters: output channel (c * kh + i) * kw + j takes x[c] at kernel
+    offset (i, j), Caffe's column order (a product with 1 and sums of zeros: exact)."""
+    layer = ctx.layer
+    if layer.axis != 1 or layer.num_spatial != 2:
+        raise ctx.refuse('only 2-D im2col over axis 1 is exported')
+    channels = ctx.bottom_shapes[0][1]
+    kh, kw = layer.kernel
+    weight = np.zeros((channels, kh, kw, 1, kh, kw), np.float32)
+    i, j = np.meshgrid(np.arange(kh), np.arange(kw), indexing='ij')
+    weight[:, i, j, 0, i, j] = 1
+    ctx.op('Conv', [ctx.bottoms[0], ctx.const(weight.reshape(channels * kh * kw, 1, kh, kw), 'one_hot')],
+           ctx.top(0), kernel_shape=[kh, kw], strides=list(layer.stride), pads=list(layer.pad) * 2,
+           dilations=list(layer.dilation), group=channels)
 
 
 @converter('LRN')
