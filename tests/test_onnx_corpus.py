@@ -98,9 +98,7 @@ REFUSED_CASES = {
     'batchnorm_train_2d': 'BatchNorm', 'accuracy_per_class': 'Accuracy',
     # without expose_hidden, a pass starts from the previous pass's state: no stateless graph
     'lstm_basic': 'LSTM', 'rnn_basic': 'RNN',
-    'contrastive': 'ContrastiveLoss', 'contrastive_legacy': 'ContrastiveLoss', 'euclidean': 'EuclideanLoss',
-    'hinge_l1': 'HingeLoss', 'hinge_l2': 'HingeLoss', 'infogain': 'InfogainLoss',
-    'multinomial_logistic': 'MultinomialLogisticLoss', 'sigmoid_xent': 'SigmoidCrossEntropyLoss',
+    'infogain': 'InfogainLoss',
 }
 
 

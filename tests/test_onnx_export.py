@@ -43,7 +43,8 @@ CASES = {
     'conv_pad_stride_dilation_group': (X4, '''layer { name: "c" type: "Convolution" bottom: "x" top: "y"
         convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 stride: 2 pad_h: 1 pad_w: 2 dilation: 2
         group: 3 } }'''),
-    'conv_no_bias_1x1': (X4, '''layer { name: "c" type: "Convolution" bottom: "x" top: "y"
+    'conv_no_bias_1x1_two_bottoms': (X4, '''layer { name: "a" type: "AbsVal" bottom: "x" top: "a" }
+        layer { name: "c" type: "Convolution" bottom: "x" bottom: "a" top: "y" top: "z"
         convolution_param { num_output: 4 kernel_size: 1 bias_term: false } }'''),
     'deconv_groups': (X4, '''layer { name: "d" type: "Deconvolution" bottom: "x" top: "y"
         convolution_param { num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 3 } }'''),
@@ -221,7 +222,8 @@ REFUSED = {
         recurrent_param { num_output: 5 } }'''),
     'Accuracy': ({'s': (4, 3), 'l': (4,)}, '''layer { name: "a" type: "Accuracy" bottom: "s" bottom: "l"
         top: "a" top: "per_class" }'''),
-    'HingeLoss': ({'s': (4, 3), 'l': (4,)}, 'layer { name: "h" type: "HingeLoss" bottom: "s" bottom: "l" top: "h" }'),
+    'BatchNorm': (X4, '''layer { name: "b" type: "BatchNorm" bottom: "x" top: "y"
+        batch_norm_param { use_global_stats: false } }'''),
     'Pooling': (X4, '''layer { name: "p" type: "Pooling" bottom: "x" top: "y" top: "mask"
         pooling_param { pool: MAX kernel_size: 2 } }'''),
 }

@@ -78,8 +78,6 @@ def _converter_for(ctx):
                              % (ctx.param.python_param.module, ctx.param.python_param.layer))
         return hook
     function = CONVERTERS.get(ctx.type)
-    if function is None and ctx.type.endswith('Loss'):
-        raise ctx.refuse('loss layers other than SoftmaxWithLoss are not exported (export the deploy net)')
     if function is None:
         raise ctx.refuse('no exact ONNX equivalent is implemented for this layer type')
     return function

@@ -7,30 +7,27 @@ from .graph import converter
 PoolingParameter = caffe_pb2.PoolingParameter
 
 
-def _conv_inputs(ctx):
+def _convolve(ctx, op_type):
+    """One Conv/ConvTranspose per bottom, all with the layer's weights."""
     layer = ctx.layer
     if layer.axis != 1:
         raise ctx.refuse('convolution over axis %d (ONNX convolves from axis 1)' % layer.axis)
-    if len(ctx.bottoms) > 1:
-        raise ctx.refuse('several bottoms sharing one filter bank (export one layer per bottom)')
-    inputs = [ctx.bottoms[0], ctx.weight(0, what='weight')]
-    if layer.bias_term:
-        inputs.append(ctx.weight(1, what='bias'))
-    return inputs, dict(kernel_shape=list(layer.kernel), strides=list(layer.stride),
-                        pads=list(layer.pad) * 2, dilations=list(layer.dilation), group=layer.group)
+    params = [ctx.weight(0, what='weight')] + ([ctx.weight(1, what='bias')] if layer.bias_term else [])
+    for i, bottom in enumerate(ctx.bottoms):
+        ctx.op(op_type, [bottom] + params, ctx.top(i), kernel_shape=list(layer.kernel),
+               strides=list(layer.stride), pads=list(layer.pad) * 2, dilations=list(layer.dilation),
+               group=layer.group)
 
 
 @converter('Convolution')
 def convolution(ctx):
-    inputs, attrs = _conv_inputs(ctx)
-    ctx.op('Conv', inputs, ctx.top(0), **attrs)
+    _convolve(ctx, 'Conv')
 
 
 @converter('Deconvolution')
 def deconvolution(ctx):
     """Caffe's weights (in, out/group, *k) are ConvTranspose's layout; the output sizes agree."""
-    inputs, attrs = _conv_inputs(ctx)
-    ctx.op('ConvTranspose', inputs, ctx.top(0), **attrs)
+    _convolve(ctx, 'ConvTranspose')
 
 
 def pool_extents(ctx, size, kernel, stride, pad, ceil_mode):
