@@ -36,7 +36,7 @@ def main():
     import onnxruntime
     caffe_py.log.init(40)
     batches = [int(b) for b in args.batches.split(',')]
-    print('| net | batch | caffe-py forward ms | onnxruntime ms | caffe-py img/s | onnxruntime img/s | speed-up |')
+    print('| net | batch | caffe-py forward ms | onnxruntime ms | caffe-py img/s | onnxruntime img/s | caffe-py ms / onnxruntime ms |')
     print('|---|---|---|---|---|---|---|')
     for name, path in NETS:
         net = caffe_py.Net(os.path.join(ROOT, path), caffe_py.TEST)

@@ -14,7 +14,8 @@ def export(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, weights=Non
 
     `net` is a built caffe_py.Net (its TEST phase is what deploys), or a prototxt path or
     NetParameter built here in the TEST phase with `weights`. Data layers become graph inputs
-    named as their blobs; the graph's outputs are the net's, or the blobs named in `outputs`. Raises ExportError naming the first layer ONNX cannot express exactly.
+    named as their blobs; the graph's outputs are the net's, or the blobs named in `outputs`.
+    Raises ExportError naming the first layer ONNX cannot express exactly.
     """
     if not isinstance(net, Net):
         net = Net(net, TEST, weights=weights)
@@ -23,12 +24,14 @@ def export(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, weights=Non
                           % (opset, MIN_OPSET, onnx.defs.onnx_opset_version()))
     graph = Graph(opset, dynamic_batch)
     tensors, shapes = _convert_layers(net, graph)
+    produced = graph.input_names | {out for node in graph.nodes for out in node.output}
     for name in net.outputs if outputs is None else outputs:
         if name not in tensors:
             raise ExportError('output "%s" is not a blob of net "%s"' % (name, net.name))
         tensor = tensors[name]
-        if tensor != name and name in graph.input_names:
-            raise ExportError('output "%s" is a graph input that a layer changes in place' % name)
+        if tensor != name and name in produced:
+            raise ExportError('output "%s": that name already holds another version of the blob '
+                              '(a graph input changed in place, or a clashing blob name)' % name)
         if tensor != name:
             graph.node('Identity', [tensor], [name], 'output/' + name)
         graph.outputs.append(graph.value_info(name, net.blobs[name].shape))
