@@ -98,7 +98,6 @@ REFUSED_CASES = {
     'batchnorm_train_2d': 'BatchNorm', 'accuracy_per_class': 'Accuracy',
     # without expose_hidden, a pass starts from the previous pass's state: no stateless graph
     'lstm_basic': 'LSTM', 'rnn_basic': 'RNN',
-    'infogain': 'InfogainLoss',
 }
 
 

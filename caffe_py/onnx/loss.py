@@ -6,11 +6,15 @@ import numpy as np
 
 from .graph import converter
 
+FLT_MIN = 1.1754943508222875e-38
+LOG_THRESHOLD = 1e-20
+
 
 def _scores_and_labels(ctx):
     """Scores viewed (outer, classes, inner) and int64 labels (outer, 1, inner), outer led by the batch."""
     shape = ctx.bottom_shapes[0]
-    axis = ctx.axis(ctx.param.accuracy_param.axis if ctx.type == 'Accuracy' else ctx.param.softmax_param.axis)
+    axis = ctx.axis({'Accuracy': ctx.param.accuracy_param.axis, 'InfogainLoss': ctx.param.infogain_loss_param.axis}
+                    .get(ctx.type, ctx.param.softmax_param.axis))
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
     scores = ctx.reshape(ctx.bottoms[0], (outer, shape[axis], inner), keep_batch=axis == 1)
@@ -53,9 +57,6 @@ def accuracy(ctx):
         _valid_mean(ctx, right, kept, ctx.top(0))
 
 
-FLT_MIN = 1.1754943508222875e-38
-
-
 @converter('SoftmaxWithLoss')
 def softmax_with_loss(ctx):
     """-log(max(softmax, FLT_MIN)) at the labels, summed and divided by Caffe's normalizer."""
@@ -69,6 +70,30 @@ def softmax_with_loss(ctx):
     prob = ctx.op('GatherElements', [ctx.op('Softmax', [scores], axis=1), labels], axis=1)
     losses = ctx.op('Neg', [ctx.op('Log', [ctx.op('Max', [prob, ctx.const(FLT_MIN, 'flt_min')])])])
     _normalized(ctx, losses, kept, _mode(p, p.VALID), ctx.top(0))
+
+
+@converter('InfogainLoss')
+def infogain_loss(ctx):
+    """-sum_l H[label, l] log(max(softmax_l, 1e-20)) over the normalizer; H the third bottom or the
+    matrix read from infogain_loss_param.source."""
+    p = ctx.param.loss_param
+    if len(ctx.top_shapes) > 1:
+        raise ctx.refuse('the softmax output top is not exported (add a Softmax layer instead)')
+    scores, labels = _scores_and_labels(ctx)
+    kept = None
+    if p.HasField('ignore_label'):
+        labels, kept = _ignoring(ctx, labels, p.ignore_label)
+    classes = ctx.bottom_shapes[0][ctx.axis(ctx.param.infogain_loss_param.axis)]
+    if len(ctx.bottoms) > 2:
+        h = ctx.op('Reshape', [ctx.bottoms[2], ctx.ints([classes, classes], 'h_shape')])
+    else:
+        h = ctx.const(np.asarray(ctx.layer.infogain.data, np.float32).reshape(classes, classes), 'h')
+    rows = ctx.op('Gather', [h, ctx.op('Squeeze', [labels, ctx.ints([1], 'axis1')])], axis=0)
+    weights = ctx.op('Transpose', [rows], perm=[0, 2, 1])             # (outer, classes, inner)
+    logs = ctx.op('Log', [ctx.op('Max', [ctx.op('Softmax', [scores], axis=1),
+                                         ctx.const(LOG_THRESHOLD, 'threshold')])])
+    terms = ctx.reduce('ReduceSum', ctx.op('Mul', [weights, logs]), [1], True)
+    _normalized(ctx, ctx.op('Neg', [terms]), kept, _mode(p, p.VALID), ctx.top(0))
 
 
 def _mode(p, default):
@@ -157,8 +182,6 @@ def hinge_loss(ctx):
         margins = ctx.op('Mul', [margins, margins])
     ctx.reduce('ReduceMean', ctx.reduce('ReduceSum', margins, [1], False), [0], False, ctx.top(0))
 
-
-LOG_THRESHOLD = 1e-20
 
 
 @converter('MultinomialLogisticLoss')

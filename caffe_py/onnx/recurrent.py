@@ -1,4 +1,4 @@
-"""RNN and LSTM unrolled over their T steps, as Caffe's own unrolled nets compute them.
+"""RNN and LSTM unrolled over their T steps, as Caffe's own unrolled nets compute them; LSTMUnit.
 
 Only with `expose_hidden`: without it Caffe starts each forward pass from the previous pass's final
 state, which a stateless ONNX graph cannot carry, so those layers are refused.
@@ -67,25 +67,39 @@ def rnn(ctx):
     _final(ctx, 1, h)
 
 
+def _lstm_step(ctx, gates, cont, c_prev, hidden, c_out=None, h_out=None):
+    """One LSTMUnit step on gate inputs (N x 4H): returns (c, h)."""
+    names = [ctx.tmp(g) for g in ('i', 'f', 'o', 'g')]
+    i, f, o, g = ctx.op_multi('Split', [gates, ctx.ints([hidden] * 4, 'gate_sizes')], names, axis=1)
+    i, f, o, g = (ctx.op('Sigmoid', [i]), ctx.op('Sigmoid', [f]), ctx.op('Sigmoid', [o]), ctx.op('Tanh', [g]))
+    f = ctx.op('Mul', [f, cont])
+    c = ctx.op('Add', [ctx.op('Mul', [f, c_prev]), ctx.op('Mul', [i, g])], c_out)
+    return c, ctx.op('Mul', [o, ctx.op('Tanh', [c])], h_out)
+
+
 @converter('LSTM')
 def lstm(ctx):
     """Gates i, f, o (sigmoid) and g (tanh); f times cont_t; c = f c_prev + i g; h = o tanh(c)."""
     layer = ctx.layer
-    hidden = layer.hidden
     steps, num, per_step, static, conts, (h, c) = _step_inputs(ctx)
     w_hc = ctx.const(ctx.blob(layer.recurrent_weight).T, 'w_hc_t')
-    sizes = ctx.ints([hidden] * 4, 'gate_sizes')
     hs = []
     for t in range(steps):
         gates = _recurrent_input(ctx, h, conts[t], w_hc, per_step[t], static)
-        names = [ctx.tmp(g) for g in ('i', 'f', 'o', 'g')]
-        i, f, o, g = ctx.op_multi('Split', [gates, sizes], names, axis=1)
-        i, f, o, g = (ctx.op('Sigmoid', [i]), ctx.op('Sigmoid', [f]), ctx.op('Sigmoid', [o]), ctx.op('Tanh', [g]))
-        f = ctx.op('Mul', [f, conts[t]])
-        c = ctx.op('Add', [ctx.op('Mul', [f, c]), ctx.op('Mul', [i, g])])
-        h = ctx.op('Mul', [o, ctx.op('Tanh', [c])])
+        c, h = _lstm_step(ctx, gates, conts[t], c, layer.hidden)
         hs.append(h)
     _stack(ctx, hs, ctx.top(0))
     _final(ctx, 1, h)
     _final(ctx, 2, c)
 
+
+@converter('LSTMUnit')
+def lstm_unit(ctx):
+    """One step: bottoms c_prev (1 x N x H), gate inputs (1 x N x 4H), cont (1 x N); tops c, h."""
+    hidden = ctx.bottom_shapes[0][2]
+    squeeze = ctx.ints([0], 'axis0')
+    c_prev, gates, cont = (ctx.op('Squeeze', [b, squeeze]) for b in ctx.bottoms)
+    cont = ctx.op('Unsqueeze', [cont, ctx.ints([1], 'axis1')])
+    c, h = _lstm_step(ctx, gates, cont, c_prev, hidden)
+    _final(ctx, 0, c)
+    _final(ctx, 1, h)
