@@ -95,7 +95,6 @@ def test_survey_counts_and_nets_caffe_could_not_build():
 LAYER_CASES = sorted(glob.glob(os.path.join(REFERENCE, 'layers', '*.npz')))
 # reference cases ONNX cannot express exactly (refused with a one-line reason), by case name
 REFUSED_CASES = {
-    'batchnorm_train_2d': 'BatchNorm', 'accuracy_per_class': 'Accuracy',
     # without expose_hidden, a pass starts from the previous pass's state: no stateless graph
     'lstm_basic': 'LSTM', 'rnn_basic': 'RNN',
 }

@@ -170,6 +170,14 @@ def test_argmax_top_k_out_max_val_axis_and_ties():
         roundtrip(net, feeds={'x': x}, tol=0)
 
 
+def test_max_pooling_mask_top_is_the_first_maximum_in_the_plane():
+    x = np.round(np.random.default_rng(8).standard_normal((2, 3, 7, 6))).astype(np.float32)
+    for extra in ('kernel_size: 3 stride: 2 pad: 1', 'kernel_size: 2 stride: 2', 'global_pooling: true'):
+        net = build({'x': x.shape}, '''layer { name: "p" type: "Pooling" bottom: "x" top: "y" top: "mask"
+            pooling_param { pool: MAX %s } }''' % extra)
+        roundtrip(net, feeds={'x': x}, tol=0, outputs=['y', 'mask'])
+
+
 def test_embed_and_batch_reindex_take_float_indices():
     ids = np.array([[0, 4, 2], [3, 3, 1]], np.float32)
     net = build({'ids': ids.shape, 'x': (4, 3)}, '''layer { name: "e" type: "Embed" bottom: "ids" top: "y"
@@ -200,7 +208,8 @@ def test_accuracy_and_softmax_loss_with_ignore_label():
     net = build({'s': scores.shape, 'l': labels.shape}, '''
         layer { name: "a1" type: "Accuracy" bottom: "s" bottom: "l" top: "a1" }
         layer { name: "a2" type: "Accuracy" bottom: "s" bottom: "l" top: "a2" accuracy_param { top_k: 2 } }
-        layer { name: "a3" type: "Accuracy" bottom: "s" bottom: "l" top: "a3" accuracy_param { ignore_label: 1 } }
+        layer { name: "a3" type: "Accuracy" bottom: "s" bottom: "l" top: "a3" top: "c3"
+                accuracy_param { ignore_label: 1 } }
         layer { name: "l1" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" top: "l1" }
         layer { name: "l2" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" top: "l2"
                 loss_param { ignore_label: 4 } }
@@ -209,7 +218,7 @@ def test_accuracy_and_softmax_loss_with_ignore_label():
         layer { name: "l4" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" top: "l4"
                 loss_param { normalize: false } }''')
     _, got = roundtrip(net, feeds={'s': scores, 'l': labels})
-    assert set(got) == {'a1', 'a2', 'a3', 'l1', 'l2', 'l3', 'l4'}
+    assert set(got) == {'a1', 'a2', 'a3', 'c3', 'l1', 'l2', 'l3', 'l4'}
     # the normalizers follow a dynamic batch
     model = caffe_onnx.export(net, dynamic_batch=True)
     feeds = {'s': scores[:4], 'l': labels[:4]}
@@ -220,12 +229,9 @@ def test_accuracy_and_softmax_loss_with_ignore_label():
 REFUSED = {
     'LSTM': ({'x': (3, 2, 4), 'c': (3, 2)}, '''layer { name: "r" type: "LSTM" bottom: "x" bottom: "c" top: "y"
         recurrent_param { num_output: 5 } }'''),
-    'Accuracy': ({'s': (4, 3), 'l': (4,)}, '''layer { name: "a" type: "Accuracy" bottom: "s" bottom: "l"
-        top: "a" top: "per_class" }'''),
-    'BatchNorm': (X4, '''layer { name: "b" type: "BatchNorm" bottom: "x" top: "y"
-        batch_norm_param { use_global_stats: false } }'''),
-    'Pooling': (X4, '''layer { name: "p" type: "Pooling" bottom: "x" top: "y" top: "mask"
-        pooling_param { pool: MAX kernel_size: 2 } }'''),
+    'Dropout': (X4, 'layer { name: "d" type: "Dropout" bottom: "x" top: "y" phase: TRAIN }'),
+    'Pooling': (X4, '''layer { name: "p" type: "Pooling" bottom: "x" top: "y"
+        pooling_param { pool: MAX kernel_size: 1 stride: 3 } }'''),
 }
 
 

@@ -34,14 +34,19 @@ def export(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, weights=Non
                               '(a graph input changed in place, or a clashing blob name)' % name)
         if tensor != name:
             graph.node('Identity', [tensor], [name], 'output/' + name)
-        graph.outputs.append(graph.value_info(name, net.blobs[name].shape))
+        # with a dynamic batch, shape inference tells which output dimensions follow it
+        graph.outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) if dynamic_batch
+                             else graph.value_info(name, net.blobs[name].shape))
     model = helper.make_model(
         helper.make_graph(graph.nodes, net.name or 'caffe_net', graph.inputs, graph.outputs,
                           graph.initializers),
         opset_imports=[helper.make_opsetid('', opset)], producer_name='caffe-py')
     model.ir_version = min(model.ir_version, _ir_version(opset))
+    inferred = _check_shapes(model, shapes, dynamic_batch)
+    if dynamic_batch:
+        del model.graph.output[:]
+        model.graph.output.extend(inferred.graph.output)
     onnx.checker.check_model(model, full_check=True)
-    _check_shapes(model, shapes, dynamic_batch)
     if path is not None:
         onnx.save(model, path)
     return model
@@ -95,7 +100,8 @@ def _ir_version(opset):
 
 
 def _check_shapes(model, shapes, dynamic_batch):
-    """Strict shape inference; every tensor that carries a Caffe blob must have the blob's shape."""
+    """Strict shape inference; every tensor that carries a Caffe blob must have the blob's shape
+    (with a dynamic batch, dimension 0 may be anything). Returns the inferred model."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:  # onnx raises its own InferenceError types
@@ -108,7 +114,8 @@ def _check_shapes(model, shapes, dynamic_batch):
         dims = info.type.tensor_type.shape.dim
         got = tuple(d.dim_value if d.HasField('dim_value') else -1 for d in dims)
         expect = tuple(-1 if dynamic_batch and j == 0 else n for j, n in enumerate(want))
-        if len(got) != len(expect) or any(g != e and g != -1 for g, e in zip(got, expect)):
+        if len(got) != len(expect) or any(g != e and -1 not in (g, e) for g, e in zip(got, expect)):
             raise ExportError('%s layer "%s": ONNX infers shape %s for "%s", Caffe has %s'
                               % (lp.type, lp.name, got, info.name, tuple(want)))
+    return inferred
 

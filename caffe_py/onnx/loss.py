@@ -38,10 +38,9 @@ def _valid_mean(ctx, values, kept, out):
 
 @converter('Accuracy')
 def accuracy(ctx):
-    """Right when fewer than top_k classes score at least the label's score (ties count against)."""
+    """Right when fewer than top_k classes score at least the label's score (ties count against);
+    the optional second top is the accuracy of each class (0 for a class without items)."""
     p = ctx.param.accuracy_param
-    if len(ctx.top_shapes) > 1:
-        raise ctx.refuse('the per-class accuracy top is not exported')
     scores, labels = _scores_and_labels(ctx)
     kept = None
     if p.HasField('ignore_label'):
@@ -55,6 +54,17 @@ def accuracy(ctx):
         ctx.reduce('ReduceMean', right, [0, 1, 2], False, ctx.top(0))
     else:
         _valid_mean(ctx, right, kept, ctx.top(0))
+    if len(ctx.top_shapes) > 1:
+        classes = ctx.top_shapes[1][0]
+        classes = ctx.const(np.arange(classes).reshape(1, -1, 1), 'classes', np.int64)
+        members = ctx.op('Cast', [ctx.op('Equal', [labels, classes])], to=1)
+        if kept is not None:
+            members = ctx.op('Mul', [members, kept])
+        count = ctx.reduce('ReduceSum', members, [0, 2], False)
+        hits = ctx.reduce('ReduceSum', ctx.op('Mul', [members, right]), [0, 2], False)
+        ratio = ctx.op('Div', [hits, ctx.op('Max', [count, ctx.const(1.0, 'one')])])
+        ctx.op('Where', [ctx.op('Greater', [count, ctx.const(0.0, 'zero')]), ratio, ctx.const(0.0, 'zero')],
+               ctx.top(1))
 
 
 @converter('SoftmaxWithLoss')

@@ -12,16 +12,22 @@ def _per_channel(ctx, values, what):
 
 @converter('BatchNorm')
 def batch_norm(ctx):
-    """(x - mean / factor) / sqrt(var / factor + eps) with the stored statistics."""
+    """(x - mean / factor) / sqrt(var / factor + eps) with the stored statistics, or with the batch's
+    own (biased) statistics over every axis but the channels when use_global_stats is false."""
     layer = ctx.layer
+    x = ctx.bottoms[0]
     if not layer.global_stats:
-        raise ctx.refuse('use_global_stats: false normalizes with the statistics of each batch; '
-                         'export the TEST phase with the stored statistics')
+        axes = [a for a in range(len(ctx.bottom_shapes[0])) if a != 1]
+        centred = ctx.op('Sub', [x, ctx.reduce('ReduceMean', x, axes, True)])
+        var = ctx.reduce('ReduceMean', ctx.op('Mul', [centred, centred]), axes, True)
+        std = ctx.op('Sqrt', [ctx.op('Add', [var, ctx.const(layer.eps, 'eps')])])
+        ctx.op('Div', [centred, std], ctx.top(0))
+        return
     factor = float(ctx.blob(2).reshape(-1)[0])
     factor = np.float32(0 if factor == 0 else 1 / factor)
     mean = ctx.blob(0).reshape(-1) * factor
     std = np.sqrt(ctx.blob(1).reshape(-1) * factor + np.float32(layer.eps))
-    centred = ctx.op('Sub', [ctx.bottoms[0], _per_channel(ctx, mean, 'mean')])
+    centred = ctx.op('Sub', [x, _per_channel(ctx, mean, 'mean')])
     ctx.op('Div', [centred, _per_channel(ctx, std, 'std')], ctx.top(0))
 
 

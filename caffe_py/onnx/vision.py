@@ -65,9 +65,10 @@ def ave_divisors(sizes, outs, kernel, stride, pad):
 @converter('Pooling')
 def pooling(ctx):
     layer = ctx.layer
-    if len(ctx.top_shapes) > 1:
-        raise ctx.refuse("MAX pooling's mask top (ONNX's indices count across the batch and channels)")
     x = ctx.bottoms[0]
+    if len(ctx.top_shapes) > 1:
+        _max_with_mask(ctx, x)
+        return
     if layer.global_pooling and layer.method in (PoolingParameter.MAX, PoolingParameter.AVE):
         op = 'GlobalMaxPool' if layer.method == PoolingParameter.MAX else 'GlobalAveragePool'
         ctx.op(op, [x], ctx.top(0))
@@ -76,6 +77,22 @@ def pooling(ctx):
         raise ctx.refuse('STOCHASTIC pooling in TRAIN draws at random')
     pool(ctx, x, layer.method, list(layer.kernel), list(layer.stride), list(layer.pad), layer.ceil_mode,
          ctx.top(0))
+
+
+def _max_with_mask(ctx, x):
+    """MAX pooling and its mask top: Caffe's mask is the index within the plane (h * W + w) of the first
+    maximum; MaxPool's Indices count over the whole (N, C, H, W) tensor, so take them modulo H * W."""
+    layer = ctx.layer
+    if layer.global_pooling:
+        kernel, stride, pad = list(ctx.bottom_shapes[0][2:]), [1, 1], [0, 0]
+    else:
+        kernel, stride, pad = list(layer.kernel), list(layer.stride), list(layer.pad)
+    sizes = ctx.bottom_shapes[0][2:]
+    ends = [pool_extents(ctx, n, k, s, p, layer.ceil_mode)[1] for n, k, s, p in zip(sizes, kernel, stride, pad)]
+    indices = ctx.tmp('indices')
+    ctx.op_multi('MaxPool', [x], [ctx.top(0), indices], kernel_shape=kernel, strides=stride, pads=pad + ends)
+    plane = ctx.op('Mod', [indices, ctx.ints([sizes[0] * sizes[1]], 'plane')])
+    ctx.op('Cast', [plane], ctx.top(1), to=1)
 
 
 def pool(ctx, x, method, kernel, stride, pad, ceil_mode, out):
