@@ -328,6 +328,9 @@ def test_cli_writes_a_model_onnxruntime_runs(tmp_path, capsys):
     x = np.random.default_rng(5).standard_normal((2, 3, 9, 8)).astype(np.float32)
     got = survey.run_onnx(model, {'x': x})
     assert survey.worst_error(got, survey.run_caffe(net, {'x': x}, ['prob'])) <= 1e-5
+    assert cli.main(['export_onnx', '-model', str(net_path), '-output', str(out), '-outputs', 'c,prob']) == 0
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ['c', 'prob']
+    capsys.readouterr()
     assert cli.main(['export_onnx', '-model', str(net_path)]) == 1
     assert 'export_onnx needs -output' in capsys.readouterr().err
 

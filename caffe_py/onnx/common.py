@@ -1,5 +1,6 @@
-"""Inputs, data layers and the shape-moving layers: InnerProduct, Concat, Slice, Split, Flatten,
-Reshape, Crop, Tile, Eltwise, Softmax, Reduction, ArgMax, Embed, BatchReindex, Parameter."""
+"""Inputs and data layers (graph inputs), Silence, Split, Dropout, Parameter, and the layers that move
+or combine values: InnerProduct, Concat, Slice, Flatten, Reshape, Crop, Tile, Eltwise, Softmax,
+Reduction, ArgMax, Embed, BatchReindex, Filter."""
 import numpy as np
 
 from ..proto import caffe_pb2
