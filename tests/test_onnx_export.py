@@ -368,3 +368,20 @@ def test_recurrent_layers_unrolled_with_exposed_states(case):
         return
     with pytest.raises(caffe_onnx.ExportError, match='dynamic'):
         caffe_onnx.export(net, dynamic_batch=True)
+
+
+def test_a_net_in_gpu_mode_exports_its_device_weights():
+    """Parameters living on the device are read back through the host (CuPy stand-in)."""
+    import fakecupy
+    if fakecupy.compiler() is None:
+        pytest.skip('no C++ compiler for the CuPy stand-in')
+    cpu = build(X4, SMALL_NET)
+    survey.randomize(cpu)
+    expected = caffe_onnx.export(cpu)
+    with fakecupy.fake_gpu():
+        gpu = build(X4, SMALL_NET)
+        for name, blobs in cpu.params.items():
+            for i, blob in enumerate(blobs):
+                gpu.params[name][i].data[...] = blob.data
+        got = caffe_onnx.export(gpu)
+    assert [i.raw_data for i in got.graph.initializer] == [i.raw_data for i in expected.graph.initializer]

@@ -117,8 +117,8 @@ class LayerContext:
         return self.const(np.asarray(values, np.int64).reshape(-1), what, np.int64)
 
     def blob(self, i):
-        """The layer's parameter blob i as a float32 array."""
-        return np.asarray(self.layer.blobs[i].data, np.float32)
+        """The layer's parameter blob i as a float32 host array (also for a net in GPU mode)."""
+        return np.asarray(self.layer.blobs[i].read_data(), np.float32)
 
     def weight(self, i, shape=None, what=None):
         value = self.blob(i)

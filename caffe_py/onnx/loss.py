@@ -97,7 +97,7 @@ def infogain_loss(ctx):
     if len(ctx.bottoms) > 2:
         h = ctx.op('Reshape', [ctx.bottoms[2], ctx.ints([classes, classes], 'h_shape')])
     else:
-        h = ctx.const(np.asarray(ctx.layer.infogain.data, np.float32).reshape(classes, classes), 'h')
+        h = ctx.const(np.asarray(ctx.layer.infogain.read_data(), np.float32).reshape(classes, classes), 'h')
     rows = ctx.op('Gather', [h, ctx.op('Squeeze', [labels, ctx.ints([1], 'axis1')])], axis=0)
     weights = ctx.op('Transpose', [rows], perm=[0, 2, 1])             # (outer, classes, inner)
     logs = ctx.op('Log', [ctx.op('Max', [ctx.op('Softmax', [scores], axis=1),

@@ -40,7 +40,7 @@ def randomize(net, seed=0):
     """Seeded random parameters that keep activations near unit scale (BatchNorm: positive variance)."""
     rng = np.random.default_rng(seed)
     for layer in net.layers:
-        blobs = layer.blobs
+        blobs = [blob.host_view() for blob in layer.blobs]
         if layer.type == 'BatchNorm':
             blobs[0].data[...] = rng.normal(0, 0.5, blobs[0].shape)
             blobs[1].data[...] = rng.uniform(0.5, 2.0, blobs[1].shape)
