@@ -1,10 +1,10 @@
 """CaffeNet and GoogLeNet inference: onnxruntime on the exported files next to caffe-py's own forward.
 
-    python benchmarks/bench_onnx.py [--iters N] [--rounds R] [--batches 1,32]
+    python benchmarks/bench_onnx.py [--iters N] [--rounds R] [--batches 1,32] [--ort-threads T]
 
 Each deploy net (models/, random weights from its fillers) is exported with a dynamic batch, then
-timed at each batch size in caffe-py (Net.forward) and in onnxruntime (CPU provider, default
-threads: all cores), alternating in rounds because shared machines drift. The outputs are checked to
+timed at each batch size in caffe-py (Net.forward) and in onnxruntime (CPU provider; intra-op
+threads --ort-threads, 0: its default, all cores, with spinning workers), alternating in rounds because shared machines drift. The outputs are checked to
 agree within 1e-4 of their scale. Prints milliseconds per batch, median (fastest), and images/s.
 """
 import argparse
@@ -32,6 +32,7 @@ def main():
     parser.add_argument('--iters', type=int, default=5)
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--batches', default='1,32')
+    parser.add_argument('--ort-threads', type=int, default=0)
     args = parser.parse_args()
     import onnxruntime
     caffe_py.log.init(40)
@@ -43,7 +44,9 @@ def main():
         with tempfile.TemporaryDirectory() as folder:
             onnx_path = os.path.join(folder, 'model.onnx')
             export(net, onnx_path, dynamic_batch=True)
-            session = onnxruntime.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = args.ort_threads
+            session = onnxruntime.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
         data = net.inputs[0]
         output = net.outputs[0]
         for batch in batches:
