@@ -4,8 +4,9 @@
 
 Each deploy net (models/, random weights from its fillers) is exported with a dynamic batch, then
 timed at each batch size in caffe-py (Net.forward) and in onnxruntime (CPU provider; intra-op
-threads --ort-threads, 0: its default, all cores, with spinning workers), alternating in rounds because shared machines drift. The outputs are checked to
-agree within 1e-4 of their scale. Prints milliseconds per batch, median (fastest), and images/s.
+threads --ort-threads, 0: its default, all cores, with spinning workers), alternating in rounds
+because shared machines drift. The outputs are checked to agree within 1e-4 of their scale.
+Prints milliseconds per batch, median (fastest), and images/s.
 """
 import argparse
 import os
@@ -37,7 +38,8 @@ def main():
     import onnxruntime
     caffe_py.log.init(40)
     batches = [int(b) for b in args.batches.split(',')]
-    print('| net | batch | caffe-py forward ms | onnxruntime ms | caffe-py img/s | onnxruntime img/s | caffe-py ms / onnxruntime ms |')
+    print('| net | batch | caffe-py forward ms | onnxruntime ms | caffe-py img/s | onnxruntime img/s '
+          '| caffe-py ms / onnxruntime ms |')
     print('|---|---|---|---|---|---|---|')
     for name, path in NETS:
         net = caffe_py.Net(os.path.join(ROOT, path), caffe_py.TEST)
@@ -50,7 +52,8 @@ def main():
         data = net.inputs[0]
         output = net.outputs[0]
         for batch in batches:
-            x = np.random.default_rng(0).standard_normal((batch,) + net.blobs[data].shape[1:]).astype(np.float32)
+            shape = (batch,) + net.blobs[data].shape[1:]
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             net.blobs[data].reshape(x.shape)
             net.reshape()
             net.blobs[data].data[...] = x
@@ -71,7 +74,8 @@ def main():
                 ort_ms += timed(ort_forward, args.iters)
             c, o = statistics.median(caffe_ms), statistics.median(ort_ms)
             print('| %s | %d | %.1f (%.1f) | %.1f (%.1f) | %.0f | %.0f | %.2f |'
-                  % (name, batch, c, min(caffe_ms), o, min(ort_ms), 1000 * batch / c, 1000 * batch / o, c / o))
+                  % (name, batch, c, min(caffe_ms), o, min(ort_ms), 1000 * batch / c, 1000 * batch / o,
+                     c / o))
             sys.stdout.flush()
 
 

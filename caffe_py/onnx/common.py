@@ -84,8 +84,8 @@ def crop(ctx):
     offsets = [p.offset[0] if len(p.offset) == 1 else p.offset[i] if p.offset else 0
                for i in range(len(axes))]
     ends = [o + ctx.bottom_shapes[1][a] for o, a in zip(offsets, axes)]
-    ctx.op('Slice', [ctx.bottoms[0], ctx.ints(offsets, 'starts'), ctx.ints(ends, 'ends'), ctx.ints(axes, 'axes')],
-           ctx.top(0))
+    bounds = [ctx.ints(offsets, 'starts'), ctx.ints(ends, 'ends'), ctx.ints(axes, 'axes')]
+    ctx.op('Slice', [ctx.bottoms[0]] + bounds, ctx.top(0))
 
 
 @converter('Tile')

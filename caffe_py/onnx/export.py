@@ -35,8 +35,10 @@ def export(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, weights=Non
         if tensor != name:
             graph.node('Identity', [tensor], [name], 'output/' + name)
         # with a dynamic batch, shape inference tells which output dimensions follow it
-        graph.outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) if dynamic_batch
-                             else graph.value_info(name, net.blobs[name].shape))
+        if dynamic_batch:
+            graph.outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        else:
+            graph.outputs.append(graph.value_info(name, net.blobs[name].shape))
     model = helper.make_model(
         helper.make_graph(graph.nodes, net.name or 'caffe_net', graph.inputs, graph.outputs,
                           graph.initializers),

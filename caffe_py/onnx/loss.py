@@ -13,8 +13,8 @@ LOG_THRESHOLD = 1e-20
 def _scores_and_labels(ctx):
     """Scores viewed (outer, classes, inner) and int64 labels (outer, 1, inner), outer led by the batch."""
     shape = ctx.bottom_shapes[0]
-    axis = ctx.axis({'Accuracy': ctx.param.accuracy_param.axis, 'InfogainLoss': ctx.param.infogain_loss_param.axis}
-                    .get(ctx.type, ctx.param.softmax_param.axis))
+    axes = {'Accuracy': ctx.param.accuracy_param.axis, 'InfogainLoss': ctx.param.infogain_loss_param.axis}
+    axis = ctx.axis(axes.get(ctx.type, ctx.param.softmax_param.axis))
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
     scores = ctx.reshape(ctx.bottoms[0], (outer, shape[axis], inner), keep_batch=axis == 1)

@@ -61,8 +61,9 @@ def rnn(ctx):
     for t in range(steps):
         h = ctx.op('Tanh', [_recurrent_input(ctx, h, conts[t], w_hh, per_step[t], static)])
         hs.append(h)
-    out = ctx.op('Add', [ctx.op('MatMul', [_stack(ctx, hs), ctx.const(ctx.blob(len(layer.blobs) - 2).T, 'w_ho_t')]),
-                         ctx.weight(len(layer.blobs) - 1, what='b_o')])
+    w_ho = ctx.const(ctx.blob(len(layer.blobs) - 2).T, 'w_ho_t')
+    b_o = ctx.weight(len(layer.blobs) - 1, what='b_o')
+    out = ctx.op('Add', [ctx.op('MatMul', [_stack(ctx, hs), w_ho]), b_o])
     ctx.op('Tanh', [out], ctx.top(0))
     _final(ctx, 1, h)
 

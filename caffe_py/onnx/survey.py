@@ -3,10 +3,10 @@
     python -m caffe_py.onnx.survey ../shared/corpus
 
 For each net prototxt (solvers are skipped): build its TEST net with its inputs at batch 1 (real
-weights when a caffemodel beside it fits, random ones otherwise), export it, run it in onnxruntime on seeded random inputs and
-compare every output with caffe-py's to 1e-4 of the output's scale. Prints one line per net and the
-counts: exported (and agreeing), refused (with the layer and why), not built (as Caffe, a data
-layer's source is absent).
+weights when a caffemodel beside it fits, random ones otherwise), export it, run it in onnxruntime
+on seeded random inputs and compare every output with caffe-py's to 1e-4 of the output's scale.
+Prints one line per net and the counts: exported (and agreeing), refused (with the layer and why),
+not built (as Caffe, a data layer's source is absent).
 """
 import argparse
 import glob
@@ -55,14 +55,16 @@ def randomize(net, seed=0):
 def random_inputs(net, model, seed=0):
     """{graph input: seeded standard-normal array of its blob's shape}."""
     rng = np.random.default_rng(seed)
-    return {i.name: rng.standard_normal(net.blobs[i.name].shape).astype(np.float32) for i in model.graph.input}
+    return {i.name: rng.standard_normal(net.blobs[i.name].shape).astype(np.float32)
+            for i in model.graph.input}
 
 
 def run_onnx(model, feeds):
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                           providers=['CPUExecutionProvider'])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 

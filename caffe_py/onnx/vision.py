@@ -88,7 +88,8 @@ def _max_with_mask(ctx, x):
     else:
         kernel, stride, pad = list(layer.kernel), list(layer.stride), list(layer.pad)
     sizes = ctx.bottom_shapes[0][2:]
-    ends = [pool_extents(ctx, n, k, s, p, layer.ceil_mode)[1] for n, k, s, p in zip(sizes, kernel, stride, pad)]
+    ends = [pool_extents(ctx, n, k, s, p, layer.ceil_mode)[1]
+            for n, k, s, p in zip(sizes, kernel, stride, pad)]
     indices = ctx.tmp('indices')
     ctx.op_multi('MaxPool', [x], [ctx.top(0), indices], kernel_shape=kernel, strides=stride, pads=pad + ends)
     plane = ctx.op('Mod', [indices, ctx.ints([sizes[0] * sizes[1]], 'plane')])
