@@ -30,11 +30,13 @@ setup(
     extras_require={
         'gpu': ['cupy-cuda12x'],          # CUDA 12; for CUDA 13 use gpu-cuda13
         'gpu-cuda13': ['cupy-cuda13x'],
-        'test': ['pytest', 'matplotlib', 'scikit-image>=0.19', 'mpi4py', 'openmpi'],  # matplotlib: plot_log/draw_net PNG tests
         'skimage': ['scikit-image>=0.19'],  # caffe.io's images exactly as pycaffe's (scikit-image)
         'plot': ['matplotlib'],
         'leveldb': ['plyvel'],
         'mpi': ['mpi4py', 'openmpi'],     # data-parallel ranks over MPI (mpirun / srun, or CPUs)
+        'onnx': ['onnx', 'onnxruntime'],  # caffe-py export_onnx; onnxruntime checks the exported numbers
+        # the tests exercise every extra but the GPU and LevelDB ones (matplotlib: plot_log/draw_net PNGs)
+        'test': ['pytest', 'matplotlib', 'scikit-image>=0.19', 'mpi4py', 'openmpi', 'onnx', 'onnxruntime'],
     },
     entry_points={'console_scripts': ['caffe-py = caffe_py.tools.cli:main']},
 )

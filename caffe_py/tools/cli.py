@@ -21,6 +21,7 @@ COMMANDS = {
     'upgrade_solver_proto_text': ('upgrade', 'upgrade a solver prototxt (solver_type enum -> type)'),
     'plot_log': ('plot_log', 'plot loss, test outputs and lr from a training log'),
     'draw_net': ('draw_net', 'draw a net definition as PNG, SVG or DOT'),
+    'export_onnx': ('export_onnx', 'a net and its weights -> an ONNX model (-model, -weights, -output)'),
 }
 
 
