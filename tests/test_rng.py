@@ -301,3 +301,30 @@ def test_positive_unitball_sums_rows_in_order():
         for v in row:
             total = np.float32(total + v)
         np.testing.assert_array_equal(got, row / total)
+
+
+RECURRENT_NET = """
+layer { name: "x" type: "Input" top: "x" top: "cont" input_param { shape { dim: 3 dim: 2 dim: 5 } shape { dim: 3 dim: 2 } } }
+layer { name: "r" type: "%s" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "uniform" } } }
+"""
+
+
+@pytest.mark.parametrize('kind, rows, per_step', [('LSTM', 16, [(16, 4)]), ('RNN', 4, [(4, 4), (4, 4), (4,)])])
+def test_recurrent_layers_draw_as_caffes_unrolled_net(kind, rows, per_step, tmp_path):
+    """Input weights and bias, then every time step's copy of the recurrent (and RNN's output)
+    parameters, the first copy kept: the order in which Caffe's unrolled net fills them."""
+    path = tmp_path / 'net.prototxt'
+    path.write_text(RECURRENT_NET % kind)
+    caffe.set_random_seed(5)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    stream = rng.CaffeStream(5)
+    expected = [stream.gaussian(rows * 5, 0, 0.1), stream.uniform(rows, 0, 1)]
+    for step in range(3):
+        drawn = [stream.uniform(s[0], 0, 1) if len(s) == 1 else stream.gaussian(s[0] * s[1], 0, 0.1)
+                 for s in per_step]
+        if step == 0:
+            expected += drawn
+    for blob, values in zip(net.params['r'], expected):
+        np.testing.assert_array_equal(blob.data.reshape(-1), values)
+    np.testing.assert_array_equal(rng.stream().words(3), stream.words(3))
