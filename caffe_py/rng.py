@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 _WORD = 1 << 32
+_CHUNK = 1 << 22        # values per block of work (bounds the temporaries of a 100M-value draw)
 _MAX = np.uint32(0xffffffff)
 
 
@@ -119,11 +120,13 @@ class CaffeStream:
         span, divisor = t(hi - lo), t(_MAX) + t(1)
         out, done = np.empty(int(n), t), 0
         while done < len(out):
-            values = self.words(len(out) - done).astype(t)
+            values = self.words(min(len(out) - done, _CHUNK)).astype(t)
             values /= divisor
             values *= span
             values += lo
-            values = values[values < hi]
+            below = values < hi
+            if not below.all():         # rare: a word that rounds up to b'
+                values = values[below]
             out[done:done + len(values)] = values
             done += len(values)
         return out
@@ -134,9 +137,13 @@ class CaffeStream:
         p = t(p)
         if not 0 <= p <= 1:
             raise ValueError('bernoulli: p must be in [0, 1], got %g' % p)
+        out = np.zeros(int(n), bool)
         if p == 0:
-            return np.zeros(int(n), bool)
-        return self.words(n).astype(t) <= p * t(_MAX)
+            return out
+        for start in range(0, len(out), _CHUNK):
+            words = self.words(min(len(out) - start, _CHUNK))
+            np.less_equal(words.astype(t), p * t(_MAX), out=out[start:start + len(words)])
+        return out
 
     def gaussian(self, n, mu, sigma, dtype=np.float32):
         """caffe_rng_gaussian: boost::normal_distribution<dtype>(mu, sigma): unit ziggurat * sigma + mu."""
@@ -178,7 +185,7 @@ class CaffeStream:
     def _unit_normal(self, n, dtype):
         out, done, extra = np.empty(n, dtype), 0, 8
         while done < n:
-            need = n - done
+            need = min(n - done, _CHUNK)
             words = self.words(need * (1 if dtype == np.float32 else 2) + need // 16 + extra)
             values, used = _normal_block(words, need, dtype)
             out[done:done + len(values)] = values
@@ -188,69 +195,138 @@ class CaffeStream:
         return out
 
 
-def _pair(words, start, dtype):
-    """boost's generate_int_float_pair<dtype, 8> at word positions `start`: (r in [0, 1), 8-bit bucket).
+def _ceil_to(dtype, values):
+    """The smallest `dtype` value >= each double: x < v in double is x < ceil(v) in dtype."""
+    rounded = values.astype(dtype)
+    return np.where(rounded < values, np.nextafter(rounded, dtype.type(np.inf)), rounded)
+
+
+def _bucket_tables(dtype):
+    """Per 8-bit bucket (sign bit, strip i): the signed strip width, and the bound below which an
+    attempt is accepted at once (|x| < x[i + 1])."""
+    width = _NORMAL_X[np.arange(256) >> 1].astype(dtype)
+    sign = np.where(np.arange(256) & 1, 1, -1).astype(dtype)
+    return width * sign, _ceil_to(dtype, _NORMAL_X[(np.arange(256) >> 1) + 1])
+
+
+_TABLES = {np.dtype(t): _bucket_tables(np.dtype(t)) for t in (np.float32, np.float64)}
+
+
+def _pair(words, size, dtype):
+    """boost's generate_int_float_pair<dtype, 8> at word positions 0..size-1: (r in [0, 1), 8-bit bucket).
     float: one word (its top 24 bits are r); double: two words."""
-    first = words[start]
-    bucket = (first & 0xff).astype(np.int64)
+    first = words[:size]
+    bucket = first & 0xff
     if dtype == np.float32:
-        return (first >> 8).astype(np.float32) * np.float32(2.0 ** -24), bucket
-    r = (first >> 8).astype(np.float64) * 2.0 ** -24
-    r += (words[start + 1] & ((1 << 29) - 1)).astype(np.float64)
-    return r * 2.0 ** -29, bucket
+        r = (first >> 8).view(np.int32).astype(np.float32)
+        r *= np.float32(2.0 ** -24)
+        return r, bucket
+    r = (first >> 8).view(np.int32) * 2.0 ** -24
+    r += (words[1:size + 1] & ((1 << 29) - 1)).view(np.int32)
+    r *= 2.0 ** -29
+    return r, bucket
 
 
 def _normal_block(words, need, dtype):
-    """Up to `need` unit normals from the start of `words`: (values, words consumed). Every position
-    is tried as the start of a ziggurat attempt; the attempts chained from position 0 are Caffe's."""
+    """Up to `need` unit normals from the start of `words`: (values, words consumed).
+
+    Every position is tried as the start of a ziggurat attempt (k words for the pair, one more for
+    the wedge's uniform; tails and redraws step by step). Then the chain of attempts from position
+    0 is walked: only the irregular attempts (not k words, or rejected; about 1.5%) are visited one
+    by one, the regular runs between them are taken whole."""
     t = dtype.type
     k = 1 if dtype == np.float32 else 2        # words per int/float pair
     size = len(words)
-    starts = np.arange(size - k + 1)
+    starts = size - k + 1
+    signed_width, fast_bound = _TABLES[dtype]
     r, bucket = _pair(words, starts, dtype)
-    i = bucket >> 1
-    sign = ((bucket & 1) * 2 - 1).astype(t)
-    x = r * _NORMAL_X[i].astype(t)
-    value = x * sign
-    length = np.full(size + 1, k, np.int64)     # words an attempt at each position takes; -1: runs off
-    length[len(starts):] = -1
+    value = r * signed_width[bucket]
+    slow = np.flatnonzero(np.abs(value) >= fast_bound[bucket])
+    length = np.full(size + 1, k, np.int32)     # words an attempt at each position takes; -1: runs off
+    length[starts:] = -1
     accept = np.ones(size + 1, bool)
-    slow = np.flatnonzero(x.astype(np.float64) >= _NORMAL_X[i + 1])
-    wedge = slow[(i[slow] != 0) & (slow + k < size)]
-    if len(wedge):
-        y01 = words[wedge + k].astype(t) * t(2.0 ** -32)
-        ok = y01 < 1
-        w, y01 = wedge[ok], y01[ok]
-        length[w] = k + 1
-        accept[w] = _wedge_accepts(x[w], i[w], y01, t)
-        special = np.union1d(slow[(i[slow] == 0) | (slow + k >= size)], wedge[~ok])
-    else:
-        special = slow
-    for p in special.tolist():                  # tails and redrawn uniforms: rare, one by one
+    strip = (bucket[slow] >> 1).astype(np.intp)
+    wedge = (strip != 0) & (slow + k < size)
+    special = slow[~wedge]                      # tails and attempts near the end of the block
+    w, strip = slow[wedge], strip[wedge]
+    y01 = words[w + k].astype(t) * t(2.0 ** -32)
+    redraw = y01 >= 1
+    if redraw.any():
+        special = np.union1d(special, w[redraw])
+        w, strip, y01 = w[~redraw], strip[~redraw], y01[~redraw]
+    length[w] = k + 1
+    accept[w] = _wedge_accepts(np.abs(value[w]), strip, y01, t)
+    for p in special.tolist():                  # one by one: rare
         got = _attempt_scalar(words, p, k, t)
         if got is None:
             length[p] = -1
         else:
             accept[p], value[p], length[p] = got
-    irregular = np.flatnonzero((length != k) | ~accept).tolist()
-    taken, count, pos = [], 0, 0
-    for p in irregular:                         # walk the chain of attempts from position 0
+    if k == 1:
+        return _walk_single(value, length, accept, need)
+    return _walk(value, length, accept, need, k)
+
+
+def _walk_single(value, length, accept, need):
+    """The chain of one-word attempts, in array operations. An irregular attempt (rejected, or
+    longer than a word) is visited unless an earlier visited one's words cover it; that only
+    depends on earlier ones, so iterating from "all visited" settles one more of each run of
+    overlapping attempts per pass (a few passes). The values are then every position not
+    covered and not rejected."""
+    irregular = np.flatnonzero((length != 1) | ~accept)
+    span = length[irregular].astype(np.int64)
+    span[span < 0] = len(length)                # ran off the block: covers all that follows
+    visited = np.ones(len(irregular), bool)
+    while True:
+        reach = np.where(visited, irregular + span, irregular + 1)
+        before = np.maximum.accumulate(np.concatenate([[0], reach[:-1]]))
+        settled = before <= irregular
+        if np.array_equal(settled, visited):
+            break
+        visited = settled
+    spots, spans = irregular[visited], length[irregular[visited]]
+    limit = spots[spans < 0][0]                 # the first attempt that runs off the block
+    keep = np.ones(limit, bool)
+    keep[spots[~accept[spots] & (spots < limit)]] = False
+    covering = (spans > 1) & (spots < limit)
+    starts, counts = spots[covering] + 1, spans[covering] - 1
+    first = np.cumsum(counts) - counts
+    keep[np.repeat(starts - first, counts) + np.arange(counts.sum())] = False
+    taken = np.flatnonzero(keep)[:need]
+    if len(taken) < need:
+        return value[taken], int(limit)
+    return value[taken], int(taken[-1] + length[taken[-1]])
+
+
+def _walk(value, length, accept, need, k):
+    """The chain of k-word attempts, visiting the irregular ones one by one (double precision)."""
+    irregular = np.flatnonzero((length != k) | ~accept)
+    runs, counts = [], []                       # the values taken: runs of attempts k words apart
+    count, pos = 0, 0
+    for p, span, ok in zip(irregular.tolist(), length[irregular].tolist(), accept[irregular].tolist()):
         if p < pos or (p - pos) % k:
             continue                            # inside another attempt's words
         regular = (p - pos) // k
-        if count + regular >= need or length[p] < 0:
+        if count + regular >= need or span < 0:
             regular = min(regular, need - count)
-            taken.append(np.arange(pos, pos + regular * k, k))
-            return value[np.concatenate(taken)] if taken else value[:0], pos + regular * k
-        taken.append(np.arange(pos, p, k))
+            runs.append(pos)
+            counts.append(regular)
+            pos += regular * k
+            break
+        runs.append(pos)
+        counts.append(regular)
         count += regular
-        if accept[p]:
-            taken.append(np.array([p]))
+        if ok:
+            runs.append(p)
+            counts.append(1)
             count += 1
-        pos = p + length[p]
+        pos = p + span
         if count == need:
-            return value[np.concatenate(taken)], pos
-    raise AssertionError('the last positions always run off the block')
+            break
+    runs, counts = np.array(runs, np.intp), np.array(counts, np.intp)
+    first = np.cumsum(counts) - counts          # index of each run's first value
+    taken = np.repeat(runs - first * k, counts) + np.arange(counts.sum()) * k
+    return value[taken], pos
 
 
 def _wedge_accepts(x, i, y01, t):

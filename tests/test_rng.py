@@ -328,3 +328,12 @@ def test_recurrent_layers_draw_as_caffes_unrolled_net(kind, rows, per_step, tmp_
     for blob, values in zip(net.params['r'], expected):
         np.testing.assert_array_equal(blob.data.reshape(-1), values)
     np.testing.assert_array_equal(rng.stream().words(3), stream.words(3))
+
+
+def test_block_boundaries_do_not_change_the_stream():
+    n = rng._CHUNK + 5                                  # two blocks inside one call
+    whole = rng.CaffeStream(21).gaussian(n, 0, 1)
+    split = rng.CaffeStream(21)
+    np.testing.assert_array_equal(np.concatenate([split.gaussian(n - 8, 0, 1), split.gaussian(8, 0, 1)]), whole)
+    words = rng.CaffeStream(22).words(n)
+    np.testing.assert_array_equal(rng.CaffeStream(22).bernoulli(n, 0.25), words.astype(np.float32) <= np.float32(2 ** 30))
