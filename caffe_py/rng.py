@@ -230,10 +230,10 @@ def _pair(words, size, dtype):
 def _normal_block(words, need, dtype):
     """Up to `need` unit normals from the start of `words`: (values, words consumed).
 
-    Every position is tried as the start of a ziggurat attempt (k words for the pair, one more for
-    the wedge's uniform; tails and redraws step by step). Then the chain of attempts from position
-    0 is walked: only the irregular attempts (not k words, or rejected; about 1.5%) are visited one
-    by one, the regular runs between them are taken whole."""
+    Every position is tried as the start of a ziggurat attempt: most are accepted at once and take
+    the k words of their pair; the others ("irregular", about 1.5%) take one more word for the
+    wedge's uniform and may be rejected, and the rare tails are followed step by step. The chain
+    of attempts from position 0 then decides which attempts Caffe made."""
     t = dtype.type
     k = 1 if dtype == np.float32 else 2        # words per int/float pair
     size = len(words)
@@ -242,72 +242,69 @@ def _normal_block(words, need, dtype):
     r, bucket = _pair(words, starts, dtype)
     value = r * signed_width[bucket]
     slow = np.flatnonzero(np.abs(value) >= fast_bound[bucket])
-    length = np.full(size + 1, k, np.int32)     # words an attempt at each position takes; -1: runs off
-    length[starts:] = -1
-    accept = np.ones(size + 1, bool)
+    span = np.full(len(slow), k + 1, np.int64)  # words each irregular attempt takes; -1: runs off
+    accept = np.ones(len(slow), bool)
     strip = (bucket[slow] >> 1).astype(np.intp)
-    wedge = (strip != 0) & (slow + k < size)
-    special = slow[~wedge]                      # tails and attempts near the end of the block
-    w, strip = slow[wedge], strip[wedge]
-    y01 = words[w + k].astype(t) * t(2.0 ** -32)
-    redraw = y01 >= 1
-    if redraw.any():
-        special = np.union1d(special, w[redraw])
-        w, strip, y01 = w[~redraw], strip[~redraw], y01[~redraw]
-    length[w] = k + 1
-    accept[w] = _wedge_accepts(np.abs(value[w]), strip, y01, t)
-    for p in special.tolist():                  # one by one: rare
-        got = _attempt_scalar(words, p, k, t)
+    y01 = words[np.minimum(slow + k, size - 1)].astype(t) * t(2.0 ** -32)
+    wedge = (strip != 0) & (slow + k < size) & (y01 < 1)
+    accept[wedge] = _wedge_accepts(np.abs(value[slow[wedge]]), strip[wedge], y01[wedge], t)
+    for j in np.flatnonzero(~wedge).tolist():   # tails, redraws, the block's end: one by one
+        got = _attempt_scalar(words, int(slow[j]), k, t)
         if got is None:
-            length[p] = -1
+            span[j] = -1
         else:
-            accept[p], value[p], length[p] = got
-    if k == 1:
-        return _walk_single(value, length, accept, need)
-    return _walk(value, length, accept, need, k)
+            accept[j], value[slow[j]], span[j] = got
+    ends = np.arange(starts, size + 1)          # no attempt can start in the last k - 1 words
+    irregular = np.concatenate([slow, ends])
+    span = np.concatenate([span, np.full(len(ends), -1)])
+    accept = np.concatenate([accept, np.zeros(len(ends), bool)])
+    walk = _walk_single if k == 1 else _walk
+    return walk(value, irregular, span, accept, need, k)
 
 
-def _walk_single(value, length, accept, need):
-    """The chain of one-word attempts, in array operations. An irregular attempt (rejected, or
-    longer than a word) is visited unless an earlier visited one's words cover it; that only
-    depends on earlier ones, so iterating from "all visited" settles one more of each run of
-    overlapping attempts per pass (a few passes). The values are then every position not
-    covered and not rejected."""
-    irregular = np.flatnonzero((length != 1) | ~accept)
-    span = length[irregular].astype(np.int64)
-    span[span < 0] = len(length)                # ran off the block: covers all that follows
+def _walk_single(value, irregular, span, accept, need, k=1):
+    """The chain of one-word attempts, in array operations. An irregular attempt is visited unless
+    an earlier visited one's words cover it; that only depends on earlier ones, so iterating from
+    "all visited" settles one more of each run of overlapping attempts per pass (a few passes).
+    The values are then those of every position below the first visited attempt that runs off the
+    block, but the rejected attempts and the words covered by longer ones."""
+    reach_all = np.where(span < 0, len(value) + 1, irregular + span)
     visited = np.ones(len(irregular), bool)
     while True:
-        reach = np.where(visited, irregular + span, irregular + 1)
+        reach = np.where(visited, reach_all, irregular + 1)
         before = np.maximum.accumulate(np.concatenate([[0], reach[:-1]]))
         settled = before <= irregular
         if np.array_equal(settled, visited):
             break
         visited = settled
-    spots, spans = irregular[visited], length[irregular[visited]]
-    limit = spots[spans < 0][0]                 # the first attempt that runs off the block
-    keep = np.ones(limit, bool)
-    keep[spots[~accept[spots] & (spots < limit)]] = False
-    covering = (spans > 1) & (spots < limit)
+    spots, spans, oks = irregular[visited], span[visited], accept[visited]
+    stop = np.argmax(spans < 0)                 # the first visited attempt that runs off the block
+    limit, spots, spans, oks = spots[stop], spots[:stop], spans[:stop], oks[:stop]
+    covering = spans > 1
     starts, counts = spots[covering] + 1, spans[covering] - 1
     first = np.cumsum(counts) - counts
-    keep[np.repeat(starts - first, counts) + np.arange(counts.sum())] = False
-    taken = np.flatnonzero(keep)[:need]
-    if len(taken) < need:
-        return value[taken], int(limit)
-    return value[taken], int(taken[-1] + length[taken[-1]])
+    covered = np.repeat(starts - first, counts) + np.arange(counts.sum())
+    excluded = np.union1d(spots[~oks], covered)
+    keep = np.ones(limit, bool)
+    keep[excluded] = False
+    values = value[:limit][keep]
+    if len(values) < need:
+        return values, int(limit)
+    last = need - 1 + np.searchsorted(excluded - np.arange(len(excluded)), need - 1, side='right')
+    at = np.searchsorted(spots, last)
+    taken = spans[at] if at < len(spots) and spots[at] == last else 1
+    return values[:need], int(last + taken)
 
 
-def _walk(value, length, accept, need, k):
+def _walk(value, irregular, span, accept, need, k):
     """The chain of k-word attempts, visiting the irregular ones one by one (double precision)."""
-    irregular = np.flatnonzero((length != k) | ~accept)
     runs, counts = [], []                       # the values taken: runs of attempts k words apart
     count, pos = 0, 0
-    for p, span, ok in zip(irregular.tolist(), length[irregular].tolist(), accept[irregular].tolist()):
+    for p, width, ok in zip(irregular.tolist(), span.tolist(), accept.tolist()):
         if p < pos or (p - pos) % k:
             continue                            # inside another attempt's words
         regular = (p - pos) // k
-        if count + regular >= need or span < 0:
+        if count + regular >= need or width < 0:
             regular = min(regular, need - count)
             runs.append(pos)
             counts.append(regular)
@@ -320,7 +317,7 @@ def _walk(value, length, accept, need, k):
             runs.append(p)
             counts.append(1)
             count += 1
-        pos = p + span
+        pos = p + width
         if count == need:
             break
     runs, counts = np.array(runs, np.intp), np.array(counts, np.intp)
