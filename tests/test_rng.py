@@ -337,3 +337,49 @@ def test_block_boundaries_do_not_change_the_stream():
     np.testing.assert_array_equal(np.concatenate([split.gaussian(n - 8, 0, 1), split.gaussian(8, 0, 1)]), whole)
     words = rng.CaffeStream(22).words(n)
     np.testing.assert_array_equal(rng.CaffeStream(22).bernoulli(n, 0.25), words.astype(np.float32) <= np.float32(2 ** 30))
+
+
+def test_image_data_draws_in_caffes_order(tmp_path, monkeypatch):
+    """Setup takes four words of the global stream: the transformer's seed (InitRand), the shuffling
+    engine's seed, the transformer's seed again (InitRand before the thread starts: this one is
+    used) and the prefetch thread's; each image then takes mirror, crop row, crop column."""
+    from test_data_layers import IMAGE_NET, make_net, write_images
+    monkeypatch.chdir(tmp_path)
+    images = write_images(str(tmp_path), 5, 7, 6)
+    caffe.set_random_seed(33)
+    net = make_net(IMAGE_NET % (4, 'true', 'shuffle: true'), caffe.TRAIN)
+    try:
+        net.forward()
+        data, labels = net.blobs['data'].data.copy(), net.blobs['label'].data.copy()
+    finally:
+        net.layers[0].close()
+    stream = rng.CaffeStream(33)
+    _, shuffle_seed, transform_seed, _ = stream.words(4).tolist()
+    np.testing.assert_array_equal(rng.stream().words(2), stream.words(2))
+    order = list(range(5))
+    rng.CaffeStream(shuffle_seed).shuffle(order)
+    draws = rng.CaffeStream(transform_seed).words(4 * 3).reshape(4, 3).tolist()
+    np.testing.assert_array_equal(labels, order[:4])
+    for item, index, (mirror, row, column) in zip(data, order, draws):
+        chw = images[index].transpose(2, 0, 1)[:, row % 4:row % 4 + 4, column % 3:column % 3 + 4]
+        np.testing.assert_array_equal(item, chw[:, :, ::-1] if mirror % 2 else chw)
+
+
+def test_numpy_streams_build_and_run_nets(monkeypatch):
+    monkeypatch.setitem(rng._state, 'stream', None)       # both restored after the test
+    monkeypatch.setitem(rng._state, 'kind', 'numpy')
+    caffe.set_random_seed(4)
+    assert rng.stream().kind == 'numpy'
+    net = caffe.Net(dropout_net(), caffe.TRAIN)
+    net.blobs['x'].data[...] = 1
+    out = net.forward()['d']
+    assert np.isfinite(out).all() and (out == 0).any() and (out != 0).any()
+
+
+def dropout_net():
+    from google.protobuf import text_format
+    return text_format.Parse(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 30 } } }'
+        'layer { name: "f" type: "InnerProduct" bottom: "x" top: "f" inner_product_param { num_output: 50 '
+        'weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "xavier" } } }'
+        'layer { name: "d" type: "Dropout" bottom: "f" top: "d" }', caffe_pb2.NetParameter())
