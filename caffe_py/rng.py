@@ -212,19 +212,22 @@ def _bucket_tables(dtype):
 _TABLES = {np.dtype(t): _bucket_tables(np.dtype(t)) for t in (np.float32, np.float64)}
 
 
-def _pair(words, size, dtype):
-    """boost's generate_int_float_pair<dtype, 8> at word positions 0..size-1: (r in [0, 1), 8-bit bucket).
-    float: one word (its top 24 bits are r); double: two words."""
-    first = words[:size]
+def _pair(first, second, dtype):
+    """boost's generate_int_float_pair<dtype, 8> from words `first` (and, for double, `second`):
+    (r in [0, 1), 8-bit bucket). float: the top 24 bits of the first word are r."""
     bucket = first & 0xff
     if dtype == np.float32:
         r = (first >> 8).view(np.int32).astype(np.float32)
         r *= np.float32(2.0 ** -24)
         return r, bucket
     r = (first >> 8).view(np.int32) * 2.0 ** -24
-    r += (words[1:size + 1] & ((1 << 29) - 1)).view(np.int32)
+    r += (second & ((1 << 29) - 1)).view(np.int32)
     r *= 2.0 ** -29
     return r, bucket
+
+
+def _pair_at(words, at, k, dtype):
+    return _pair(words[at], words[at + 1] if k == 2 else None, dtype)
 
 
 def _normal_block(words, need, dtype):
@@ -239,7 +242,7 @@ def _normal_block(words, need, dtype):
     size = len(words)
     starts = size - k + 1
     signed_width, fast_bound = _TABLES[dtype]
-    r, bucket = _pair(words, starts, dtype)
+    r, bucket = _pair(words[:starts], words[1:starts + 1], dtype)
     value = r * signed_width[bucket]
     slow = np.flatnonzero(np.abs(value) >= fast_bound[bucket])
     span = np.full(len(slow), k + 1, np.int64)  # words each irregular attempt takes; -1: runs off
@@ -248,7 +251,12 @@ def _normal_block(words, need, dtype):
     y01 = words[np.minimum(slow + k, size - 1)].astype(t) * t(2.0 ** -32)
     wedge = (strip != 0) & (slow + k < size) & (y01 < 1)
     accept[wedge] = _wedge_accepts(np.abs(value[slow[wedge]]), strip[wedge], y01[wedge], t)
-    for j in np.flatnonzero(~wedge).tolist():   # tails, redraws, the block's end: one by one
+    tail = strip == 0
+    if tail.any():
+        x, end = _normal_tails(words, slow[tail] + k, k, t)
+        value[slow[tail]] = np.where(bucket[slow[tail]] & 1, x, -x)
+        span[tail] = np.where(end < 0, -1, end - slow[tail])
+    for j in np.flatnonzero(~wedge & ~tail).tolist():   # redraws, the block's end: one by one
         got = _attempt_scalar(words, int(slow[j]), k, t)
         if got is None:
             span[j] = -1
@@ -338,6 +346,70 @@ def _wedge_accepts(x, i, y01, t):
     above_lower = np.where(convex, tangent, chord)
     density = np.exp(-(x * x / t(2)).astype(np.float64)).astype(t)
     return (above_upper < 0) & ((above_lower < 0) | (y < density))
+
+
+def _normal_tails(words, at, k, t):
+    """boost's tail beyond x[1] for attempts whose tails start at words `at`: exponential(x[1]) and
+    exponential(1) draws until 2y > x^2. (x[1] + x, next word), the word -1 where the block ends."""
+    start = t(_NORMAL_X[1])
+    value = np.zeros(len(at), t)
+    at = at.astype(np.int64)
+    todo = np.arange(len(at))
+    while len(todo):
+        x, after_x = _unit_exponentials(words, at[todo], k, t)
+        y, after_y = _unit_exponentials(words, np.where(after_x < 0, len(words), after_x), k, t)
+        x /= start
+        at[todo] = np.where(after_x < 0, -1, after_y)
+        done = (at[todo] < 0) | (t(2) * y > x * x)
+        value[todo[done]] = x[done] + start
+        todo = todo[~done]
+    return value, at
+
+
+def _unit_exponentials(words, at, k, t):
+    """boost's exponential ziggurat (256 strips), one value per lane starting at word `at`:
+    (values, next word), the word -1 where the block ends."""
+    out = np.zeros(len(at), t)
+    shift = np.zeros(len(at), t)
+    at = at.astype(np.int64)
+    todo = np.arange(len(at))
+    size = len(words)
+    while len(todo):
+        here = at[todo]
+        short = here + k > size
+        at[todo[short]] = -1
+        todo, here = todo[~short], here[~short]
+        r, i = _pair_at(words, here, k, np.dtype(t))
+        i = i.astype(np.intp)
+        x = r * _EXP_X[i].astype(t)
+        fast = x < _EXP_X[i + 1].astype(t)
+        done = todo[fast]
+        out[done], at[done] = shift[done] + x[fast], here[fast] + k
+        base = ~fast & (i == 0)                 # the tail is the body again, shifted
+        shift[todo[base]] += t(_EXP_X[1])
+        at[todo[base]] = here[base] + k
+        wedge = ~fast & (i != 0)
+        lanes, x, i, cur = todo[wedge], x[wedge], i[wedge], here[wedge] + k
+        y01 = np.ones(len(lanes), t)
+        while True:                             # uniform_01: redrawn while it rounds to 1
+            redo = (y01 >= 1) & (cur < size)
+            if not redo.any():
+                break
+            y01[redo] = words[cur[redo]].astype(t) * t(2.0 ** -32)
+            cur[redo] += 1
+        short = y01 >= 1
+        at[lanes[short]] = -1
+        lanes, x, i, cur, y01 = lanes[~short], x[~short], i[~short], cur[~short], y01[~short]
+        xi, xi1, yi, yi1 = _EXP_X[i], _EXP_X[i + 1], _EXP_Y[i], _EXP_Y[i + 1]
+        y = yi.astype(t) + y01 * (yi1 - yi).astype(t)
+        above_upper = (xi - xi1).astype(t) * y01 - (xi.astype(t) - x)
+        above_lower = y - (yi1.astype(t) + (xi1.astype(t) - x) * yi1.astype(t))
+        density = np.exp(-x.astype(np.float64)).astype(t)
+        ok = (above_upper < 0) & ((above_lower < 0) | (y < density))
+        out[lanes[ok]] = x[ok] + shift[lanes[ok]]
+        at[lanes] = cur
+        todo = np.concatenate([todo[base], lanes[~ok]])
+    return out, at
 
 
 class _Short(Exception):

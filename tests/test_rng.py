@@ -182,12 +182,14 @@ def scalar_normals(seed, n, dtype):
 
 
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-def test_gaussian_block_walk_equals_attempt_by_attempt(dtype):
-    expected, used = scalar_normals(11, 20000, dtype)
-    stream = rng.CaffeStream(11)
+@pytest.mark.parametrize('seed', [11, 4294967295])
+def test_gaussian_block_walk_equals_attempt_by_attempt(dtype, seed):
+    """Including the exponential tails (about a dozen here), drawn as arrays in the block walk."""
+    expected, used = scalar_normals(seed, 20000, dtype)
+    stream = rng.CaffeStream(seed)
     parts = [stream.gaussian(n, 0, 1, dtype) for n in (1, 7, 4000, 15992)]     # calls split anywhere
     np.testing.assert_array_equal(np.concatenate(parts), expected)
-    follow = rng.CaffeStream(11)
+    follow = rng.CaffeStream(seed)
     follow.words(used)
     np.testing.assert_array_equal(stream.words(5), follow.words(5))      # and the engine ends there
 
