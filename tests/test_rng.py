@@ -75,8 +75,10 @@ def test_dropout_tops_equal_caffes(case):
 
 # Every draw of these runs is Caffe's (the parameters at iteration 0 are equal bit for bit, and the
 # displayed losses of the first 14 iterations digit for digit), but float32 sums in another order
-# (caffe-py's whole-batch GEMMs) drift the ImageData run by up to 4.2e-5 of a loss by iteration 30.
-DRIFT = {'train_images_shuffle_mirror_crop': 1e-4}
+# (OpenBLAS's and caffe-py's, not those of Caffe's build) drift the ImageData run, a chaotic one, by
+# up to 4.2e-5 of a displayed loss from iteration 14 on (its test outputs stay within 1e-5):
+# case -> (first drifting iteration, tolerance from there).
+DRIFT = {'train_images_shuffle_mirror_crop': (14, 1e-4)}
 
 
 @pytest.fixture(scope='module', params=cases('train_'))
@@ -128,15 +130,16 @@ def test_train_follows_caffes_trajectory(trained):
         theirs = json.load(f)
     steps = ('display', 'test')          # the snapshot and 'Optimization Done' lines are the CLI's
     assert [e for e in ours['events'] if e[0] in steps] == [e for e in theirs['events'] if e[0] in steps]
-    rtol = DRIFT.get(case, 1e-5)
+    drifts_from, rtol_after = DRIFT.get(case, (None, None))
     assert [it for it, _ in ours['train']] == [it for it, _ in theirs['train']]
     for (it, value), (_, expected) in zip(ours['train'], theirs['train']):
+        rtol = rtol_after if drifts_from is not None and it >= drifts_from else 1e-5
         assert value == pytest.approx(expected, rel=rtol), 'displayed loss at iteration %d' % it
     assert [t['iter'] for t in ours['test']] == [t['iter'] for t in theirs['test']]
     for mine, caffes in zip(ours['test'], theirs['test']):
         assert list(mine['outputs']) == list(caffes['outputs'])
         for name, value in caffes['outputs'].items():
-            assert mine['outputs'][name] == pytest.approx(value, rel=rtol, abs=1e-7), \
+            assert mine['outputs'][name] == pytest.approx(value, rel=1e-5, abs=1e-7), \
                 'test output %s at iteration %d' % (name, mine['iter'])
 
 
