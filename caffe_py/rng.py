@@ -538,16 +538,16 @@ class GlibcRand:
         word = seed - _WORD if seed >= 1 << 31 else seed     # glibc keeps it in an int32
         state = [word]
         for _ in range(30):
-            hi, lo = int(word / 127773), word - int(word / 127773) * 127773   # C division
+            hi = word // 127773 if word >= 0 else -(-word // 127773)          # C's division
+            lo = word - hi * 127773
             word = 16807 * lo - 2836 * hi
             if word < 0:
                 word += 2147483647
             state.append(word)
         state += state[:3]
-        self._state = np.array(state, np.int64).astype(np.uint64) % _WORD
-        self._state = self._state[-31:]
+        self._state = np.array(state[-31:], np.int64).astype(np.uint64) % _WORD
         self._pending = np.empty(0, np.uint32)
-        self._advance(310)          # glibc discards the first 310 outputs
+        self._raw(310)              # glibc discards the first 310 outputs
 
     @classmethod
     def _linear_map(cls):
@@ -563,9 +563,6 @@ class GlibcRand:
         out = (self._linear_map() @ self._state) % _WORD
         self._state = out[-31:]
         return out.astype(np.uint32)
-
-    def _advance(self, n):
-        self._raw(n)
 
     def _raw(self, n):
         parts, have = [self._pending], len(self._pending)
