@@ -8,7 +8,10 @@ shuffles with `std::random_shuffle`, i.e. glibc's `rand()`. This module reproduc
 them with whole-array NumPy operations: each distribution draws a block of 32-bit words
 and works out, with array logic, which words each value consumed, so that the engine
 ends where Caffe's would (a value may take several words: redraws, the ziggurat's slow
-path and tail).
+path and tail). Every result is Caffe's bit for bit: the arithmetic is boost's, in the
+distribution's precision; the ziggurat tables (computed here in double, equal to boost's
+as floats and in every comparison with a float) and exp() in the rare wedge test are the
+only values not taken from the same operations, and no case has been found where they differ.
 
 `stream()` is the process-wide engine (`set_random_seed` reseeds it); `new_stream(seed)`
 makes a private one (a data layer's transformer or shuffling engine, seeded with a word of
@@ -235,8 +238,9 @@ def _normal_block(words, need, dtype):
 
     Every position is tried as the start of a ziggurat attempt: most are accepted at once and take
     the k words of their pair; the others ("irregular", about 1.5%) take one more word for the
-    wedge's uniform and may be rejected, and the rare tails are followed step by step. The chain
-    of attempts from position 0 then decides which attempts Caffe made."""
+    wedge's uniform and may be rejected; the rare tails draw exponentials from the words after
+    them (as arrays, lane by lane). The chain of attempts from position 0 then decides which
+    attempts Caffe made."""
     t = dtype.type
     k = 1 if dtype == np.float32 else 2        # words per int/float pair
     size = len(words)
