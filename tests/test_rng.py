@@ -309,7 +309,8 @@ def test_positive_unitball_sums_rows_in_order():
 
 
 RECURRENT_NET = """
-layer { name: "x" type: "Input" top: "x" top: "cont" input_param { shape { dim: 3 dim: 2 dim: 5 } shape { dim: 3 dim: 2 } } }
+layer { name: "x" type: "Input" top: "x" top: "cont"
+  input_param { shape { dim: 3 dim: 2 dim: 5 } shape { dim: 3 dim: 2 } } }
 layer { name: "r" type: "%s" bottom: "x" bottom: "cont" top: "h"
   recurrent_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "uniform" } } }
 """
@@ -341,7 +342,8 @@ def test_block_boundaries_do_not_change_the_stream():
     split = rng.CaffeStream(21)
     np.testing.assert_array_equal(np.concatenate([split.gaussian(n - 8, 0, 1), split.gaussian(8, 0, 1)]), whole)
     words = rng.CaffeStream(22).words(n)
-    np.testing.assert_array_equal(rng.CaffeStream(22).bernoulli(n, 0.25), words.astype(np.float32) <= np.float32(2 ** 30))
+    np.testing.assert_array_equal(rng.CaffeStream(22).bernoulli(n, 0.25),
+                                  words.astype(np.float32) <= np.float32(2 ** 30))
 
 
 def test_image_data_draws_in_caffes_order(tmp_path, monkeypatch):
