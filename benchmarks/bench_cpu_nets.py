@@ -35,11 +35,12 @@ CAFFE_MS = {'LeNet': 39, 'CIFAR10-quick': 297, 'CaffeNet': 692}   # BVLC Caffe, 
 TORCH_MS = {'LeNet': 25, 'CIFAR10-quick': 107, 'CaffeNet': 630}   # PyTorch 2.13 CPU, 2 cores
 
 
-def build(path, batch):
+def build(path, batch, phase=caffe_py.TEST):
+    """The deploy net with a loss on its output; in TRAIN, Dropout draws its masks at each forward."""
     param = formats.read_net(os.path.join(ROOT, path))
     param.layer[-1].loss_weight.append(1.0)
-    param.state.phase = caffe_py.TEST
-    net = caffe_py.Net(param, caffe_py.TEST)
+    param.state.phase = phase
+    net = caffe_py.Net(param, phase)
     data = net.inputs[0]
     net.blobs[data].reshape((batch,) + net.blobs[data].shape[1:])
     net.reshape()

@@ -128,10 +128,13 @@ _rng = {'gen': np.random.default_rng()}
 
 
 def set_random_seed(seed):
-    """Seed caffe-py's generator (fillers, dropout, shuffling), as Caffe::set_random_seed."""
+    """Caffe::set_random_seed: reseed Caffe's stream (caffe_py.rng: fillers, CPU dropout, data layers)
+    and the NumPy generator of the draws Caffe makes with cuRAND (GPU dropout, stochastic pooling)."""
+    from . import rng as caffe_rng
+    caffe_rng.set_random_seed(seed)
     _rng['gen'] = np.random.default_rng(int(seed))
 
 
 def rng():
-    """The process-wide NumPy Generator."""
+    """The process-wide NumPy Generator of the draws Caffe makes on the GPU (cuRAND's in Caffe)."""
     return _rng['gen']

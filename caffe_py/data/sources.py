@@ -112,8 +112,9 @@ class ImageListSource:
         self.pool = ItemPool(workers)
 
     def shuffle(self):
-        order = self.shuffle_rng.permutation(len(self.lines))
-        self.lines = [self.lines[i] for i in order]
+        """caffe::shuffle of the list on the layer's shuffling engine."""
+        self.lines = list(self.lines)
+        self.shuffle_rng.shuffle(self.lines)
 
     def read(self, name):
         return read_image(self.root + name, self.new_height, self.new_width, self.is_color)
@@ -177,7 +178,7 @@ class WindowSource:
         self.pool = ItemPool(workers)
 
     def _rand(self):
-        return int(self.rng.integers(0, 1 << 32, dtype=np.uint64))
+        return int(self.rng.words(1)[0])
 
     def load_batch(self, batch):
         crop = self.crop_size

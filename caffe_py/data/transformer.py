@@ -4,16 +4,17 @@ An input is an OpenCV image (H x W x C or H x W, uint8) or, with chw=True, a
 C x H x W array (a raw Datum: uint8 pixels or float values). Per item Caffe
 computes `(x - mean) * scale` (or `x * scale` without a mean) in the net's
 dtype; the crop is random in TRAIN and centred in TEST; `mirror: true` flips
-at random in either phase, as Caffe does. The random numbers are drawn up
-front (`draw`) from the transformer's own generator, in Caffe's order
-(mirror, then crop row, then crop column), and reduced modulo the extent once
-the image size is known, as Caffe's Rand(n) = rng() % n; the draws of a batch
-therefore do not depend on which thread decodes which image.
+at random in either phase, as Caffe does. The transformer has its own engine,
+seeded with a word of Caffe's stream by `init_rand` (Caffe's InitRand); the
+words are drawn up front (`draw`), in Caffe's order (mirror, then crop row,
+then crop column), and reduced modulo the extent once the image size is
+known, as Caffe's Rand(n) = rng() % n; the draws of a batch therefore do not
+depend on which thread decodes which image.
 """
 import cv2
 import numpy as np
 
-from .. import formats, log
+from .. import formats, log, rng as caffe_rng
 from ..proto import caffe_pb2
 from .hdf5 import DataSourceError
 
@@ -43,7 +44,7 @@ def _planes(image, chw, rows, cols, mirror):
 
 
 class DataTransformer:
-    def __init__(self, param, phase, dtype=np.float32, seed=None):
+    def __init__(self, param, phase, dtype=np.float32):
         self.param = param
         self.phase = phase
         self.dtype = np.dtype(dtype)
@@ -69,7 +70,7 @@ class DataTransformer:
             self.mean_values = np.array(param.mean_value, dtype=self.dtype)
             self._channel_means = {}        # channels -> C x 1 x 1 means
         self.needs_rand = self.mirror or (phase == caffe_pb2.TRAIN and self.crop_size > 0)
-        self.rng = np.random.default_rng(seed) if self.needs_rand else None
+        self.rng = None
         self.draws_per_item = int(self.mirror) + 2 * int(phase == caffe_pb2.TRAIN and self.crop_size > 0)
 
     # -- shapes -------------------------------------------------------------
@@ -105,11 +106,18 @@ class DataTransformer:
         return None
 
     # -- randomness -----------------------------------------------------------
+    def init_rand(self):
+        """Caffe's InitRand: when mirroring or cropping at random, a new engine seeded with one word of
+        Caffe's stream."""
+        self.rng = caffe_rng.new_stream(int(caffe_rng.stream().words(1)[0])) if self.needs_rand else None
+
     def draw(self, count):
         """Random words for `count` items (count x draws_per_item uint32), in Caffe's order."""
         if not self.draws_per_item:
             return None
-        return self.rng.integers(0, 1 << 32, size=(count, self.draws_per_item), dtype=np.uint64)
+        if self.rng is None:
+            self.init_rand()
+        return self.rng.words(count * self.draws_per_item).reshape(count, self.draws_per_item)
 
     # -- the transformation -----------------------------------------------------
     def transform(self, image, out, draws=None, what='image', chw=False):

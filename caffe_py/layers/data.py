@@ -4,7 +4,7 @@ import weakref
 
 import numpy as np
 
-from .. import backend, log, parallel
+from .. import log, parallel, rng as caffe_rng
 from ..fillers import fill
 from ..layer import Layer, LayerError, register
 from ..proto import caffe_pb2
@@ -57,9 +57,9 @@ class HDF5DataLayer(Layer):
         log.info('Number of HDF5 files: %d', len(self.filenames))
         if not self.filenames:
             raise self.error('Must have at least 1 HDF5 filename listed in %s' % param.source)
-        self.file_order = np.arange(len(self.filenames))
+        self.file_order = list(range(len(self.filenames)))
         if self.shuffle:
-            backend.rng().shuffle(self.file_order)
+            caffe_rng.c_rand().random_shuffle(self.file_order)
         self.current_file = 0
         self._load(self.filenames[self.file_order[0]])
         self.current_row = 0
@@ -76,7 +76,7 @@ class HDF5DataLayer(Layer):
             raise self.error('HDF5 file %s holds no rows' % path)
         self.row_order = np.arange(rows)
         if self.shuffle:
-            backend.rng().shuffle(self.row_order)
+            self._shuffle_rows()
 
     def _end_of_file(self):
         """Caffe's Next() at the last row: the next file (or the same one again), reshuffled."""
@@ -85,11 +85,17 @@ class HDF5DataLayer(Layer):
             if self.current_file == len(self.filenames):
                 self.current_file = 0
                 if self.shuffle:
-                    backend.rng().shuffle(self.file_order)
+                    caffe_rng.c_rand().random_shuffle(self.file_order)
             self._load(self.filenames[self.file_order[self.current_file]])
         self.current_row = 0
         if self.shuffle:
-            backend.rng().shuffle(self.row_order)
+            self._shuffle_rows()
+
+    def _shuffle_rows(self):
+        """Caffe's std::random_shuffle of the row order, over glibc's rand() (shared by all HDF5Data layers)."""
+        order = self.row_order.tolist()
+        caffe_rng.c_rand().random_shuffle(order)
+        self.row_order = np.array(order)
 
     def reshape(self, bottom, top):
         pass
@@ -241,12 +247,14 @@ class PrefetchingDataLayer(Layer):
         from ..data.transformer import DataTransformer
         self.output_labels = len(top) > 1
         self._current = None
-        try:
-            self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.dtype,
-                                               seed=_child_seed())
+        try:        # Caffe's order of draws: InitRand, the layer's own setup, InitRand again, the thread
+            self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.dtype)
+            self.transformer.init_rand()
             self.source, shape = self.make_source()
         except ValueError as exc:
             raise self.error(str(exc)) from None
+        self.transformer.init_rand()
+        _draw_word()        # the seed of the prefetch thread's own engine, which Data layers never use
         top[0].reshape(shape)
         log.info('output data size: %s', ','.join(str(d) for d in shape))
         if self.output_labels:
@@ -284,9 +292,9 @@ class PrefetchingDataLayer(Layer):
         self.prefetcher.close()
 
 
-def _child_seed():
-    """A seed for a layer's own generator, drawn from caffe-py's (as Caffe seeds from caffe_rng_rand)."""
-    return int(backend.rng().integers(0, 1 << 63))
+def _draw_word():
+    """caffe_rng_rand(): one word of Caffe's stream (seeds of the layers' own engines, rand_skip)."""
+    return int(caffe_rng.stream().words(1)[0])
 
 
 @register('Data')
@@ -308,7 +316,7 @@ class DataLayer(PrefetchingDataLayer):
             source = DatumSource(reader, self.transformer, param.batch_size, param.force_encoded_color,
                                  deal=parallel.deal(self.phase))
             if param.rand_skip:
-                skip = int(backend.rng().integers(0, 1 << 32)) % param.rand_skip
+                skip = _draw_word() % param.rand_skip
                 log.info('Skipping first %d data points.', skip)
                 source.skip(skip)
             shape = source.first_shape()
@@ -340,7 +348,7 @@ class ImageDataLayer(PrefetchingDataLayer):
         shuffle_rng = None
         if param.shuffle:
             log.info('Shuffling data')
-            shuffle_rng = np.random.default_rng(_child_seed())
+            shuffle_rng = caffe_rng.new_stream(_draw_word())
         source = ImageListSource(lines, param, self.transformer, shuffle_rng)
         if shuffle_rng is not None:
             source.shuffle()
@@ -348,7 +356,7 @@ class ImageDataLayer(PrefetchingDataLayer):
             log.warning('Shuffling or skipping recommended for multi-GPU')
         log.info('A total of %d images.', len(lines))
         if param.rand_skip:
-            skip = int(backend.rng().integers(0, 1 << 32)) % param.rand_skip
+            skip = _draw_word() % param.rand_skip
             log.info('Skipping first %d data points.', skip)
             if skip >= len(lines):
                 raise self.error('Not enough points to skip')
@@ -376,7 +384,7 @@ class WindowDataLayer(PrefetchingDataLayer):
                  '  cache_images: %d\n  root_folder: %s', log.fmt(param.fg_threshold),
                  log.fmt(param.bg_threshold), log.fmt(param.fg_fraction), param.cache_images,
                  param.root_folder)
-        rng = np.random.default_rng(_child_seed())
+        rng = caffe_rng.new_stream(_draw_word()) if tparam.mirror or tparam.crop_size else None
         images, fg, bg, channels, cached = self._read_window_file(param)
         if tparam.crop_size <= 0:
             raise self.error('transform_param.crop_size must be positive')

@@ -7,7 +7,7 @@ output, as in Caffe.
 """
 import numpy as np
 
-from .. import backend, fillers
+from .. import backend, fillers, rng as caffe_rng
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from .cores import split_apply
@@ -140,12 +140,12 @@ class DropoutLayer(NeuronLayer):
             return
         shape = bottom[0].shape
         mask = scratch(self, 'mask', shape, self.dtype, xp)
-        if xp is np:
-            backend.rng().random(dtype=self.dtype, out=mask)
-        else:
-            mask[...] = xp.asarray(backend.rng().random(shape, dtype=self.dtype))
         keep = scratch(self, 'keep', shape, bool, xp)
-        xp.greater_equal(mask, self.scalar(self.ratio), out=keep)
+        if xp is np:        # Caffe's bernoulli(1. - ratio): p and the comparison in double
+            keep[...] = caffe_rng.stream().bernoulli(mask.size, 1.0 - self.ratio, np.float64).reshape(shape)
+        else:               # Caffe draws GPU masks with cuRAND: a stream of its own here too
+            mask[...] = xp.asarray(backend.rng().random(shape, dtype=self.dtype))
+            xp.greater_equal(mask, self.scalar(self.ratio), out=keep)
         xp.multiply(keep, self.scale, out=mask)
         xp.multiply(bottom[0].data, mask, out=top[0].data)
         self.mask = mask

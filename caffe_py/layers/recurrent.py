@@ -202,6 +202,11 @@ class RecurrentLayer(Layer):
             fillers.fill(blob, filler)
             self.blobs.append(blob)
         self.recurrent_weight = 2 + self.static_input
+        # Caffe's unrolled net has one layer per time step for the recurrent (and RNN's output)
+        # weights, sharing the first step's: each later step still draws its fill from the stream
+        for _ in range(self.steps - 1):
+            for shape, filler in shapes[self.recurrent_weight:]:
+                fillers.fill(self.make_blob(shape), filler)
         self.states = [self.make_blob((1, num, self.hidden)) for _ in range(self.num_states)]
         self.buffers = _Buffers()
 

@@ -7,7 +7,7 @@ refused.
 """
 import sys
 
-from .. import backend, log
+from .. import log, rng as caffe_rng
 from ..data.db import DBWriter
 from ..data.image import DataSourceError, read_image_list, read_image_to_datum
 from .flags import parse, wants_help
@@ -44,8 +44,8 @@ def convert_imageset(root_folder, list_file, db_name, gray=False, shuffle=False,
     lines = read_image_list(list_file, 'list file', keep_blank=True)
     if shuffle:
         log.info('Shuffling data')
-        order = _rng().permutation(len(lines))
-        lines = [lines[i] for i in order]
+        lines = list(lines)
+        caffe_rng.stream().shuffle(lines)        # caffe::shuffle on the (unseeded) global engine
     log.info('A total of %d images.', len(lines))
     if encode_type and not encoded:
         log.info('encode_type specified, assuming encoded=true.')
@@ -85,7 +85,3 @@ def convert_imageset(root_folder, list_file, db_name, gray=False, shuffle=False,
     if skipped:
         log.warning('%d of %d files could not be read and were skipped.', skipped, len(lines))
     return count
-
-
-def _rng():
-    return backend.rng()
