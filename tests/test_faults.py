@@ -355,7 +355,7 @@ def test_disk_full_names_the_path_and_keeps_earlier_snapshots(bigdir):
 
 # -- NaN and inf -----------------------------------------------------------------------------------
 
-def nan_net(data_filler, power_layer=True, lr_mult=1):
+def nan_net(data_filler, power_layer=True, lr_mult=1, weight_filler='type: "gaussian" std: 1'):
     """DummyData -> InnerProduct ip -> Power root (sqrt) -> EuclideanLoss.
 
     sqrt(x < 0) is NaN in the forward pass, sqrt'(0) is inf in the backward pass."""
@@ -366,9 +366,13 @@ def nan_net(data_filler, power_layer=True, lr_mult=1):
             '  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }\n'
             '    data_filler { %s } data_filler { type: "constant" value: 1 } } }\n'
             'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" param { lr_mult: %g }\n'
-            '  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }\n'
+            '  inner_product_param { num_output: 2 weight_filler { %s } } }\n'
             '%slayer { name: "loss" type: "EuclideanLoss" bottom: "%s" bottom: "target" top: "loss" }\n'
-            % (data_filler, lr_mult, root, 'root' if power_layer else 'ip'))
+            % (data_filler, lr_mult, weight_filler, root, 'root' if power_layer else 'ip'))
+
+
+# every ip output negative, whatever the random streams draw: sqrt is NaN at the first forward
+NEGATIVE_ROOT = nan_net('type: "uniform" min: -2 max: -1', weight_filler='type: "constant" value: 1')
 
 
 def nan_solver(folder, net, base_lr=0.01):
@@ -379,7 +383,7 @@ def nan_solver(folder, net, base_lr=0.01):
 
 @pytest.mark.filterwarnings('ignore::RuntimeWarning')
 @pytest.mark.parametrize('net, base_lr, message', [
-    (nan_net('type: "gaussian" std: 1'), 0.01,
+    (NEGATIVE_ROOT, 0.01,
      'NaN or inf at iteration 0: layer root (Power) forward wrote top blob root data'),
     (nan_net('type: "constant" value: 0'), 0.01,
      'NaN or inf at iteration 0: layer root (Power) backward wrote bottom blob ip diff'),
@@ -400,7 +404,7 @@ def test_nan_check_names_iteration_layer_and_blob(bigdir, net, base_lr, message)
 
 @pytest.mark.filterwarnings('ignore::RuntimeWarning')
 def test_nan_check_flag_stops_the_cli_with_one_line(bigdir, capsys):
-    nan_solver(bigdir, nan_net('type: "gaussian" std: 1'))
+    nan_solver(bigdir, NEGATIVE_ROOT)
     assert cli.main(['train', '-solver', 'solver.prototxt']) == 0
     assert cli.main(['train', '-solver', 'solver.prototxt', '-nan_check']) == 1
     assert re.fullmatch(r'caffe-py: error: NaN or inf at iteration 0: layer root \(Power\) forward wrote top blob '
