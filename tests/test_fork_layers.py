@@ -425,3 +425,25 @@ def test_pspnet_bn_train_test_frozen():
     params = {'L': [rand(1, 3, 1, 1, seed=6), rand(1, 3, 1, 1, seed=7)] + stored[2:]}
     for phase in (TRAIN, TEST):   # the running statistics take no gradient (as in the fork)
         check({'x': rand(3, 3, 2, 2)}, PSP_BN % '', phase=phase, params=params, no_grad=('L/2', 'L/3'))
+
+
+def test_yolov3_detection_output_hand_case():
+    # one scale, 2x2 cells, one anchor (biases[2] = 8 x 16 at anchors_scale 4: w = e^0 * 8 / (2 * 4)), 2 classes
+    logits = np.full((1, 7, 2, 2), -20.0)
+    logits[0, 2:4] = 0                          # w = 1, h = 2 relative before exp
+    logits[0, 0:2] = 0                          # sigmoid 0.5: centres in the middle of the cells
+    logits[0, 4, 0, 0] = logits[0, 4, 0, 1] = 20    # objectness ~1 in cells (0, 0) and (0, 1)
+    logits[0, 5, 0, 0] = 2.0                    # class 0 in cell (0, 0)
+    logits[0, 6, 0, 1] = 1.0                    # class 1 in cell (0, 1), overlapping: IoU 1/3
+    layer = ('type: "Yolov3DetectionOutput" yolov3_detection_output_param { num_classes: 2 num_box: 1 '
+             'confidence_threshold: 0.5 nms_threshold: %s biases: 1 biases: 1 biases: 8 biases: 16 anchors_scale: 4 '
+             'mask_group_num: 1 mask: 1 }')
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    out = run({'x': logits}, layer % '0.45').blobs['y'].data.reshape(-1, 7)
+    np.testing.assert_allclose(out, [[0, 1, sig(2) * sig(20), -0.25, -0.75, 0.75, 1.25],
+                                     [0, 2, sig(1) * sig(20), 0.25, -0.75, 1.25, 1.25]], rtol=1e-6)
+    out = run({'x': logits}, layer % '0.3').blobs['y'].data.reshape(-1, 7)
+    assert out.shape == (1, 7) and out[0, 1] == 1
+    logits[0, 4] = -20
+    out = run({'x': logits}, layer % '0.3').blobs['y'].data.reshape(-1, 7)
+    np.testing.assert_array_equal(out, [[0, -1, -1, -1, -1, -1, -1]])

@@ -1,6 +1,9 @@
-"""Layers of the YOLO Caffe ports (eric612/MobileNet-YOLO and the caffe-yolo family): Reorg.
+"""Layers of the YOLO Caffe ports (eric612/MobileNet-YOLO and the caffe-yolo family): Reorg and
+Yolov3DetectionOutput.
 (Their Upsample shares its type name with SegNet's and lives in segmentation.py.)
 """
+import numpy as np
+
 from ..layer import Layer, register
 
 
@@ -54,3 +57,105 @@ class ReorgLayer(Layer):
         if propagate_down[0]:
             move = self._wide_to_deep if self.reverse else self._deep_to_wide
             move(top[0].diff, bottom[0].diff)
+
+
+def _sigmoid(xp, x):
+    return 1 / (1 + xp.exp(-x))
+
+
+def _greedy_nms(boxes, threshold):
+    """Indices kept by greedy NMS over boxes (K, 4) = (cx, cy, w, h) in descending score order:
+    a box is dropped when its IoU with a kept, higher-scored box is >= threshold (darknet's rule)."""
+    left, right = boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 0] + boxes[:, 2] / 2
+    top, bottom = boxes[:, 1] - boxes[:, 3] / 2, boxes[:, 1] + boxes[:, 3] / 2
+    area = boxes[:, 2] * boxes[:, 3]
+    alive = np.ones(len(boxes), bool)
+    for i in range(len(boxes)):
+        if not alive[i]:
+            continue
+        rest = slice(i + 1, None)
+        w = np.minimum(right[i], right[rest]) - np.maximum(left[i], left[rest])
+        h = np.minimum(bottom[i], bottom[rest]) - np.maximum(top[i], top[rest])
+        inter = np.where((w < 0) | (h < 0), 0, w * h)
+        iou = inter / (area[i] + area[rest] - inter)
+        alive[rest] &= ~(iou >= threshold)
+    return np.flatnonzero(alive)
+
+
+@register('Yolov3DetectionOutput')
+class Yolov3DetectionOutputLayer(Layer):
+    """MobileNet-YOLO's YOLOv3 decoding: one bottom per scale, (N, boxes * (5 + classes), H, W).
+    Per cell and anchor: x = (col + sigmoid) / W, y = (row + sigmoid) / H, w = exp * anchor_w /
+    (W * anchors_scale), h likewise, class score = sigmoid(class) * sigmoid(objectness); every class
+    scoring above confidence_threshold is a detection; detections are sorted by score and pruned by
+    class-agnostic greedy NMS. Top (1, 1, K, 7): image, label + 1, score, xmin, ymin, xmax, ymax
+    (relative, unclipped); without detections one row of -1 per image (its image id first).
+    Unlike the fork, which labels every detection image 0, NMS runs per image and rows name it."""
+    min_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.yolov3_detection_output_param
+        if not p.HasField('num_classes'):
+            raise self.error('Must specify num_classes')
+        if p.gaussian_box:
+            raise self.error('gaussian_box (Gaussian YOLOv3) is not supported')
+        self.classes, self.boxes = p.num_classes, p.num_box
+        self.threshold, self.nms = p.confidence_threshold, p.nms_threshold
+        self.biases = np.asarray(p.biases, np.float64).reshape(-1, 2)
+        if len(bottom) != p.mask_group_num:
+            raise self.error('%d bottoms, mask_group_num says %d' % (len(bottom), p.mask_group_num))
+        per_group = len(p.mask) // p.mask_group_num
+        if per_group < self.boxes or len(p.anchors_scale) < len(bottom):
+            raise self.error('needs num_box (%d) masks and one anchors_scale per bottom (masks %d, scales %d)'
+                             % (self.boxes, len(p.mask), len(p.anchors_scale)))
+        self.masks = [list(p.mask[g * per_group:g * per_group + self.boxes]) for g in range(len(bottom))]
+        if max(max(m) for m in self.masks) >= len(self.biases):
+            raise self.error('a mask names anchor %d of %d biases pairs' % (max(map(max, self.masks)),
+                                                                             len(self.biases)))
+        self.scales = list(p.anchors_scale)
+
+    def reshape(self, bottom, top):
+        for i, blob in enumerate(bottom):
+            if blob.num_axes != 4 or blob.shape[1] != self.boxes * (5 + self.classes):
+                raise self.error('bottom[%d] %s must be (N, num_box * (5 + num_classes) = %d, H, W)'
+                                 % (i, blob.shape_string(), self.boxes * (5 + self.classes)))
+        top[0].reshape(1, 1, bottom[0].shape[0], 7)
+
+    def _candidates(self, bottom):
+        """Per image: boxes (K, 4) as (cx, cy, w, h), labels (K,), scores (K,)."""
+        per_image = [([], [], []) for _ in range(bottom[0].shape[0])]
+        for blob, mask, scale in zip(bottom, self.masks, self.scales):
+            n, _, h, w = blob.shape
+            x = blob.data
+            x = (x if isinstance(x, np.ndarray) else x.get()).astype(np.float64)
+            x = x.reshape(n, self.boxes, 5 + self.classes, h, w)
+            anchors = self.biases[mask]                                  # (boxes, 2)
+            cx = (np.arange(w) + _sigmoid(np, x[:, :, 0])) / w
+            cy = (np.arange(h)[:, None] + _sigmoid(np, x[:, :, 1])) / h
+            bw = np.exp(x[:, :, 2]) * anchors[:, 0, None, None] / (w * scale)
+            bh = np.exp(x[:, :, 3]) * anchors[:, 1, None, None] / (h * scale)
+            scores = _sigmoid(np, x[:, :, 5:]) * _sigmoid(np, x[:, :, 4:5])  # (n, boxes, classes, h, w)
+            for image in range(n):
+                b, c, i, j = np.nonzero(scores[image] > self.threshold)
+                boxes = np.stack([cx[image, b, i, j], cy[image, b, i, j], bw[image, b, i, j], bh[image, b, i, j]], 1)
+                per_image[image][0].append(boxes)
+                per_image[image][1].append(c)
+                per_image[image][2].append(scores[image, b, c, i, j])
+        return [tuple(np.concatenate(part) for part in parts) for parts in per_image]
+
+    def forward(self, bottom, top):
+        rows = []
+        for image, (boxes, labels, scores) in enumerate(self._candidates(bottom)):
+            order = np.argsort(-scores, kind='stable')
+            keep = order[_greedy_nms(boxes[order], self.nms)]
+            b = boxes[keep]
+            rows.append(np.column_stack([np.full(len(keep), image), labels[keep] + 1, scores[keep],
+                                         b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2,
+                                         b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2]))
+        found = np.concatenate(rows)
+        if not len(found):
+            found = np.full((bottom[0].shape[0], 7), -1.0)
+            found[:, 0] = np.arange(bottom[0].shape[0])
+        top[0].reshape(1, 1, len(found), 7)
+        top[0].data[...] = top[0].xp.asarray(found.reshape(top[0].shape))
