@@ -447,3 +447,12 @@ def test_yolov3_detection_output_hand_case():
     logits[0, 4] = -20
     out = run({'x': logits}, layer % '0.3').blobs['y'].data.reshape(-1, 7)
     np.testing.assert_array_equal(out, [[0, -1, -1, -1, -1, -1, -1]])
+
+
+def test_fast_rcnn_dropout_scale_train_false_scales_at_test_time():
+    x = rand(2, 5)
+    layer = 'type: "Dropout" dropout_param { dropout_ratio: 0.25 scale_train: false }'
+    np.testing.assert_allclose(run({'x': x}, layer).blobs['y'].data, 0.75 * x)
+    y = run({'x': x}, layer, phase=TRAIN).blobs['y'].data
+    assert set(np.unique(y / x).round(12)) <= {0.0, 1.0}
+    check({'x': x}, layer)
