@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from caffe_py import TEST, TRAIN, Net
+from caffe_py import TEST, TRAIN, Net, formats
 from caffe_py.proto import caffe_pb2
 from harness import numeric_gradient_check
 
@@ -456,3 +456,36 @@ def test_fast_rcnn_dropout_scale_train_false_scales_at_test_time():
     y = run({'x': x}, layer, phase=TRAIN).blobs['y'].data
     assert set(np.unique(y / x).round(12)) <= {0.0, 1.0}
     check({'x': x}, layer)
+
+
+FASTER_RCNN_TEST = '''
+input: "data" input_shape { dim: 1 dim: 3 dim: 32 dim: 48 }
+input: "im_info" input_shape { dim: 1 dim: 3 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 4 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "rpn_cls" type: "Convolution" bottom: "conv" top: "rpn_cls_score"
+        convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "rpn_prob" type: "Softmax" bottom: "rpn_cls_score" top: "rpn_cls_prob" }
+layer { name: "rpn_bbox" type: "Convolution" bottom: "conv" top: "rpn_bbox_pred"
+        convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "proposal" type: "Python" bottom: "rpn_cls_prob" bottom: "rpn_bbox_pred" bottom: "im_info"
+        top: "rois" python_param { module: "rcnn_pylayers" layer: "ProposalLayer"
+        param_str: "{'feat_stride': 4, 'anchor': 12, 'top_n': 6}" } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "conv" bottom: "rois" top: "pool"
+        roi_pooling_param { pooled_w: 3 pooled_h: 3 spatial_scale: 0.25 } }
+layer { name: "cls_score" type: "InnerProduct" bottom: "pool" top: "cls_score"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "bbox_pred" type: "InnerProduct" bottom: "pool" top: "bbox_pred"
+        inner_product_param { num_output: 12 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "cls_prob" type: "Softmax" bottom: "cls_score" top: "cls_prob" }
+'''
+
+
+def test_faster_rcnn_test_net_with_a_users_python_proposal_layer():
+    net = Net(formats.parse_net_text(FASTER_RCNN_TEST), TEST, dtype=np.float64)
+    out = net.forward(data=rand(1, 3, 32, 48), im_info=np.array([[32.0, 48.0, 1.0]]))
+    rois = net.blobs['rois'].data
+    assert rois.shape == (6, 5) and out['cls_prob'].shape == (6, 3) and out['bbox_pred'].shape == (6, 12)
+    assert (rois[:, 1:] >= 0).all() and (rois[:, 3] <= 47).all() and (rois[:, 4] <= 31).all()
+    np.testing.assert_allclose(out['cls_prob'].sum(axis=1), 1)
+    np.testing.assert_array_equal(net.blobs['pool'].data, naive_roi_pool(net.blobs['conv'].data, rois, 3, 3, 0.25))
