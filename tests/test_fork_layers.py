@@ -489,3 +489,16 @@ def test_faster_rcnn_test_net_with_a_users_python_proposal_layer():
     assert (rois[:, 1:] >= 0).all() and (rois[:, 3] <= 47).all() and (rois[:, 4] <= 31).all()
     np.testing.assert_allclose(out['cls_prob'].sum(axis=1), 1)
     np.testing.assert_array_equal(net.blobs['pool'].data, naive_roi_pool(net.blobs['conv'].data, rois, 3, 3, 0.25))
+
+
+def test_yolov2_detection_output_hand_case():
+    # 2x2 cells, one anchor of 1 x 2 cells, 3 classes: one confident box in cell (row 1, col 0)
+    logits = np.full((1, 8, 2, 2), -20.0)
+    logits[0, 0:4] = 0
+    logits[0, 4, 1, 0] = 20
+    logits[0, 5:8, 1, 0] = [0.0, np.log(3.0), 0.0]     # softmax: 0.2, 0.6, 0.2
+    layer = ('type: "YoloDetectionOutput" yolo_detection_output_param { num_classes: 3 num_box: 1 '
+             'confidence_threshold: 0.5 biases: 1 biases: 2 }')
+    out = run({'x': logits}, layer).blobs['y'].data.reshape(-1, 7)
+    score = 0.6 / (1 + np.exp(-20))
+    np.testing.assert_allclose(out, [[0, 2, score, 0.25 - 0.25, 0.75 - 0.5, 0.25 + 0.25, 0.75 + 0.5]], rtol=1e-6)

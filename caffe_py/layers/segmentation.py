@@ -282,7 +282,6 @@ class UpsampleLayer(Layer):
         return mask + xp.arange(num * channels)[:, None] * plane
 
     def forward(self, bottom, top):
-        xp = bottom[0].xp
         if not self.unpool:
             s = self.scale
             n, c, h, w = bottom[0].shape

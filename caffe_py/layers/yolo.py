@@ -1,5 +1,5 @@
-"""Layers of the YOLO Caffe ports (eric612/MobileNet-YOLO and the caffe-yolo family): Reorg and
-Yolov3DetectionOutput.
+"""Layers of the YOLO Caffe ports (eric612/MobileNet-YOLO and the caffe-yolo family): Reorg,
+YoloDetectionOutput (YOLOv2) and Yolov3DetectionOutput.
 (Their Upsample shares its type name with SegNet's and lives in segmentation.py.)
 """
 import numpy as np
@@ -82,17 +82,101 @@ def _greedy_nms(boxes, threshold):
     return np.flatnonzero(alive)
 
 
+class _YoloOutput(Layer):
+    """What both YOLO outputs share: per image, detections sorted by score (stable), pruned by
+    class-agnostic greedy NMS, as rows (image, label + 1, score, xmin, ymin, xmax, ymax), relative
+    and unclipped, in a (1, 1, K, 7) top; without any detection one row of -1 per image, its id
+    first. (The fork labels every row image 0 and runs NMS over the whole batch; here each image
+    keeps its id and its own NMS, which is the same for one image.)"""
+    min_bottom = 1
+    exact_num_top = 1
+
+    def _grids(self, bottom):
+        """(image count, [(logits (N, boxes, 5 + classes, H, W) float64 on the host, bottom index)])."""
+        out = []
+        for i, blob in enumerate(bottom):
+            if blob.num_axes != 4 or blob.shape[1] != self.boxes * (5 + self.classes):
+                raise self.error('bottom[%d] %s must be (N, num_box * (5 + num_classes) = %d, H, W)'
+                                 % (i, blob.shape_string(), self.boxes * (5 + self.classes)))
+            x = blob.data
+            x = (x if isinstance(x, np.ndarray) else x.get()).astype(np.float64)
+            n, _, h, w = blob.shape
+            out.append(x.reshape(n, self.boxes, 5 + self.classes, h, w))
+        return out
+
+    def reshape(self, bottom, top):
+        self._grids(bottom)
+        top[0].reshape(1, 1, bottom[0].shape[0], 7)
+
+    def forward(self, bottom, top):
+        rows = []
+        for image, (boxes, labels, scores) in enumerate(self._candidates(bottom)):
+            order = np.argsort(-scores, kind='stable')
+            keep = order[_greedy_nms(boxes[order], self.nms)]
+            b = boxes[keep]
+            rows.append(np.column_stack([np.full(len(keep), image), labels[keep] + 1, scores[keep],
+                                         b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2,
+                                         b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2]))
+        found = np.concatenate(rows)
+        if not len(found):
+            found = np.full((bottom[0].shape[0], 7), -1.0)
+            found[:, 0] = np.arange(bottom[0].shape[0])
+        top[0].reshape(1, 1, len(found), 7)
+        top[0].data[...] = top[0].xp.asarray(found.reshape(top[0].shape))
+
+
+def _centres(x):
+    """Box centres from logits (N, boxes, 5 + classes, H, W): (col + sigmoid) / W, (row + sigmoid) / H."""
+    h, w = x.shape[3:]
+    return (np.arange(w) + _sigmoid(np, x[:, :, 0])) / w, (np.arange(h)[:, None] + _sigmoid(np, x[:, :, 1])) / h
+
+
+@register('YoloDetectionOutput')
+class YoloDetectionOutputLayer(_YoloOutput):
+    """MobileNet-YOLO's YOLOv2 decoding (one or two bottoms (N, num_box * (5 + classes), H, W), the
+    same anchors): centres as YOLOv3's, w = exp * biases[2n] / W, h = exp * biases[2n + 1] / H (anchors
+    in cells), one detection per cell and anchor: its best softmax class, scored sigmoid(objectness) *
+    probability, kept from confidence_threshold up."""
+
+    def setup(self, bottom, top):
+        p = self.layer_param.yolo_detection_output_param
+        if not p.HasField('num_classes'):
+            raise self.error('Must specify num_classes')
+        self.classes, self.boxes = p.num_classes, p.num_box
+        self.threshold, self.nms = p.confidence_threshold, p.nms_threshold
+        self.biases = np.asarray(p.biases, np.float64).reshape(-1, 2)
+        if len(self.biases) < self.boxes:
+            raise self.error('%d biases pairs for %d boxes' % (len(self.biases), self.boxes))
+
+    def _candidates(self, bottom):
+        grids = self._grids(bottom)
+        per_image = [([], [], []) for _ in range(bottom[0].shape[0])]
+        for x in grids:
+            h, w = x.shape[3:]
+            cx, cy = _centres(x)
+            bw = np.exp(x[:, :, 2]) * self.biases[:self.boxes, 0, None, None] / w
+            bh = np.exp(x[:, :, 3]) * self.biases[:self.boxes, 1, None, None] / h
+            logits = x[:, :, 5:]
+            prob = np.exp(logits - logits.max(axis=2, keepdims=True))
+            prob /= prob.sum(axis=2, keepdims=True)
+            label = prob.argmax(axis=2)
+            score = _sigmoid(np, x[:, :, 4]) * prob.max(axis=2)
+            for image in range(len(x)):
+                b, i, j = np.nonzero(score[image] >= self.threshold)
+                per_image[image][0].append(np.stack([cx[image, b, i, j], cy[image, b, i, j],
+                                                     bw[image, b, i, j], bh[image, b, i, j]], 1))
+                per_image[image][1].append(label[image, b, i, j])
+                per_image[image][2].append(score[image, b, i, j])
+        return [tuple(np.concatenate(part) for part in parts) for parts in per_image]
+
+
 @register('Yolov3DetectionOutput')
-class Yolov3DetectionOutputLayer(Layer):
+class Yolov3DetectionOutputLayer(_YoloOutput):
     """MobileNet-YOLO's YOLOv3 decoding: one bottom per scale, (N, boxes * (5 + classes), H, W).
     Per cell and anchor: x = (col + sigmoid) / W, y = (row + sigmoid) / H, w = exp * anchor_w /
     (W * anchors_scale), h likewise, class score = sigmoid(class) * sigmoid(objectness); every class
     scoring above confidence_threshold is a detection; detections are sorted by score and pruned by
-    class-agnostic greedy NMS. Top (1, 1, K, 7): image, label + 1, score, xmin, ymin, xmax, ymax
-    (relative, unclipped); without detections one row of -1 per image (its image id first).
-    Unlike the fork, which labels every detection image 0, NMS runs per image and rows name it."""
-    min_bottom = 1
-    exact_num_top = 1
+    class-agnostic greedy NMS (see _YoloOutput)."""
 
     def setup(self, bottom, top):
         p = self.layer_param.yolov3_detection_output_param
@@ -115,24 +199,13 @@ class Yolov3DetectionOutputLayer(Layer):
                                                                              len(self.biases)))
         self.scales = list(p.anchors_scale)
 
-    def reshape(self, bottom, top):
-        for i, blob in enumerate(bottom):
-            if blob.num_axes != 4 or blob.shape[1] != self.boxes * (5 + self.classes):
-                raise self.error('bottom[%d] %s must be (N, num_box * (5 + num_classes) = %d, H, W)'
-                                 % (i, blob.shape_string(), self.boxes * (5 + self.classes)))
-        top[0].reshape(1, 1, bottom[0].shape[0], 7)
-
     def _candidates(self, bottom):
         """Per image: boxes (K, 4) as (cx, cy, w, h), labels (K,), scores (K,)."""
         per_image = [([], [], []) for _ in range(bottom[0].shape[0])]
-        for blob, mask, scale in zip(bottom, self.masks, self.scales):
-            n, _, h, w = blob.shape
-            x = blob.data
-            x = (x if isinstance(x, np.ndarray) else x.get()).astype(np.float64)
-            x = x.reshape(n, self.boxes, 5 + self.classes, h, w)
+        for x, mask, scale in zip(self._grids(bottom), self.masks, self.scales):
+            n, _, _, h, w = x.shape
             anchors = self.biases[mask]                                  # (boxes, 2)
-            cx = (np.arange(w) + _sigmoid(np, x[:, :, 0])) / w
-            cy = (np.arange(h)[:, None] + _sigmoid(np, x[:, :, 1])) / h
+            cx, cy = _centres(x)
             bw = np.exp(x[:, :, 2]) * anchors[:, 0, None, None] / (w * scale)
             bh = np.exp(x[:, :, 3]) * anchors[:, 1, None, None] / (h * scale)
             scores = _sigmoid(np, x[:, :, 5:]) * _sigmoid(np, x[:, :, 4:5])  # (n, boxes, classes, h, w)
@@ -143,19 +216,3 @@ class Yolov3DetectionOutputLayer(Layer):
                 per_image[image][1].append(c)
                 per_image[image][2].append(scores[image, b, c, i, j])
         return [tuple(np.concatenate(part) for part in parts) for parts in per_image]
-
-    def forward(self, bottom, top):
-        rows = []
-        for image, (boxes, labels, scores) in enumerate(self._candidates(bottom)):
-            order = np.argsort(-scores, kind='stable')
-            keep = order[_greedy_nms(boxes[order], self.nms)]
-            b = boxes[keep]
-            rows.append(np.column_stack([np.full(len(keep), image), labels[keep] + 1, scores[keep],
-                                         b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2,
-                                         b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2]))
-        found = np.concatenate(rows)
-        if not len(found):
-            found = np.full((bottom[0].shape[0], 7), -1.0)
-            found[:, 0] = np.arange(bottom[0].shape[0])
-        top[0].reshape(1, 1, len(found), 7)
-        top[0].data[...] = top[0].xp.asarray(found.reshape(top[0].shape))
