@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from caffe_py import TEST, TRAIN, Net, formats
+from caffe_py import TEST, TRAIN, Net, backend, formats
 from caffe_py.proto import caffe_pb2
 from harness import numeric_gradient_check
 
@@ -502,3 +502,58 @@ def test_yolov2_detection_output_hand_case():
     out = run({'x': logits}, layer).blobs['y'].data.reshape(-1, 7)
     score = 0.6 / (1 + np.exp(-20))
     np.testing.assert_allclose(out, [[0, 2, score, 0.25 - 0.25, 0.75 - 0.5, 0.25 + 0.25, 0.75 + 0.5]], rtol=1e-6)
+
+
+# -- the same layers in GPU mode: CuPy's stand-in here, a real device in the `gpu` run -------------
+
+DEVICE_CASES = [
+    ({'x': rand(2, 6, 7, 8)}, 'type: "DepthwiseConvolution" convolution_param { num_output: 6 group: 6 '
+     'kernel_size: 3 stride: 2 pad: 1 %s }' % FILL, ()),
+    ({'x': rand(2, 6, 3, 3)}, 'type: "ShuffleChannel" shuffle_channel_param { group: 2 }', ()),
+    ({'a': rand(2, 3, 1, 1), 'x': rand(2, 3, 2, 2, seed=1), 'z': rand(2, 3, 2, 2, seed=2)}, 'type: "Axpy"', ()),
+    ({'x': rand(2, 3, 8, 7), 'rois': ROIS}, ROI_LAYER, ('rois',)),
+    ({'x': rand(2, 18, 8, 9), 'rois': ROIS}, PSROI, ('rois',)),
+    ({'a': rand(3, 4), 'b': rand(3, 4, seed=1), 'i': rand(3, 4, seed=2), 'o': rand(3, 4, seed=3)},
+     'type: "SmoothL1Loss" smooth_l1_loss_param { sigma: 3 }', ()),
+    ({'x': rand(2, 8, 4, 6)}, 'type: "Reorg" reorg_param { stride: 2 }', ()),
+    ({'x': rand(2, 3, 2, 3)}, 'type: "Upsample" upsample_param { scale: 2 }', ()),
+    ({'x': rand(2, 3, 5, 6)}, 'type: "Interp" interp_param { zoom_factor: 2 pad_beg: -1 pad_end: -1 }', ()),
+    ({'x': rand(4, 3, 2, 5)}, SEGNET_BN % '', ()),
+    ({'x': rand(4, 3, 2, 5)}, PSP_BN % '', ()),
+    ({'x': rand(1, 14, 3, 3)}, 'type: "Yolov3DetectionOutput" yolov3_detection_output_param { num_classes: 2 '
+     'num_box: 2 confidence_threshold: 0.3 biases: 4 biases: 5 biases: 8 biases: 9 anchors_scale: 8 '
+     'mask_group_num: 1 mask: 0 mask: 1 }', ()),
+]
+
+
+def forward_backward(inputs, layer):
+    backend.set_random_seed(0)          # the same filled weights on both sides
+    net = run(inputs, layer, phase=TRAIN)
+    net.clear_param_diffs()
+    for name in net.outputs:
+        if not net.blob_loss_weights[name]:
+            net.blobs[name].diff[...] = rand(*net.blobs[name].shape, seed=9)
+    net.backward_from_to()
+    grads = [net.blobs[n].diff.copy() for n in inputs] + [backend.to_numpy(b.diff).copy()
+                                                           for b in net.layer_dict['L'].blobs]
+    return [net.blobs[n].data.copy() for n in net.outputs], grads
+
+
+def compare_devices(mode):
+    for inputs, layer, _ in DEVICE_CASES:
+        host = forward_backward(inputs, layer)
+        with mode():
+            device = forward_backward(inputs, layer)
+        for a, e in zip(device[0] + device[1], host[0] + host[1]):
+            np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12, err_msg=layer)
+
+
+def test_fork_layers_on_the_cupy_stand_in_match_the_cpu():
+    import fakecupy
+    compare_devices(fakecupy.fake_gpu)
+
+
+@pytest.mark.gpu
+def test_fork_layers_on_the_device_match_the_cpu():
+    import device_cases
+    compare_devices(device_cases.gpu_mode)
