@@ -1,0 +1,53 @@
+"""Small model definitions in the forks' styles (models/fork_styles) build with the forks' shapes,
+run forward, and (the trainable ones) backward."""
+import os
+
+import numpy as np
+import pytest
+
+import caffe_py as caffe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STYLES = os.path.join(ROOT, 'models', 'fork_styles')
+OUTPUTS = {
+    'pspnet_style': {'conv4/interp': (1, 5, 65, 65)},
+    'segnet_style': {'argmax': (1, 1, 36, 48), 'upsample2': (1, 8, 18, 24)},
+    'yolo_style': {'reorg': (1, 64, 8, 8), 'upsample': (1, 16, 16, 16)},
+    'shufflenet_se_style': {'prob': (2, 5)},
+    'rfcn_style': {'cls_prob': (4, 3, 1, 1), 'bbox_pred': (4, 8, 1, 1)},
+}
+
+
+@pytest.mark.parametrize('name', sorted(OUTPUTS))
+def test_fork_style_model_builds_and_runs(name):
+    caffe.backend.set_random_seed(1)
+    net = caffe.Net(os.path.join(STYLES, name + '.prototxt'), caffe.TEST)
+    for blob, shape in OUTPUTS[name].items():
+        assert net.blobs[blob].shape == shape, blob
+    rng = np.random.default_rng(0)
+    inputs = {'data': rng.standard_normal(net.blobs['data'].shape).astype(np.float32)}
+    if 'rois' in net.blobs:
+        inputs['rois'] = np.array([[0, 0, 0, 79, 63], [0, 10, 5, 40, 30], [0, 30, 30, 31, 31], [0, -5, 20, 90, 70]],
+                                  np.float32)
+    out = net.forward(**inputs)
+    for value in out.values():
+        assert np.isfinite(value).all()
+    if name == 'yolo_style':
+        rows = out['detection_out'].reshape(-1, 7)
+        assert ((rows[:, 1] >= 1) & (rows[:, 1] <= 2)).all() or (rows[:, 1:] == -1).all()
+        assert (np.diff(rows[:, 2]) <= 0).all()
+
+
+@pytest.mark.parametrize('name', ['pspnet_style', 'segnet_style', 'shufflenet_se_style'])
+def test_fork_style_model_backward(name):
+    caffe.backend.set_random_seed(1)
+    param = caffe.formats.read_net(os.path.join(STYLES, name + '.prototxt'))
+    param.force_backward = True
+    if param.layer[-1].type == 'ArgMax':      # not differentiable: back from the probabilities
+        del param.layer[-1]
+    net = caffe.Net(param, caffe.TRAIN)
+    net.forward(data=np.random.default_rng(0).standard_normal(net.blobs['data'].shape).astype(np.float32))
+    last = net.outputs[0]
+    net.blobs[last].diff[...] = 1
+    net.backward()
+    assert np.abs(net.blobs['data'].diff).sum() > 0
