@@ -557,3 +557,9 @@ def test_fork_layers_on_the_cupy_stand_in_match_the_cpu():
 def test_fork_layers_on_the_device_match_the_cpu():
     import device_cases
     compare_devices(device_cases.gpu_mode)
+
+
+def test_bayesian_segnet_dropout_samples_at_test_time():
+    x = np.ones((4, 50))
+    y = run({'x': x}, 'type: "Dropout" dropout_param { dropout_ratio: 0.5 sample_weights_test: true }').blobs['y'].data
+    assert set(np.unique(y)) == {0.0, 2.0}
