@@ -10,16 +10,31 @@ one small GEMM per channel (DepthwiseCore), on NumPy and CuPy arrays alike.
 """
 from ..backend import get_array_module
 from ..layer import Layer, register
+from .cores import parallel
 from .im2col import Window
 from .vision import ConvolutionLayer
 
 
 class DepthwiseCore:
-    """Convolution with group == in == out channels: out[n, c] = sum_k w[c, k] * x[n, c, window k]."""
+    """Convolution with group == in == out channels: out[n, c] = sum_k w[c, k] * x[n, c, window k].
+
+    One multiply-add per kernel tap over a block of images at a time (a block's planes stay in
+    cache across the taps); the blocks are spread over the cores (NumPy) or are the whole batch (CuPy).
+    """
+    BLOCK_BYTES = 1 << 21
 
     def __init__(self, window):
         self.window = window
-        self.lead = (slice(None), slice(None))
+
+    def _blocks(self, fn, array):
+        """fn(images) over runs of images of about BLOCK_BYTES, the runs spread over the cores."""
+        num = array.shape[0]
+        step = max(1, self.BLOCK_BYTES // max(1, array[:1].nbytes))
+
+        def run(part):
+            for n0 in range(part.start, part.stop, step):
+                fn(slice(n0, min(part.stop, n0 + step)))
+        parallel(run, num, array.size, array)
 
     def _padded(self, x):
         """x itself, or a zero-bordered copy holding the padding."""
@@ -30,45 +45,65 @@ class DepthwiseCore:
         buf[w.inner(2)] = x
         return buf
 
-    def _taps(self, weight):
-        """weight (C, 1, *kernel) as (C, K) and the window's offsets, in the same order."""
-        return weight.reshape(weight.shape[0], -1), self.window.offsets
+    def _taps(self, weight, ndim):
+        """(per-tap (1, C, 1, ...) weights, per-tap slices into the padded input)."""
+        taps = weight.reshape(weight.shape[0], -1)
+        shape = (1, -1) + (1,) * (ndim - 2)
+        lead = (slice(None), slice(None))
+        return [(taps[:, k].reshape(shape), lead + self.window.slices(offset))
+                for k, offset in enumerate(self.window.offsets)]
 
     def forward(self, im, weight, out, bias=None):
         xp = get_array_module(im)
         xpad = self._padded(im)
-        taps, offsets = self._taps(weight)
+        taps = self._taps(weight, im.ndim)
         shape = (1, -1) + (1,) * (im.ndim - 2)
-        tmp = xp.empty_like(out)
-        for k, offset in enumerate(offsets):
-            view = xpad[self.lead + self.window.slices(offset)]
-            if k == 0:
-                xp.multiply(view, taps[:, k].reshape(shape), out=out)
-            else:
-                xp.multiply(view, taps[:, k].reshape(shape), out=tmp)
-                out += tmp
-        if bias is not None:
-            out += bias.reshape(shape)
+
+        def block(images):
+            o, x = out[images], xpad[images]
+            tmp = xp.empty_like(o)
+            for k, (w, window) in enumerate(taps):
+                if k == 0:
+                    xp.multiply(x[window], w, out=o)
+                else:
+                    xp.multiply(x[window], w, out=tmp)
+                    o += tmp
+            if bias is not None:
+                o += bias.reshape(shape)
+        self._blocks(block, out)
 
     def backward(self, im, out_diff, weight, weight_diff=None, im_diff=None):
         xp = get_array_module(out_diff)
-        taps, offsets = self._taps(weight)
-        shape = (1, -1) + (1,) * (out_diff.ndim - 2)
+        taps = self._taps(weight, out_diff.ndim)
         spatial = tuple(range(2, out_diff.ndim))
+        w = self.window
+        xpad = self._padded(im) if weight_diff is not None else None
+        partials = []
+
+        def block(images):
+            dy = out_diff[images]
+            tmp = xp.empty_like(dy)
+            if weight_diff is not None:
+                x = xpad[images]
+                grad = xp.empty((len(taps), dy.shape[1]), dy.dtype)
+                for k, (_, window) in enumerate(taps):
+                    xp.multiply(x[window], dy, out=tmp)
+                    grad[k] = tmp.sum(axis=spatial).sum(axis=0)
+                partials.append(grad)
+            if im_diff is not None:
+                target = im_diff[images]
+                acc = xp.zeros(target.shape[:2] + w.padded, target.dtype) if w.needs_padding else target
+                if not w.needs_padding:
+                    acc[...] = 0
+                for tap, window in taps:
+                    xp.multiply(dy, tap, out=tmp)
+                    acc[window] += tmp
+                if w.needs_padding:
+                    target[...] = acc[w.inner(2)]
+        self._blocks(block, out_diff)
         if weight_diff is not None:
-            xpad = self._padded(im)
             grads = weight_diff.reshape(weight_diff.shape[0], -1)
-            for k, offset in enumerate(offsets):
-                view = xpad[self.lead + self.window.slices(offset)]
-                grads[:, k] += (view * out_diff).sum(axis=spatial).sum(axis=0)
-        if im_diff is not None:
-            w = self.window
-            acc = xp.zeros(im_diff.shape[:2] + w.padded, im_diff.dtype) if w.needs_padding else im_diff
-            acc[...] = 0
-            for k, offset in enumerate(offsets):
-                acc[self.lead + w.slices(offset)] += out_diff * taps[:, k].reshape(shape)
-            if w.needs_padding:
-                im_diff[...] = acc[w.inner(2)]
+            grads += sum(partials[1:], partials[0]).T
 
 
 class _Depthwise(ConvolutionLayer):
