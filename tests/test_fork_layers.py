@@ -563,3 +563,25 @@ def test_bayesian_segnet_dropout_samples_at_test_time():
     x = np.ones((4, 50))
     y = run({'x': x}, 'type: "Dropout" dropout_param { dropout_ratio: 0.5 sample_weights_test: true }').blobs['y'].data
     assert set(np.unique(y)) == {0.0, 2.0}
+
+
+def test_dense_image_data_keeps_labels_aligned_with_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3):
+        image = rng.integers(0, 250, (12, 10, 3)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / ('im%d.png' % i)), image)
+        cv2.imwrite(str(tmp_path / ('lab%d.png' % i)), image[:, :, 0] // 50)   # label: a function of the pixel
+        lines.append('im%d.png lab%d.png' % (i, i))
+    (tmp_path / 'list.txt').write_text('\n'.join(lines) + '\n')
+    text = ('layer { name: "data" type: "DenseImageData" top: "data" top: "label" '
+            'transform_param { mean_value: 10 mean_value: 20 mean_value: 30 scale: 0.5 } '
+            'dense_image_data_param { source: "%s" root_folder: "%s/" batch_size: 2 mirror: true '
+            'crop_height: 7 crop_width: 6 shuffle: true } }' % (tmp_path / 'list.txt', tmp_path))
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), TRAIN)
+    for _ in range(3):
+        net.forward()
+        data, label = net.blobs['data'].data, net.blobs['label'].data
+        assert data.shape == (2, 3, 7, 6) and label.shape == (2, 1, 7, 6)
+        blue = np.rint(data[:, 0] / 0.5 + 10)
+        np.testing.assert_array_equal(label[:, 0], blue // 50)

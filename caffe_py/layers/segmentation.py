@@ -1,9 +1,11 @@
-"""Layers of the segmentation forks: BN (SegNet/ENet and PSPNet), Interp (DeepLab/PSPNet) and
+"""Layers of the segmentation forks: BN (SegNet/ENet and PSPNet), Interp (DeepLab/PSPNet),
 Upsample (SegNet's unpooling with the pooling mask; the YOLOv3 ports' nearest-neighbour
-upsampling, which shares the type name and is told apart by its single bottom).
+upsampling, which shares the type name and is told apart by its single bottom) and SegNet's
+DenseImageData (images with per-pixel label images).
 """
 import numpy as np
 
+from ..backend import rng as backend_rng
 from ..fillers import fill
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -304,3 +306,96 @@ class UpsampleLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
+
+
+@register('DenseImageData')
+class DenseImageDataLayer(Layer):
+    """SegNet's DenseImageData: "image label_image" lines of dense_image_data_param.source (under
+    root_folder); images read with OpenCV (BGR, or gray without is_color), label images as gray
+    class ids; both resized to new_height x new_width (labels nearest-neighbour), flipped together
+    (mirror) and cropped at one random place (crop_height x crop_width). Tops: data (N, C, H, W),
+    after transform_param's mean (mean_value or mean_file) and scale; label (N, 1, H, W)."""
+    exact_num_bottom = 0
+    exact_num_top = 2
+
+    def setup(self, bottom, top):
+        from ..data.image import read_image
+        p = self.layer_param.dense_image_data_param
+        t = self.layer_param.transform_param
+        if p.batch_size <= 0:
+            raise self.error('dense_image_data_param.batch_size must be positive')
+        if (p.crop_height > 0) != (p.crop_width > 0):
+            raise self.error('Current implementation requires crop_height and crop_width to be set at the same time.')
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise self.error('Current implementation requires new_height and new_width to be set at the same time.')
+        if t.mirror or t.crop_size:
+            raise self.error('transform_param mirror and crop_size would transform images and labels differently; '
+                             'use dense_image_data_param mirror, crop_height and crop_width')
+        try:
+            with open(p.source) as f:
+                words = f.read().split()
+        except OSError as exc:
+            raise self.error('Failed to open dense_image_data_param.source %s: %s' % (p.source, exc.strerror or exc))
+        self.lines = list(zip(words[0::2], words[1::2]))
+        if not self.lines:
+            raise self.error('File is empty: %s' % p.source)
+        self.rng = np.random.default_rng(int(backend_rng().integers(0, 1 << 63)))
+        if p.shuffle:
+            self.rng.shuffle(self.lines)
+        self.pos = p.rand_skip and int(backend_rng().integers(0, 1 << 32)) % p.rand_skip
+        first = read_image(p.root_folder + self.lines[0][0], p.new_height, p.new_width, p.is_color)
+        height, width = (p.crop_height, p.crop_width) if p.crop_height else first.shape[:2]
+        channels = first.shape[2] if first.ndim == 3 else 1
+        self.mean = None
+        if t.HasField('mean_file'):
+            from ..formats import read_binaryproto
+            self.mean = read_binaryproto(t.mean_file, named_by='transform_param.mean_file').reshape(channels, height, width)
+        elif t.mean_value:
+            if len(t.mean_value) not in (1, channels):
+                raise self.error('Specify either 1 mean_value or as many as channels: %d' % channels)
+            self.mean = np.asarray(t.mean_value, np.float64).reshape(-1, 1, 1)
+        self.scale = t.scale
+        top[0].reshape(p.batch_size, channels, height, width)
+        top[1].reshape(p.batch_size, 1, height, width)
+
+    def reshape(self, bottom, top):
+        pass
+
+    def _item(self, name, label_name):
+        import cv2
+        from ..data.image import read_image
+        p = self.layer_param.dense_image_data_param
+        image = read_image(p.root_folder + name, p.new_height, p.new_width, p.is_color)
+        label = read_image(p.root_folder + label_name, 0, 0, False)
+        if p.new_height > 0:
+            label = cv2.resize(label, (p.new_width, p.new_height), interpolation=cv2.INTER_NEAREST)
+        if label.shape[:2] != image.shape[:2]:
+            raise self.error('Input and label image heights and widths must match: %s %s, %s %s'
+                             % (name, image.shape[:2], label_name, label.shape[:2]))
+        if p.mirror and self.rng.integers(0, 2):
+            image, label = image[:, ::-1], label[:, ::-1]
+        if p.crop_height:
+            h0 = int(self.rng.integers(0, image.shape[0] - p.crop_height + 1))
+            w0 = int(self.rng.integers(0, image.shape[1] - p.crop_width + 1))
+            image = image[h0:h0 + p.crop_height, w0:w0 + p.crop_width]
+            label = label[h0:h0 + p.crop_height, w0:w0 + p.crop_width]
+        chw = (image.transpose(2, 0, 1) if image.ndim == 3 else image[None]).astype(np.float64)
+        if self.mean is not None:
+            chw = chw - self.mean
+        return chw * self.scale, label
+
+    def forward(self, bottom, top):
+        p = self.layer_param.dense_image_data_param
+        items = []
+        for _ in range(p.batch_size):
+            items.append(self._item(*self.lines[self.pos]))
+            self.pos += 1
+            if self.pos >= len(self.lines):
+                self.pos = 0
+                if p.shuffle:
+                    self.rng.shuffle(self.lines)
+        data = np.stack([d for d, _ in items])
+        top[0].reshape(data.shape)
+        top[1].reshape(data.shape[:1] + (1,) + data.shape[2:])
+        top[0].data[...] = top[0].xp.asarray(data.astype(self.dtype))
+        top[1].data[...] = top[1].xp.asarray(np.stack([lab for _, lab in items])[:, None].astype(self.dtype))
