@@ -523,6 +523,9 @@ DEVICE_CASES = [
     ({'x': rand(1, 14, 3, 3)}, 'type: "Yolov3DetectionOutput" yolov3_detection_output_param { num_classes: 2 '
      'num_box: 2 confidence_threshold: 0.3 biases: 4 biases: 5 biases: 8 biases: 9 anchors_scale: 8 '
      'mask_group_num: 1 mask: 0 mask: 1 }', ()),
+    ({'x': rand(2, 3, 2, 2), 'label': np.array([0, 1, 2, 1, 1, 1, 0, 2.0]).reshape(2, 1, 2, 2)},
+     'type: "SoftmaxWithLoss" loss_param { weight_by_label_freqs: true class_weighting: 0.5 '
+     'class_weighting: 2 class_weighting: 1.5 }', ()),
 ]
 
 
@@ -585,3 +588,20 @@ def test_dense_image_data_keeps_labels_aligned_with_pixels(tmp_path):
         assert data.shape == (2, 3, 7, 6) and label.shape == (2, 1, 7, 6)
         blue = np.rint(data[:, 0] / 0.5 + 10)
         np.testing.assert_array_equal(label[:, 0], blue // 50)
+
+
+def test_segnet_class_weighted_softmax_loss():
+    x = rand(2, 3, 2, 2)
+    label = np.array([[[0, 1], [2, 1]], [[1, 1], [0, 2]]], np.float64).reshape(2, 1, 2, 2)
+    weights = [0.5, 2.0, 1.5]
+    layer = ('type: "SoftmaxWithLoss" loss_param { weight_by_label_freqs: true class_weighting: 0.5 '
+             'class_weighting: 2 class_weighting: 1.5 }')
+    net = run({'x': x, 'label': label}, layer)
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    lab = label[:, 0].astype(int)
+    picked = np.take_along_axis(p, lab[:, None], axis=1)[:, 0]
+    expected = -(np.log(picked) * np.take(weights, lab)).sum() / lab.size
+    assert net.blobs['y'].data == pytest.approx(expected)
+    check({'x': x, 'label': label}, layer, no_grad=('label',))
+    with pytest.raises(Exception, match='class weight'):
+        run({'x': rand(1, 2, 1, 1), 'label': np.zeros((1, 1, 1, 1))}, layer)
