@@ -52,3 +52,40 @@ def test_fork_style_model_backward(name):
     net.blobs[last].diff[...] = rng.standard_normal(net.blobs[last].shape)
     net.backward()
     assert np.abs(net.blobs['data'].diff).max() > 1e-4
+
+
+def test_segnet_style_trains_from_dense_image_data_with_class_weights(tmp_path):
+    import cv2
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(4):        # label: whether a pixel's blue channel is above the middle
+        image = rng.integers(0, 256, (36, 48, 3)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / ('im%d.png' % i)), image)
+        cv2.imwrite(str(tmp_path / ('lab%d.png' % i)), image[:, :, 0] // 128)
+        lines.append('im%d.png lab%d.png' % (i, i))
+    (tmp_path / 'train.txt').write_text('\n'.join(lines) + '\n')
+    param = caffe.formats.read_net(os.path.join(STYLES, 'segnet_style.prototxt'))
+    del param.layer[-2:]                          # prob, argmax: train with the loss instead
+    data = param.layer[0]
+    data.Clear()
+    caffe.formats.parse_text(
+        'name: "data" type: "DenseImageData" top: "data" top: "label" transform_param { scale: 0.0039 } '
+        'dense_image_data_param { source: "%s" root_folder: "%s/" batch_size: 2 shuffle: true mirror: true }'
+        % (tmp_path / 'train.txt', tmp_path), data)
+    loss = param.layer.add()
+    caffe.formats.parse_text(
+        'name: "loss" type: "SoftmaxWithLoss" bottom: "conv1_D" bottom: "label" top: "loss" '
+        'loss_param { weight_by_label_freqs: true class_weighting: 1 class_weighting: 1.2 '
+        'class_weighting: 0.8 class_weighting: 1 }', loss)
+    solver_text = 'base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" max_iter: 20 display: 0 random_seed: 3 ' \
+                  'snapshot_after_train: false solver_mode: CPU net_param { %s }' % caffe.formats.to_text(param)
+    (tmp_path / 'solver.prototxt').write_text(solver_text)
+    solver = caffe.get_solver(str(tmp_path / 'solver.prototxt'))
+    solver.step(1)
+    first = float(solver.net.blobs['loss'].data)
+    solver.step(19)
+    losses = []
+    for _ in range(4):
+        solver.net.forward()
+        losses.append(float(solver.net.blobs['loss'].data))
+    assert np.mean(losses) < 0.7 * first
