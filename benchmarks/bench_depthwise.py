@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import caffe_py as caffe  # noqa: E402
 from caffe_py import formats  # noqa: E402
 
-SHAPES = [(8, 32, 112, 112, 1), (8, 128, 56, 56, 1), (8, 256, 28, 28, 2), (8, 512, 14, 14, 1)]
+SHAPES = [(8, 32, 112, 112, 1), (8, 128, 56, 56, 1), (8, 256, 28, 28, 2), (8, 512, 14, 14, 1), (8, 1024, 7, 7, 1)]
 
 
 def net(kind, n, c, h, w, stride):

@@ -71,6 +71,13 @@ def ours32(inputs, layer, params=None):
 
 # -- depthwise -----------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def depthwise_core_on_small_planes(monkeypatch):
+    """The test nets are small: let the depthwise core take them all (see test_depthwise_route)."""
+    from caffe_py.layers import mobile
+    monkeypatch.setattr(mobile._Depthwise, 'MIN_PLANE', 0)
+
+
 DW = 'convolution_param { num_output: 6 group: 6 kernel_size: 3 stride: 2 pad: 1 dilation: 1 %s }'
 FILL = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'
 
@@ -106,6 +113,15 @@ def test_depthwise_gradients():
           'kernel_size: 3 stride: 2 pad: 1 %s }' % FILL)
     check({'x': rand(1, 2, 4, 5)}, 'type: "ConvolutionDepthwise" convolution_param { num_output: 1 '
           'kernel_size: 2 %s }' % FILL)
+
+
+def test_depthwise_route(monkeypatch):
+    from caffe_py.layers import mobile
+    monkeypatch.setattr(mobile._Depthwise, 'MIN_PLANE', 144)
+    for size, core in ((12, 'DepthwiseCore'), (11, '_GemmConv')):
+        net = run({'x': rand(1, 4, size, size)}, 'type: "DepthwiseConvolution" convolution_param { num_output: 4 '
+                  'group: 4 kernel_size: 3 pad: 1 }')
+        assert type(net.layer_dict['L'].core).__name__ == core
 
 
 def test_depthwise_with_multiplier_runs_grouped_gemm():

@@ -6,8 +6,11 @@ prototxt's num_output and group keep their meaning. ConvolutionDepthwise (the ca
 ports) ignores num_output and group: one filter per input channel, weights (C, 1, kh, kw).
 Both run Caffe's grouped convolution; where every group is one channel in and one out (a
 depthwise layer), the work is one multiply-add of whole minibatches per kernel offset instead of
-one small GEMM per channel (DepthwiseCore), on NumPy and CuPy arrays alike.
+one small GEMM per channel (DepthwiseCore), on NumPy and CuPy arrays alike, where the planes are
+large enough for that to pay (MIN_PLANE).
 """
+import numpy as np
+
 from ..backend import get_array_module
 from ..layer import Layer, register
 from .cores import parallel
@@ -117,8 +120,13 @@ class _Depthwise(ConvolutionLayer):
             out = top[0].shape[self.axis + 1:]
             self.core = DepthwiseCore(Window(self.kernel, self.stride, self.pad, self.dilation, shape, out))
 
+    # below this many output positions per plane the per-tap passes cost more than the grouped GEMMs
+    # (benchmarks/bench_depthwise.py: 2x faster at 56x56 and 28x28, slower at 7x7)
+    MIN_PLANE = 144
+
     def is_depthwise(self):
-        return self.group == self.channels == self.num_output
+        plane = int(np.prod(self.top_shape[2:]))
+        return self.group == self.channels == self.num_output and plane >= self.MIN_PLANE
 
 
 @register('DepthwiseConvolution')
