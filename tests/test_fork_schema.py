@@ -82,9 +82,12 @@ def test_segnet_upsample_137_bn_45_dense_image_data_138(tmp_path):
             + layer('bn', 'BN', msg(45, filler(1, 'constant', 1.0), filler(2, 'constant', 0.001), vint(3, 1)),
                     blob([1, 1], (1, 2, 1, 1)), blob([0, 0], (1, 2, 1, 1)), bottoms=('conv',))
             + layer('up', 'Upsample', msg(137, vint(1, 2), vint(6, 90), vint(7, 120)), bottoms=('bn', 'mask'))
-            + layer('embed', 'Embed', msg(137, vint(1, 10), vint(2, 5))))
+            + layer('embed', 'Embed', msg(137, vint(1, 10), vint(2, 5)))
+            + layer('loss', 'SoftmaxWithLoss', msg(101, vint(1, 11), vint(3, 1), f32(4, 0.5), f32(4, 2.0)),
+                    bottoms=('up', 'label'))
+            + layer('loss2', 'SoftmaxWithLoss', msg(101, vint(3, 0)), bottoms=('up', 'label')))
     net = read(data, tmp_path)
-    dense, bn, up, embed = net.layer[0], net.layer[2], net.layer[3], net.layer[4]
+    dense, bn, up, embed, loss, loss2 = net.layer[0], net.layer[2], net.layer[3], net.layer[4], net.layer[5], net.layer[6]
     assert not dense.HasField('tile_param')
     assert (dense.dense_image_data_param.source, dense.dense_image_data_param.batch_size,
             dense.dense_image_data_param.shuffle) == ('train.txt', 4, True)
@@ -93,6 +96,9 @@ def test_segnet_upsample_137_bn_45_dense_image_data_138(tmp_path):
     assert not up.HasField('embed_param')
     assert (up.upsample_param.scale, up.upsample_param.upsample_h, up.upsample_param.upsample_w) == (2, 90, 120)
     assert (embed.embed_param.num_output, embed.embed_param.input_dim) == (10, 5)   # BVLC's own 137 stays
+    assert loss.loss_param.weight_by_label_freqs and list(loss.loss_param.class_weighting) == [0.5, 2.0]
+    assert not loss.loss_param.HasField('normalization') and loss.loss_param.ignore_label == 11
+    assert loss2.loss_param.normalization == caffe_pb2.LossParameter.FULL    # BVLC's own 3 stays
 
 
 def test_pspnet_bn_152_joins_the_bn_message(tmp_path):

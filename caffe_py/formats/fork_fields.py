@@ -2,7 +2,8 @@
 
 SegNet numbers upsample_param 137 and dense_image_data_param 138, DeepLab and PSPNet number
 interp_param 143: BVLC's embed_param, tile_param and input_param. PSPNet's bn_param is 152
-where SegNet/ENet's is 45, with other sub-field numbers. Parsed as they are, a fork's
+where SegNet/ENet's is 45, with other sub-field numbers. SegNet's loss_param has
+weight_by_label_freqs at 3, BVLC's normalization. Parsed as they are, a fork's
 caffemodel would show an Interp layer holding a garbled input_param. So before a binary
 NetParameter is parsed, each layer's fields are read at the wire level and, where the
 layer's type names a fork layer whose number collides, the field is renumbered to the one
@@ -10,12 +11,16 @@ caffe.proto gives it (and its sub-fields, where they differ). Nothing else chang
 file without such layers is parsed from the very same bytes.
 """
 
-# layer type -> {fork's LayerParameter field number: (caffe.proto's number, {sub-field renumbering})}
+# layer type -> {fork's LayerParameter field number: (caffe.proto's number, {sub-field renumbering},
+# sub-field that must be present for the rule to apply, or None)}
 RENUMBER = {
-    'Upsample': {137: (150, {})},                 # SegNet's upsample_param (BVLC: embed_param)
-    'DenseImageData': {138: (100138, {})},        # SegNet's dense_image_data_param (BVLC: tile_param)
-    'Interp': {143: (100143, {})},                # DeepLab/PSPNet's interp_param (BVLC: input_param)
-    'BN': {152: (45, {1: 11, 2: 12, 3: 13, 4: 14, 5: 15, 6: 16})},   # PSPNet's bn_param
+    'Upsample': {137: (150, {}, None)},           # SegNet's upsample_param (BVLC: embed_param)
+    'DenseImageData': {138: (100138, {}, None)},  # SegNet's dense_image_data_param (BVLC: tile_param)
+    'Interp': {143: (100143, {}, None)},          # DeepLab/PSPNet's interp_param (BVLC: input_param)
+    'BN': {152: (45, {1: 11, 2: 12, 3: 13, 4: 14, 5: 15, 6: 16}, None)},   # PSPNet's bn_param
+    # SegNet's loss_param: weight_by_label_freqs 3 (BVLC: normalization) with class_weighting 4,
+    # which BVLC does not have, so its presence tells SegNet's message apart
+    'SoftmaxWithLoss': {101: (101, {3: 100003, 4: 100004}, 4)},
 }
 _LAYER = 100    # NetParameter.layer
 _TYPE = 2       # LayerParameter.type
@@ -99,13 +104,19 @@ def _layer(data):
     for number, wire, _, _, body, end in fields:
         if number == _TYPE and wire == _LEN:
             kind = bytes(data[body:end]).decode('utf-8', 'replace')
-    table = RENUMBER.get(kind)
-    if not table or not any(f[0] in table and f[1] == _LEN for f in fields):
+    table = RENUMBER.get(kind) or {}
+    rules = {}
+    for number, wire, _, _, body, end in fields:
+        if number in table and wire == _LEN:
+            new_number, sub, marker = table[number]
+            if marker is None or any(f[0] == marker for f in _fields(data[body:end])):
+                rules[number] = (new_number, sub)
+    if not rules:
         return None
     pieces = []
     for number, wire, start, _, body, end in fields:
-        if number in table and wire == _LEN:
-            new_number, sub = table[number]
+        if number in rules and wire == _LEN:
+            new_number, sub = rules[number]
             payload = data[body:end]
             pieces.append(_length_delimited(new_number, _renumber_fields(payload, sub) if sub else payload))
         else:
