@@ -542,6 +542,10 @@ DEVICE_CASES = [
     ({'x': rand(2, 3, 2, 2), 'label': np.array([0, 1, 2, 1, 1, 1, 0, 2.0]).reshape(2, 1, 2, 2)},
      'type: "SoftmaxWithLoss" loss_param { weight_by_label_freqs: true class_weighting: 0.5 '
      'class_weighting: 2 class_weighting: 1.5 }', ()),
+    ({'x': rand(2, 14, 3, 3), 'labels': np.array([[0, 0.3, 0.6, 0.5, 0.25, 1, 0.8, 0.2, 0.1, 0.3] + [0] * 10,
+                                                  [1, 0.5, 0.5, 0.9, 0.9] + [0] * 15], np.float64)},
+     'type: "RegionLoss" region_loss_param { num_class: 2 num: 2 biases: 1 biases: 1 biases: 2 biases: 3 '
+     'biases: 1 biases: 1 biases: 1 biases: 1 biases: 1 biases: 1 rescore: 0 }', ()),
 ]
 
 
@@ -621,3 +625,38 @@ def test_segnet_class_weighted_softmax_loss():
     check({'x': x, 'label': label}, layer, no_grad=('label',))
     with pytest.raises(Exception, match='class weight'):
         run({'x': rand(1, 2, 1, 1), 'label': np.zeros((1, 1, 1, 1))}, layer)
+
+
+def test_region_loss_darknet_deltas_hand_case():
+    # S = 2, one anchor (2 x 2 cells), 2 classes; one truth of class 1 centred in cell (row 1, col 0)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    x = rand(1, 7, 2, 2) * 0.5
+    labels = np.zeros((1, 300 * 5))
+    labels[0, :5] = [1, 0.3, 0.6, 0.5, 0.25]
+    layer = ('type: "RegionLoss" region_loss_param { num_class: 2 num: 1 thresh: 0.6 object_scale: 5 '
+             'noobject_scale: 1 class_scale: 1 coord_scale: 1 %s }' % ' '.join('biases: %g' % v for v in
+                                                                            [2, 2, 1, 1, 1, 1, 1, 1, 1, 1]))
+    net = run({'x': x, 'labels': labels}, layer, phase=TRAIN)
+    g = x[0]
+    obj = sig(g[4])
+    delta = np.zeros_like(g)
+    delta[4] = obj * obj * (1 - obj)                          # no box overlaps the truth by > 0.6 here
+    pred = [(0 + sig(g[0, 1, 0])) / 2, (1 + sig(g[1, 1, 0])) / 2, np.exp(g[2, 1, 0]), np.exp(g[3, 1, 0])]
+    left, right = max(pred[0] - pred[2] / 2, 0.05), min(pred[0] + pred[2] / 2, 0.55)
+    top_, bottom_ = max(pred[1] - pred[3] / 2, 0.475), min(pred[1] + pred[3] / 2, 0.725)
+    inter = max(right - left, 0) * max(bottom_ - top_, 0)
+    iou = inter / (pred[2] * pred[3] + 0.125 - inter)
+    assert iou <= 0.6
+    scale = 1.0                                               # rescore (the default): coord_scale as given
+    s0, s1 = sig(g[0, 1, 0]), sig(g[1, 1, 0])
+    delta[0, 1, 0] = -scale * (0.6 - s0) * s0 * (1 - s0)
+    delta[1, 1, 0] = -scale * (0.2 - s1) * s1 * (1 - s1)
+    delta[2, 1, 0] = -scale * (np.log(0.5 * 2 / 2) - g[2, 1, 0])
+    delta[3, 1, 0] = -scale * (np.log(0.25 * 2 / 2) - g[3, 1, 0])
+    o = obj[1, 0]
+    delta[4, 1, 0] = -5 * (iou - o) * o * (1 - o)
+    p = np.exp(g[5:, 1, 0]) / np.exp(g[5:, 1, 0]).sum()
+    delta[5:, 1, 0] = -(np.array([0, 1]) - p)
+    assert net.blobs['y'].data == pytest.approx((delta ** 2).sum())
+    net.backward_from_to()
+    np.testing.assert_allclose(net.blobs['x'].diff[0], delta, rtol=1e-10)

@@ -1,10 +1,11 @@
 """Layers of the YOLO Caffe ports (eric612/MobileNet-YOLO and the caffe-yolo family): Reorg,
-YoloDetectionOutput (YOLOv2) and Yolov3DetectionOutput.
+YoloDetectionOutput (YOLOv2), Yolov3DetectionOutput and RegionLoss (YOLOv2 training).
 (Their Upsample shares its type name with SegNet's and lives in segmentation.py.)
 """
 import numpy as np
 
 from ..layer import Layer, register
+from .loss import LossLayer
 
 
 @register('Reorg')
@@ -216,3 +217,105 @@ class Yolov3DetectionOutputLayer(_YoloOutput):
                 per_image[image][1].append(c)
                 per_image[image][2].append(scores[image, b, c, i, j])
         return [tuple(np.concatenate(part) for part in parts) for parts in per_image]
+
+
+@register('RegionLoss')
+class RegionLossLayer(LossLayer):
+    """MobileNet-YOLO's RegionLoss (YOLOv2's region layer, darknet's rules). Bottoms: predictions
+    (N, num * (5 + classes), S, S) and labels (N, K * 5) as rows (class, x, y, w, h) relative to the
+    image, the list ending at the first row whose x (for the objectness search) or w (for the
+    assignments) is 0. Per anchor and cell a delta is kept, as darknet's: objectness is pushed to 0
+    (noobject_scale) unless the box overlaps a truth by more than thresh; each truth takes the anchor
+    of its cell whose shape overlaps it best (the anchor shape with bias_match) and sets that anchor's
+    box deltas (coord_scale, times 2 - w*h without rescore), objectness (object_scale, towards the IoU
+    with rescore, else 1) and class deltas (class_scale, softmax minus one-hot). The loss is
+    sum(delta^2) / N and backward hands delta * top diff / N down: darknet's deltas, which are not
+    the gradient of that loss (so no numeric gradient check applies)."""
+
+    def setup(self, bottom, top):
+        p = self.layer_param.region_loss_param
+        if p.coords != 4 or not p.softmax:
+            raise self.error('only coords: 4 with softmax is implemented (coords %d, softmax %d)' % (p.coords, p.softmax))
+        if p.softmax_tree or p.class_map:
+            raise self.error('softmax_tree and class_map are not implemented')
+        self.classes, self.num = p.num_class, p.num
+        biases = list(p.biases) if len(p.biases) >= 10 else [0.0] * 10
+        self.biases = np.asarray(biases, np.float64).reshape(-1, 2)
+        if len(self.biases) < self.num:
+            raise self.error('%d biases pairs for num %d' % (len(self.biases), self.num))
+        self.bias_match, self.rescore, self.thresh = p.bias_match, p.rescore, p.thresh
+        self.scales = p.object_scale, p.noobject_scale, p.class_scale, p.coord_scale
+
+    def reshape(self, bottom, top):
+        n, c, h, w = bottom[0].shape if bottom[0].num_axes == 4 else (0, 0, 0, -1)
+        if c != self.num * (5 + self.classes) or h != w:
+            raise self.error('bottom[0] %s must be (N, num * (5 + num_class) = %d, S, S)'
+                             % (bottom[0].shape_string(), self.num * (5 + self.classes)))
+        if bottom[1].shape[0] != n or bottom[1].count_range(1) % 5:
+            raise self.error('bottom[1] %s must hold rows (class, x, y, w, h) per image'
+                             % bottom[1].shape_string())
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        obj_scale, noobj_scale, class_scale, coord_scale = self.scales
+        x = bottom[0].data
+        x = (x if isinstance(x, np.ndarray) else x.get()).astype(np.float64)
+        labels = bottom[1].data
+        labels = (labels if isinstance(labels, np.ndarray) else labels.get()).astype(np.float64)
+        n, _, side, _ = x.shape
+        x = x.reshape(n, self.num, 5 + self.classes, side, side)
+        labels = labels.reshape(n, -1, 5)
+        sx, sy, obj = _sigmoid(np, x[:, :, 0]), _sigmoid(np, x[:, :, 1]), _sigmoid(np, x[:, :, 4])
+        logits = x[:, :, 5:]
+        prob = np.exp(logits - logits.max(axis=2, keepdims=True))
+        prob /= prob.sum(axis=2, keepdims=True)
+        col, row = np.arange(side), np.arange(side)[:, None]
+        boxes = np.stack([(col + sx) / side, (row + sy) / side,
+                          np.exp(x[:, :, 2]) * self.biases[:self.num, 0, None, None] / side,
+                          np.exp(x[:, :, 3]) * self.biases[:self.num, 1, None, None] / side], -1)
+        delta = np.zeros_like(x)
+        delta[:, :, 4] = noobj_scale * obj * obj * (1 - obj)
+        for b in range(n):
+            rows = labels[b]
+            searched = rows[:np.argmax(rows[:, 1] == 0)] if (rows[:, 1] == 0).any() else rows
+            if len(searched):
+                best = _iou(boxes[b][..., None, :], searched[:, 1:]).max(axis=-1)
+                delta[b, :, 4][best > self.thresh] = 0
+            assigned = rows[:np.argmax(rows[:, 3] == 0)] if (rows[:, 3] == 0).any() else rows
+            for label, tx, ty, tw, th in assigned:
+                i, j = min(int(tx * side), side - 1), min(int(ty * side), side - 1)
+                shapes = boxes[b, :, j, i, 2:].copy()
+                if self.bias_match:
+                    shapes = self.biases[:self.num] / side
+                ious = _iou(np.column_stack([np.zeros((self.num, 2)), shapes]), np.array([0.0, 0.0, tw, th]))
+                k = int(np.argmax(ious))
+                scale = coord_scale if self.rescore else coord_scale * (2 - tw * th)
+                iou = float(_iou(boxes[b, k, j, i], np.array([tx, ty, tw, th])))
+                s = sx[b, k, j, i], sy[b, k, j, i]
+                delta[b, k, 0, j, i] = -scale * (tx * side - i - s[0]) * s[0] * (1 - s[0])
+                delta[b, k, 1, j, i] = -scale * (ty * side - j - s[1]) * s[1] * (1 - s[1])
+                delta[b, k, 2, j, i] = -scale * (np.log(tw * side / self.biases[k, 0]) - x[b, k, 2, j, i])
+                delta[b, k, 3, j, i] = -scale * (np.log(th * side / self.biases[k, 1]) - x[b, k, 3, j, i])
+                o = obj[b, k, j, i]
+                delta[b, k, 4, j, i] = -obj_scale * ((iou if self.rescore else 1.0) - o) * o * (1 - o)
+                onehot = np.arange(self.classes) == int(label)
+                delta[b, k, 5:, j, i] = -class_scale * (onehot - prob[b, k, :, j, i])
+        self.delta = delta.reshape(bottom[0].shape)
+        top[0].data[...] = (delta * delta).sum() / n
+
+    def backward(self, top, propagate_down, bottom):
+        if len(propagate_down) > 1 and propagate_down[1]:
+            raise self.error('Layer cannot backpropagate to label inputs.')
+        if propagate_down[0]:
+            alpha = float(top[0].diff.reshape(())) / bottom[0].shape[0]
+            bottom[0].diff[...] = bottom[0].xp.asarray((self.delta * alpha).astype(self.dtype))
+
+
+def _iou(a, b):
+    """IoU of centre-size boxes (..., 4), broadcasting; 0 where they do not overlap."""
+    w = (np.minimum(a[..., 0] + a[..., 2] / 2, b[..., 0] + b[..., 2] / 2)
+         - np.maximum(a[..., 0] - a[..., 2] / 2, b[..., 0] - b[..., 2] / 2))
+    h = (np.minimum(a[..., 1] + a[..., 3] / 2, b[..., 1] + b[..., 3] / 2)
+         - np.maximum(a[..., 1] - a[..., 3] / 2, b[..., 1] - b[..., 3] / 2))
+    inter = np.where((w < 0) | (h < 0), 0, w * h)
+    return inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
