@@ -8,6 +8,7 @@ importable, as in Caffe.
 """
 import numpy as np
 
+from ..backend import get_array_module
 from ..layer import Layer, register
 from .loss import LossLayer
 
@@ -75,14 +76,57 @@ class ROIPoolingLayer(Layer):
         return batch, hs, he, ws, we
 
     def forward(self, bottom, top):
-        xp = bottom[0].xp
-        x = bottom[0].data
-        batch, hs, he, ws, we = (_host(a) for a in self._geometry(bottom))
-        out = top[0].data
-        self.argmax = xp.full(out.shape, -1, dtype=np.int64)
+        geometry = [_host(a) for a in self._geometry(bottom)]
+        if bottom[0].xp is np:
+            self._max_reduce(bottom[0].data, geometry, top[0].data)
+            self.argmax = None            # found when a backward pass asks for it
+        else:
+            self.argmax = self._max_and_argmax(bottom[0].data, geometry, top[0].data)
+
+    def _max_reduce(self, x, geometry, out, with_argmax=False):
+        """Bin maxima of every region (and, with_argmax, their flat positions in the plane, -1 for
+        empty bins): per region, the maximum over each bin's columns, then over each bin's rows,
+        every channel at once; the first maximum in row-major order wins, as in the forks' loops.
+        The map is read as (N, W, H, C), so that the reductions run over whole channel vectors."""
+        batch, hs, he, ws, we = geometry
+        channels_last = np.ascontiguousarray(x.transpose(0, 3, 2, 1))
+        ph, pw = self.pooled
+        channels, width = x.shape[1], x.shape[3]
+        cols = np.empty((pw, x.shape[2], channels), x.dtype)
+        col_arg = np.zeros((pw, x.shape[2], channels), np.int64)
+        best = np.empty((pw, ph, channels), x.dtype)
+        argmax = np.full(out.shape, -1, np.int64) if with_argmax else None
+        rows = np.arange(x.shape[2])
+        for r in range(len(batch)):       # one region at a time, every channel at once
+            h0, h1 = hs[r].min(), he[r].max()
+            plane = channels_last[batch[r]]
+            for j in range(pw):
+                if we[r][j] > ws[r][j] and h1 > h0:
+                    window = plane[ws[r][j]:we[r][j], h0:h1]
+                    window.max(axis=0, out=cols[j, h0:h1])
+                    if with_argmax:
+                        col_arg[j, h0:h1] = window.argmax(axis=0) + ws[r][j]
+            for i in range(ph):
+                if he[r][i] > hs[r][i]:
+                    cols[:, hs[r][i]:he[r][i]].max(axis=1, out=best[:, i])
+                    if with_argmax:
+                        h = cols[:, hs[r][i]:he[r][i]].argmax(axis=1) + hs[r][i]          # (PW, C)
+                        w = np.take_along_axis(col_arg, h[:, None], axis=1)[:, 0]
+                        argmax[r, :, i] = (h * width + w).T
+            empty = (he[r] <= hs[r])[:, None] | (we[r] <= ws[r])[None, :]
+            out[r] = np.where(empty, 0, best.transpose(2, 1, 0))
+            if with_argmax:
+                argmax[r][:, empty] = -1
+        return argmax
+
+    def _max_and_argmax(self, x, geometry, out):
+        """_max_reduce on the device: per region, each bin's columns masked, then its rows."""
+        xp = get_array_module(x)
+        batch, hs, he, ws, we = geometry
+        argmax = xp.full(out.shape, -1, dtype=np.int64)
         pw = self.pooled[1]
         width = x.shape[3]
-        for r in range(len(batch)):       # one region at a time, every channel and bin at once
+        for r in range(len(batch)):
             h0, h1, w0, w1 = hs[r].min(), he[r].max(), ws[r].min(), we[r].max()
             if h1 <= h0 or w1 <= w0:
                 out[r] = 0
@@ -91,7 +135,6 @@ class ROIPoolingLayer(Layer):
             hh, ww = np.arange(h0, h1), np.arange(w0, w1)
             mask_w = xp.asarray((ww[None, :] >= ws[r][:, None]) & (ww[None, :] < we[r][:, None]))
             mask_h = xp.asarray((hh[None, :] >= hs[r][:, None]) & (hh[None, :] < he[r][:, None]))
-            # max over each bin's columns, then over its rows
             cols = xp.where(mask_w[None, None], crop[:, :, None, :], -xp.inf)      # (C, h, PW, w)
             col_arg = cols.argmax(axis=3)
             col_max = xp.take_along_axis(cols, col_arg[..., None], axis=3)[..., 0]  # (C, h, PW)
@@ -101,18 +144,25 @@ class ROIPoolingLayer(Layer):
             best_w = col_arg[xp.arange(len(crop))[:, None, None], row_arg, xp.arange(pw)]
             empty = xp.asarray((he[r] <= hs[r])[:, None] | (we[r] <= ws[r])[None, :])
             out[r] = xp.where(empty, 0, best)
-            self.argmax[r] = xp.where(empty, -1, (row_arg + h0) * width + best_w + w0)
+            argmax[r] = xp.where(empty, -1, (row_arg + h0) * width + best_w + w0)
+        return argmax
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         xp = bottom[0].xp
+        if self.argmax is None:
+            geometry = [_host(a) for a in self._geometry(bottom)]
+            self.argmax = self._max_reduce(bottom[0].data, geometry, np.empty(top[0].shape, self.dtype), True)
         num, channels, height, width = bottom[0].shape
         batch = bottom[1].data.reshape(-1, 5)[:, 0].astype(np.int64)
         plane = (batch[:, None] * channels + xp.arange(channels)[None, :]) * (height * width)
-        index = plane[:, :, None, None] + self.argmax
-        keep = self.argmax >= 0
-        grad = xp.bincount(index[keep], weights=top[0].diff[keep], minlength=bottom[0].count)
+        index = (plane[:, :, None, None] + self.argmax).reshape(-1)
+        weights = top[0].diff.reshape(-1)
+        if bool((self.argmax < 0).any()):            # empty bins send nothing down
+            keep = self.argmax.reshape(-1) >= 0
+            index, weights = index[keep], weights[keep]
+        grad = xp.bincount(index, weights=weights, minlength=bottom[0].count)
         bottom[0].diff[...] = grad.reshape(bottom[0].shape)
 
 
