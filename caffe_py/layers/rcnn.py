@@ -96,7 +96,6 @@ class ROIPoolingLayer(Layer):
         col_arg = np.zeros((pw, x.shape[2], channels), np.int64)
         best = np.empty((pw, ph, channels), x.dtype)
         argmax = np.full(out.shape, -1, np.int64) if with_argmax else None
-        rows = np.arange(x.shape[2])
         for r in range(len(batch)):       # one region at a time, every channel at once
             h0, h1 = hs[r].min(), he[r].max()
             plane = channels_last[batch[r]]
