@@ -526,6 +526,7 @@ DEVICE_CASES = [
     ({'x': rand(2, 6, 7, 8)}, 'type: "DepthwiseConvolution" convolution_param { num_output: 6 group: 6 '
      'kernel_size: 3 stride: 2 pad: 1 %s }' % FILL, ()),
     ({'x': rand(2, 6, 3, 3)}, 'type: "ShuffleChannel" shuffle_channel_param { group: 2 }', ()),
+    ({'x': rand(2, 6, 3, 3) * 5}, 'type: "ReLU6" relu6_param { negative_slope: 0.1 }', ()),
     ({'a': rand(2, 3, 1, 1), 'x': rand(2, 3, 2, 2, seed=1), 'z': rand(2, 3, 2, 2, seed=2)}, 'type: "Axpy"', ()),
     ({'x': rand(2, 3, 8, 7), 'rois': ROIS}, ROI_LAYER, ('rois',)),
     ({'x': rand(2, 18, 8, 9), 'rois': ROIS}, PSROI, ('rois',)),
@@ -660,3 +661,13 @@ def test_region_loss_darknet_deltas_hand_case():
     assert net.blobs['y'].data == pytest.approx((delta ** 2).sum())
     net.backward_from_to()
     np.testing.assert_allclose(net.blobs['x'].diff[0], delta, rtol=1e-10)
+
+
+def test_relu6_hand_case_gradient_and_opencv(tmp_path):
+    x = np.array([[-2.0, -0.5, 0.5, 5.5, 6.5, 9.0]])
+    layer = 'type: "ReLU6" relu6_param { negative_slope: 0.25 }'
+    np.testing.assert_allclose(run({'x': x}, layer).blobs['y'].data, [[-0.5, -0.125, 0.5, 5.5, 6, 6]])
+    check({'x': x}, layer)
+    x = rand(2, 3, 4, 5) * 5
+    np.testing.assert_allclose(ours32({'x': x}, 'type: "ReLU6"'),
+                               opencv_forward({'x': x}, 'type: "ReLU6"', tmp_path=tmp_path), rtol=1e-6)

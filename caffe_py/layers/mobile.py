@@ -1,5 +1,5 @@
-"""Layers of the mobile-network forks: depthwise convolution (MobileNet ports), ShuffleChannel
-(ShuffleNet) and Axpy (SENet).
+"""Layers of the mobile-network forks: depthwise convolution (MobileNet ports), ReLU6
+(MobileNet-YOLO), ShuffleChannel (ShuffleNet) and Axpy (SENet).
 
 DepthwiseConvolution (yonghenglh6/DepthwiseConvolution) is Convolution with its own kernel: the
 prototxt's num_output and group keep their meaning. ConvolutionDepthwise (the caffe-mobilenet
@@ -15,6 +15,7 @@ from ..backend import get_array_module
 from ..layer import Layer, register
 from .cores import parallel
 from .im2col import Window
+from .neuron import NeuronLayer
 from .vision import ConvolutionLayer
 
 
@@ -145,6 +146,27 @@ class ConvolutionDepthwiseLayer(_Depthwise):
         param.num_output = channels
         param.group = channels
         super().setup(bottom, top)
+
+
+@register('ReLU6')
+class ReLU6Layer(NeuronLayer):
+    """MobileNet-YOLO's ReLU6: min(max(x, 0) + negative_slope * min(x, 0), 6) (relu6_param);
+    the gradient passes below 6 (times negative_slope at or below 0)."""
+
+    def setup(self, bottom, top):
+        self.slope = self.scalar(self.layer_param.relu6_param.negative_slope)
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        x = bottom[0].data
+        y = xp.maximum(x, 0) + self.slope * xp.minimum(x, 0)
+        xp.minimum(y, self.scalar(6), out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            x = bottom[0].data     # the output when in place, which gives the same masks
+            gate = bottom[0].xp.where(x > 0, self.scalar(1), self.slope) * (x < 6)
+            bottom[0].diff[...] = top[0].diff * gate
 
 
 @register('ShuffleChannel')
