@@ -21,7 +21,7 @@ setup(
     package_data={'caffe_py.kernels': ['*.cu']},
     install_requires=[
         'numpy>=1.23',
-        'protobuf>=7.35.1',
+        'protobuf>=4.21.6',  # caffe_pb2 comes from protoc 3.21 (see caffe_py/proto/regen.py)
         'pillow',
         'opencv-python-headless>=4.5,<5',  # OpenCV 5 dropped dnn's Caffe importer
         'lmdb',

@@ -18,6 +18,7 @@ from caffe_py.proto import caffe_pb2
 from . import upgrade as _upgrade
 from .blobs import array_to_blob, blob_to_array
 from .errors import FormatError, MissingFileError, ProtoParseError
+from .fork_fields import renumber_net
 
 BINARY_EXTENSIONS = (".caffemodel", ".binaryproto", ".solverstate", ".pb", ".bin")
 TEXT_EXTENSIONS = (".prototxt", ".pbtxt", ".txt", ".solver")
@@ -73,6 +74,8 @@ def parse_binary(data, proto, filename="<bytes>"):
     if len(data) > 0x7FFFFFFF:
         raise ProtoParseError("%s: %d bytes is over the 2 GB protobuf limit"
                               % (filename, len(data)), path=filename)
+    if msg.DESCRIPTOR.full_name == "caffe.NetParameter":
+        data = renumber_net(data)   # forks' colliding field numbers, by layer type
     try:
         msg.ParseFromString(data)
     except (_pb_message.DecodeError, RuntimeError, ValueError) as e:

@@ -145,7 +145,9 @@ class _SoftmaxLoss(LossLayer):
 
 @register('SoftmaxWithLoss')
 class SoftmaxWithLossLayer(_SoftmaxLoss):
-    """-log(max(softmax(x)[label], FLT_MIN)) summed over counted labels / normalizer."""
+    """-log(max(softmax(x)[label], FLT_MIN)) summed over counted labels / normalizer.
+    SegNet's weight_by_label_freqs weighs each term and its gradient by class_weighting[label]
+    (the normalizer still counts labels)."""
 
     def setup(self, bottom, top):
         self.softmax_axis = self.layer_param.softmax_param.axis
@@ -154,19 +156,33 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
             self.mode = _NORM.VALID if param.normalize else _NORM.BATCH_SIZE
         else:
             self.mode = param.normalization
+        self.class_weights = (np.asarray(param.class_weighting, self.dtype)
+                              if param.weight_by_label_freqs else None)
         super().setup(bottom, top)
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        if self.class_weights is not None and len(self.class_weights) != self.classes:
+            raise self.error('Number of class weight values (%d) does not match the number of classes (%d).'
+                             % (len(self.class_weights), self.classes))
+
+    def _weights(self, xp):
+        """class_weighting[label] per position (outer, inner)."""
+        return xp.asarray(self.class_weights)[self.labels.index]
 
     def forward(self, bottom, top):
         xp = bottom[0].xp
         prob = self._prob_blob(top)
         self.softmax.forward([bottom[0]], [prob])
-        if xp is not np:
+        if xp is not np and self.class_weights is None:
             self._device_forward(xp, bottom, top, prob)
             return
         p = prob.data.reshape(self.shape3())
         self.labels = labels = _Labels(self, bottom[1], self.outer, self.inner, self.classes,
                                        self.ignore_label())
         logs = xp.log(xp.maximum(p[labels.at], self.scalar(FLT_MIN)))
+        if self.class_weights is not None:
+            logs *= self._weights(xp)
         labels.mask(logs)
         self.norm = self.normalizer(self.mode, self.outer, self.inner, labels.count)
         top[0].data[...] = -logs.sum() / self.norm
@@ -175,7 +191,7 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         self.refuse_backward(propagate_down)
         if not propagate_down[0]:
             return
-        if bottom[0].xp is not np:
+        if bottom[0].xp is not np and self.class_weights is None:
             ignore = self.ignore_label()
             gpu.kernel('softmax_loss.cu', 'softmax_loss_backward', self.dtype)(
                 bottom[0].count, self._prob_blob(top).data, bottom[1].data, self.classes, self.inner,
@@ -184,6 +200,8 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         dx = bottom[0].diff.reshape(self.shape3())
         dx[...] = self._prob_blob(top).data.reshape(self.shape3())
         dx[self.labels.at] -= 1
+        if self.class_weights is not None:
+            dx *= self._weights(bottom[0].xp)[:, None, :]
         self.labels.mask(dx)
         dx *= top[0].diff.reshape(()) / self.norm
 

@@ -123,19 +123,26 @@ class TanHLayer(NeuronLayer):
 
 @register('Dropout')
 class DropoutLayer(NeuronLayer):
-    """TRAIN: keep units with probability 1 - ratio, scaled by 1/(1 - ratio); TEST: identity."""
+    """TRAIN: keep units with probability 1 - ratio, scaled by 1/(1 - ratio); TEST: identity.
+    caffe-fast-rcnn's scale_train: false keeps TRAIN unscaled and scales TEST by 1 - ratio.
+    Bayesian SegNet's sample_weights_test drops (as in TRAIN) in TEST too."""
 
     def setup(self, bottom, top):
         self.ratio = self.layer_param.dropout_param.dropout_ratio
         if not 0 <= self.ratio < 1:
             raise self.error('dropout_ratio must be in [0, 1), got %g' % self.ratio)
-        self.scale = self.scalar(1.0 / (1.0 - self.ratio))
+        self.scale_train = self.layer_param.dropout_param.scale_train
+        self.scale = self.scalar(1.0 / (1.0 - self.ratio) if self.scale_train else 1.0)
+        self.test_scale = None if self.scale_train else self.scalar(1.0 - self.ratio)
+        self.drops = self.phase == caffe_pb2.TRAIN or self.layer_param.dropout_param.sample_weights_test
         self.mask = None
 
     def forward(self, bottom, top):
         xp = bottom[0].xp
-        if self.phase != caffe_pb2.TRAIN:
-            if top[0] is not bottom[0]:
+        if not self.drops:
+            if self.test_scale is not None:
+                xp.multiply(bottom[0].data, self.test_scale, out=top[0].data)
+            elif top[0] is not bottom[0]:
                 top[0].data[...] = bottom[0].data
             return
         shape = bottom[0].shape
@@ -153,8 +160,10 @@ class DropoutLayer(NeuronLayer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        if self.phase != caffe_pb2.TRAIN:
-            if top[0] is not bottom[0]:
+        if not self.drops:
+            if self.test_scale is not None:
+                bottom[0].xp.multiply(top[0].diff, self.test_scale, out=bottom[0].diff)
+            elif top[0] is not bottom[0]:
                 bottom[0].diff[...] = top[0].diff
             return
         bottom[0].xp.multiply(top[0].diff, self.mask, out=bottom[0].diff)

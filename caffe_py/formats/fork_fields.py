@@ -1,0 +1,143 @@
+"""Binary nets written by Caffe forks whose LayerParameter field numbers collide.
+
+SegNet numbers upsample_param 137 and dense_image_data_param 138, DeepLab and PSPNet number
+interp_param 143: BVLC's embed_param, tile_param and input_param. PSPNet's bn_param is 152
+where SegNet/ENet's is 45, with other sub-field numbers. SegNet's loss_param has
+weight_by_label_freqs at 3, BVLC's normalization. Parsed as they are, a fork's
+caffemodel would show an Interp layer holding a garbled input_param. So before a binary
+NetParameter is parsed, each layer's fields are read at the wire level and, where the
+layer's type names a fork layer whose number collides, the field is renumbered to the one
+caffe.proto gives it (and its sub-fields, where they differ). Nothing else changes, and a
+file without such layers is parsed from the very same bytes.
+"""
+
+# layer type -> {fork's LayerParameter field number: (caffe.proto's number, {sub-field renumbering},
+# sub-field that must be present for the rule to apply, or None)}
+RENUMBER = {
+    'Upsample': {137: (150, {}, None)},           # SegNet's upsample_param (BVLC: embed_param)
+    'DenseImageData': {138: (100138, {}, None)},  # SegNet's dense_image_data_param (BVLC: tile_param)
+    'Interp': {143: (100143, {}, None)},          # DeepLab/PSPNet's interp_param (BVLC: input_param)
+    'BN': {152: (45, {1: 11, 2: 12, 3: 13, 4: 14, 5: 15, 6: 16}, None)},   # PSPNet's bn_param
+    # SegNet's loss_param: weight_by_label_freqs 3 (BVLC: normalization) with class_weighting 4,
+    # which BVLC does not have, so its presence tells SegNet's message apart
+    'SoftmaxWithLoss': {101: (101, {3: 100003, 4: 100004}, 4)},
+}
+_LAYER = 100    # NetParameter.layer
+_TYPE = 2       # LayerParameter.type
+_LEN = 2        # wire type of length-delimited fields
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _varint(data, pos):
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed('truncated varint')
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _encode_varint(value):
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _fields(data):
+    """(number, wire type, start, value start, payload start, end) of every field of a message's
+    bytes; the payload of a length-delimited field starts after its length."""
+    pos, out = 0, []
+    while pos < len(data):
+        start = pos
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        value = body = pos
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            size, body = _varint(data, pos)
+            pos = body + size
+        elif wire == 5:
+            pos += 4
+        else:
+            raise _Malformed('wire type %d' % wire)
+        if pos > len(data):
+            raise _Malformed('field past the end')
+        out.append((number, wire, start, value, body, pos))
+    return out
+
+
+def _length_delimited(number, payload):
+    return _encode_varint(number << 3 | _LEN) + _encode_varint(len(payload)) + bytes(payload)
+
+
+def _renumber_fields(data, mapping):
+    """The message `data` with the fields named in `mapping` (old -> new number) renumbered."""
+    pieces = []
+    for number, wire, start, value, _, end in _fields(data):
+        if number in mapping:
+            pieces.append(_encode_varint(mapping[number] << 3 | wire) + bytes(data[value:end]))
+        else:
+            pieces.append(bytes(data[start:end]))
+    return b''.join(pieces)
+
+
+def _layer(data):
+    """A LayerParameter's bytes renumbered for its type, or None when nothing changes."""
+    fields = _fields(data)
+    kind = None
+    for number, wire, _, _, body, end in fields:
+        if number == _TYPE and wire == _LEN:
+            kind = bytes(data[body:end]).decode('utf-8', 'replace')
+    table = RENUMBER.get(kind) or {}
+    rules = {}
+    for number, wire, _, _, body, end in fields:
+        if number in table and wire == _LEN:
+            new_number, sub, marker = table[number]
+            if marker is None or any(f[0] == marker for f in _fields(data[body:end])):
+                rules[number] = (new_number, sub)
+    if not rules:
+        return None
+    pieces = []
+    for number, wire, start, _, body, end in fields:
+        if number in rules and wire == _LEN:
+            new_number, sub = rules[number]
+            payload = data[body:end]
+            pieces.append(_length_delimited(new_number, _renumber_fields(payload, sub) if sub else payload))
+        else:
+            pieces.append(bytes(data[start:end]))
+    return b''.join(pieces)
+
+
+def renumber_net(data):
+    """A binary NetParameter with fork fields moved to caffe.proto's numbers; `data` itself when
+    no layer needs it (or when the bytes are not a well-formed message: the parser reports that)."""
+    view = memoryview(data)
+    try:
+        fields = _fields(view)
+        changed = {}
+        for index, (number, wire, _, _, body, end) in enumerate(fields):
+            if number == _LAYER and wire == _LEN:
+                new = _layer(view[body:end])
+                if new is not None:
+                    changed[index] = _length_delimited(_LAYER, new)
+    except _Malformed:
+        return data
+    if not changed:
+        return data
+    return b''.join(changed.get(i, view[f[2]:f[5]]) for i, f in enumerate(fields))
