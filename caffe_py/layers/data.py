@@ -1,5 +1,6 @@
 """Data layers (Input, HDF5Data, MemoryData, DummyData, Data, ImageData, WindowData, HDF5Output);
 the database, image and HDF5 readers and the prefetching live in caffe_py.data."""
+import threading
 import weakref
 
 import numpy as np
@@ -61,17 +62,28 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             backend.rng().shuffle(self.file_order)
         self.current_file = 0
+        self.row_shapes = None
         self._load(self.filenames[self.file_order[0]])
         self.current_row = 0
         for blob, array in zip(top, self.arrays):
             blob.reshape((self.batch_size,) + array.shape[1:])
 
     def _load(self, path):
-        from ..data.hdf5 import load_hdf5_datasets
-        self.arrays = load_hdf5_datasets(path, self.names, self.dtype)
+        from ..data.hdf5 import DataSourceError, load_hdf5_datasets
+        try:
+            self.arrays = load_hdf5_datasets(path, self.names, self.dtype)
+        except DataSourceError as exc:
+            raise self.error(str(exc)) from None
         rows = self.arrays[0].shape[0]
         if rows == 0:
             raise self.error('HDF5 file %s holds no rows' % path)
+        shapes = [array.shape[1:] for array in self.arrays]
+        if self.row_shapes is None:
+            self.row_shapes = shapes
+        for name, shape, first in zip(self.names, shapes, self.row_shapes):
+            if shape != first:
+                raise self.error('HDF5 file %s: rows of dataset %s have shape %s, those of the first file %s'
+                                 % (path, name, list(shape), list(first)))
         self.row_order = np.arange(rows)
         if self.shuffle:
             backend.rng().shuffle(self.row_order)
@@ -244,8 +256,13 @@ class PrefetchingDataLayer(Layer):
         log.info('output data size: %s', ','.join(str(d) for d in shape))
         if self.output_labels:
             top[1].reshape(shape[0])
-        self.prefetcher = Prefetcher(self.source, self.layer_param.data_param.prefetch, self.dtype,
-                                     name='caffe_py-prefetch-%s' % self.name)
+        try:
+            self.prefetcher = Prefetcher(self.source, self.layer_param.data_param.prefetch, self.dtype,
+                                         name='caffe_py-prefetch-%s' % self.name)
+        except RuntimeError as exc:      # "can't start new thread": too many threads or too little memory
+            self.source.close()
+            raise self.error('cannot start its prefetching thread (%s; %d threads running)'
+                             % (exc, threading.active_count())) from None
         weakref.finalize(self, self.prefetcher.close)
 
     def make_source(self):

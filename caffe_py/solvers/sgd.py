@@ -155,7 +155,11 @@ class SGDSolver(Solver):
         self._check_history_count(len(state.history), path)
         log.info('SGDSolver: restoring history')
         for i, proto in enumerate(state.history):
-            self._set_history(i, formats.blob_to_array(proto), path)
+            try:
+                array = formats.blob_to_array(proto)
+            except formats.FormatError as exc:
+                raise SolverError('%s: history blob %d: %s' % (path, i, exc)) from None
+            self._set_history(i, array, path)
 
     def restore_solver_state_from_hdf5(self, path):
         import h5py

@@ -126,6 +126,8 @@ def _v1_caffemodel(net, path):
 def make_seeds(folder):
     """Write the generated seeds into `folder` (quietly); returns the list of seeds."""
     import logging
+
+    import caffe_py  # noqa: F401  (its import sets the log level: quiet it afterwards)
     logger = logging.getLogger('caffe_py')
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -164,6 +166,9 @@ def _make_seeds(folder):
     finally:
         os.chdir(cwd)
     state = [f for f in os.listdir(folder) if f.endswith('.solverstate')][0]
+    snapshot = formats.read_solverstate(p(state))
+    snapshot.learned_net = p(snapshot.learned_net)      # absolute: cases run in other folders
+    formats.write_solverstate(p(state), snapshot)
     seeds.append(('solverstate', state, p(state), {'solver': solver_path}))
 
     mean = rng.uniform(0, 255, (3, 8, 8)).astype(np.float32)
