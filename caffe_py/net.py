@@ -315,7 +315,7 @@ class Net:
         """A NetError naming the layer, and the blob when `exc` says which, for a request too large."""
         layer = self.layers[layer_id]
         blob = getattr(exc, 'blob', None)
-        what = ''
+        what = 'one of its weight or buffer blobs: ' if blob is not None else ''
         for j, top in enumerate(self.top_vecs[layer_id]):
             if top is blob:
                 what = 'top blob "%s": ' % self._blob_names[self.top_ids[layer_id][j]]

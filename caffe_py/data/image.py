@@ -115,7 +115,7 @@ def datum_to_chw(datum, what):
         array = np.frombuffer(datum.data, np.uint8)
     else:
         array = np.array(datum.float_data, np.float32)
-    if array.size != size or size == 0:
+    if array.size != size or min(shape) <= 0:
         raise DataSourceError('Datum %s holds %d values, its shape %dx%dx%d needs %d'
                               % (what, array.size, shape[0], shape[1], shape[2], size))
     return array.reshape(shape)

@@ -129,9 +129,9 @@ def _read_bytes(path, named_by=None):
                           % (path, " (named by %s)" % named_by if named_by else ""),
                           path=path) from None
     except (OSError, ValueError) as e:  # a name too long, a NUL in it, no permission, ...
-        raise FormatError("%s: cannot read it (%s)%s"
-                          % (path, getattr(e, "strerror", None) or e,
-                             " (named by %s)" % named_by if named_by else ""), path=path) from None
+        why = "the name holds a NUL byte" if "\0" in path else getattr(e, "strerror", None) or e
+        raise FormatError("%r: cannot read it (%s)%s"
+                          % (path, why, " (named by %s)" % named_by if named_by else ""), path=path) from None
 
 
 def looks_binary(data, path=None):

@@ -5,6 +5,7 @@ caffe.get_solver and Caffe's SolverRegistry do.
 """
 import os
 
+from .. import formats
 from ..proto import caffe_pb2
 from .adaptive import AdaDeltaSolver, AdaGradSolver, AdamSolver, RMSPropSolver
 from .lr_policies import LearningRateError, learning_rate
@@ -25,6 +26,10 @@ def get_solver(param):
                           % (path + ': ' if path else '', param.type, ', '.join(sorted(SOLVERS))))
     try:
         return cls(param)
+    except formats.MissingFileError as exc:
+        if path is None or path in str(exc):
+            raise
+        raise formats.MissingFileError(exc.filename, '%s in %s' % (exc.named_by or 'a setting', path)) from None
     except (SolverError, LearningRateError) as exc:
         if path is None or path in str(exc):
             raise

@@ -29,6 +29,7 @@ class SGDSolver(Solver):
         if self.param.regularization_type not in ('L2', 'L1') and self.param.weight_decay:
             raise SolverError('Unknown regularization type: %s (known: L2, L1)'
                               % self.param.regularization_type)
+        learning_rate(self.param, 0)      # an unknown policy or missing settings: refused now, not mid-run
 
     def pre_solve(self):
         params = self.net.learnable_params

@@ -24,7 +24,7 @@ class Worker:
             [os.path.dirname(TESTS), os.environ.get('PYTHONPATH', '')]), GLOG_minloglevel='3')
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(TESTS, 'fuzz', 'worker.py'), json.dumps(config)],
+            [sys.executable, os.path.join(TESTS, 'fuzz', 'worker.py'), config['file']],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
             cwd=config['scratch'])
         self.case = None
@@ -62,6 +62,9 @@ class Pool:
         self.config = {'seeds': self.seeds, 'base_seed': base_seed, 'memory_bytes': memory_bytes,
                        'scratch': os.path.join(self.tmp.name, 'scratch')}
         os.makedirs(self.config['scratch'])
+        self.config['file'] = os.path.join(self.tmp.name, 'config.json')
+        with open(self.config['file'], 'w') as f:
+            json.dump(self.config, f)
         self.timeout = timeout
         self.size = workers
         self.workers = []

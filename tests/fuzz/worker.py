@@ -25,7 +25,8 @@ def _describe(exc):
 
 
 def main():
-    config = json.loads(sys.argv[1])
+    with open(sys.argv[1]) as f:
+        config = json.load(f)
     limit = config['memory_bytes']
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
