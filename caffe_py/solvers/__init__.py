@@ -25,7 +25,9 @@ def get_solver(param):
         raise SolverError('%sUnknown solver type: %s (known types: %s)'
                           % (path + ': ' if path else '', param.type, ', '.join(sorted(SOLVERS))))
     try:
-        return cls(param)
+        solver = cls(param)
+        solver.source = path             # later errors (the lr policy) name the solver file too
+        return solver
     except formats.MissingFileError as exc:
         if path is None or path in str(exc):
             raise

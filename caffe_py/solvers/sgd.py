@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import backend, formats, gpu, log
 from ..proto import caffe_pb2
-from .lr_policies import learning_rate
+from .lr_policies import LearningRateError, learning_rate
 from .solver import Solver, SolverError
 
 f32 = np.float32
@@ -25,11 +25,14 @@ class SGDSolver(Solver):
     type = 'SGD'
     histories_per_param = 1   # AdaDelta and Adam keep a second history after the first
 
+    def __init__(self, param):
+        self.source = None if isinstance(param, caffe_pb2.SolverParameter) else os.fspath(param)
+        super().__init__(param)
+
     def check_param(self):
         if self.param.regularization_type not in ('L2', 'L1') and self.param.weight_decay:
             raise SolverError('Unknown regularization type: %s (known: L2, L1)'
                               % self.param.regularization_type)
-        learning_rate(self.param, 0)      # an unknown policy or missing settings: refused now, not mid-run
 
     def pre_solve(self):
         params = self.net.learnable_params
@@ -47,7 +50,10 @@ class SGDSolver(Solver):
 
     # -- one update ----------------------------------------------------------------
     def get_learning_rate(self):
-        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        try:
+            rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        except LearningRateError as exc:      # name the solver file that holds the setting
+            raise LearningRateError('%s: %s' % (self.source, exc) if self.source else str(exc)) from None
         return rate
 
     @property

@@ -80,7 +80,7 @@ def net_case(seed, rng, scratch):
 
 
 def solver_case(seed, rng, scratch):
-    from caffe_py.solvers import get_solver, learning_rate
+    from caffe_py.solvers import get_solver
     _, name, path, _ = seed
     text = mutate.mutate_text(rng, _read(path))
     case = _write(os.path.join(scratch, os.path.basename(path)), text)
@@ -96,8 +96,9 @@ def solver_case(seed, rng, scratch):
             p = solver.param
             if not name.startswith('corpus/') and max(list(p.test_iter) + [p.iter_size]) < MAX_STEP_WORK:
                 solver.step(2)        # (a file asking for 2^31 test iterations is slow, not wrong)
-            for it in (0, solver.param.max_iter, 2 * solver.param.max_iter + 1):
-                learning_rate(solver.param, it, 0)
+            for it in (0, p.max_iter, 2 * p.max_iter + 1):      # the schedule, past max_iter too
+                solver.iter = it
+                solver.get_learning_rate()
         finally:
             solver.close()
     return run, _names(case, nets, net_layers, _path_values(text))
