@@ -13,6 +13,7 @@ import tempfile
 import threading
 
 from .. import log
+from ..formats.errors import shown
 from .hdf5 import DataSourceError
 from .lmdb_check import check_lmdb
 
@@ -105,7 +106,7 @@ class Reader:
 
     def _after(self):
         try:
-            return 'after record %s' % self.key().decode(errors='replace') if self._valid else 'at the start'
+            return 'after record %s' % shown(self.key()) if self._valid else 'at the start'
         except Exception:  # the cursor itself is unusable
             return 'reading'
 

@@ -17,6 +17,7 @@ import signal
 import struct
 import threading
 
+from .. import log
 from .hdf5 import DataSourceError
 
 MAGIC = 0xBEEFC0DE
@@ -102,7 +103,14 @@ def _walk(path):
 def walk_in_child(path, timeout=WALK_TIMEOUT):
     """Read every key and value of the LMDB at `path` in a forked child; raise if it fails or faults."""
     read, write = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:            # no memory or processes left for a child: the meta checks stand
+        os.close(read)
+        os.close(write)
+        log.warning('could not read LMDB %s in a child process (%s); checked its meta pages only',
+                    path, exc.strerror or exc)
+        return
     if pid == 0:                                   # the child: read, report, exit without cleanup
         code = 0
         try:
@@ -158,5 +166,8 @@ def check_lmdb(path):
     limit = int(os.environ.get('CAFFE_PY_LMDB_CHECK_BYTES', DEFAULT_CHECK_BYTES))
     if size <= limit:
         walk_in_child(path)
+    else:
+        log.info('LMDB %s is larger than CAFFE_PY_LMDB_CHECK_BYTES (%d): checked its meta pages only',
+                 path, limit)
     with _LOCK:
         _CHECKED.add(key)

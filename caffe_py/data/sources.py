@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from .. import log
+from ..formats.errors import shown
 from .hdf5 import DataSourceError
 from .image import IMREAD_NATIVE, datum_image, decode_image, hwc_to_chw, parse_datum, read_image
 from .prefetch import ItemPool
@@ -37,7 +38,7 @@ class DatumSource:
         self.pool = ItemPool(workers)
 
     def _what(self, key):
-        return 'record %s of %s' % (key.decode(errors='replace'), self.reader.source)
+        return 'record %s of %s' % (shown(key), self.reader.source)
 
     def _image(self, key, value):
         datum = parse_datum(value, self._what(key))

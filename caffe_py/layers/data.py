@@ -1,5 +1,6 @@
 """Data layers (Input, HDF5Data, MemoryData, DummyData, Data, ImageData, WindowData, HDF5Output);
 the database, image and HDF5 readers and the prefetching live in caffe_py.data."""
+import os
 import threading
 import weakref
 
@@ -38,10 +39,13 @@ class HDF5DataLayer(Layer):
 
     Reads as Caffe's HDF5DataLayer: files in list order (shuffled with shuffle),
     rows in file order (or a permutation per pass), one file loaded at a time,
-    wrapping around at the end of the list.
+    wrapping around at the end of the list. Files are kept once read while they
+    total at most CACHE_BYTES (a batch larger than small files would otherwise
+    re-read them thousands of times per pass); a file changed on disk is re-read.
     """
     exact_num_bottom = 0
     min_top = 1
+    CACHE_BYTES = 64 << 20
 
     def setup(self, bottom, top):
         from ..data.hdf5 import read_list_file
@@ -63,6 +67,7 @@ class HDF5DataLayer(Layer):
             backend.rng().shuffle(self.file_order)
         self.current_file = 0
         self.row_shapes = None
+        self._cache, self._cached_bytes = {}, 0
         self._load(self.filenames[self.file_order[0]])
         self.current_row = 0
         for blob, array in zip(top, self.arrays):
@@ -71,9 +76,18 @@ class HDF5DataLayer(Layer):
     def _load(self, path):
         from ..data.hdf5 import DataSourceError, load_hdf5_datasets
         try:
-            self.arrays = load_hdf5_datasets(path, self.names, self.dtype)
+            stat = os.stat(path)
+            key = (path, stat.st_mtime_ns, stat.st_size)
+        except (OSError, ValueError):
+            key = None                        # missing: load_hdf5_datasets says why
+        try:
+            self.arrays = self._cache.get(key) or load_hdf5_datasets(path, self.names, self.dtype)
         except DataSourceError as exc:
             raise self.error(str(exc)) from None
+        size = sum(array.nbytes for array in self.arrays)
+        if key is not None and key not in self._cache and self._cached_bytes + size <= self.CACHE_BYTES:
+            self._cache[key] = self.arrays
+            self._cached_bytes += size
         rows = self.arrays[0].shape[0]
         if rows == 0:
             raise self.error('HDF5 file %s holds no rows' % path)
@@ -224,7 +238,10 @@ class DummyDataLayer(Layer):
         for i, blob in enumerate(top):
             filler = self._filler(i)
             if filler.type != 'constant':
-                fill(blob, filler)
+                try:
+                    fill(blob, filler)
+                except ValueError as exc:     # an unknown filler type, an empty top
+                    raise self.error('data_filler of top %d: %s' % (i, exc)) from None
 
 
 class PrefetchingDataLayer(Layer):

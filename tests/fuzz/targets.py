@@ -13,6 +13,7 @@ import numpy as np
 from . import mutate
 
 LAYER_NAME = re.compile(r'(?:name|top|bottom|input):\s*"([^"]+)"')
+NET_FILE = 'data_net.prototxt'      # the net of a data-layer case (a refusal may name it)
 MAX_STEP_WORK = 50      # the solver case trains 2 iterations when test_iter and iter_size stay below this
 
 
@@ -54,7 +55,7 @@ def _data_net(rng, scratch, template, fields, mutate_net):
     text = (template % fields).encode()
     if rng.random() < mutate_net:
         text = mutate.mutate_number(rng, text)
-    return _write(os.path.join(scratch, 'data_net.prototxt'), text), text
+    return _write(os.path.join(scratch, NET_FILE), text), text
 
 
 def _names(*items):
@@ -288,7 +289,7 @@ def is_project_error(exc):
 
 def names_something(message, names):
     """Whether `message` names one of the case's files (its path or base name) or layers."""
-    for name in names:
+    for name in list(names) + [NET_FILE]:
         if not name:
             continue
         if os.sep in name or '.' in name:
