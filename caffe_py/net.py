@@ -261,7 +261,7 @@ class Net:
                 raise self._memory_error(layer_id, exc) from None
             except (LayerError, ValueError, IndexError) as exc:
                 msg = str(exc)
-                if lp.name not in msg:
+                if '"%s"' % lp.name not in msg and "'%s'" % lp.name not in msg:   # quoted: "pool" is not "pooling"
                     msg = '%s layer "%s": %s' % (lp.type, lp.name, msg)
                 raise NetError(msg) from None
             log.info('Setting up %s', lp.name)

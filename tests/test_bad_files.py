@@ -156,12 +156,38 @@ def _conv_net(tmp_path, conv):
 
 @pytest.mark.parametrize('conv, blob', [
     ('num_output: 2147483647 kernel_size: 3', 'weight or buffer blobs'),
+    ('num_output: 4 kernel_size: 65535', 'weight or buffer blobs'),
     ('num_output: 4 kernel_size: 1 pad: 2000000000', 'top blob "y"'),
 ])
 def test_huge_num_output_or_padding_is_refused_before_allocating(tmp_path, conv, blob):
     with pytest.raises(NetError) as info:
         Net(_conv_net(tmp_path, conv), TEST)
     _one_line_error(info, 'layer "conv"', blob, 'bytes')
+
+
+def test_pooling_kernel_larger_than_its_input_is_refused(tmp_path):
+    path = tmp_path / 'pool.prototxt'
+    path.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 '
+                    'dim: 8 dim: 8 } } }\nlayer { name: "pool" type: "Pooling" bottom: "x" top: "y" '
+                    'pooling_param { kernel_size: 65535 stride: 2 } }')
+    with pytest.raises(NetError) as info:
+        Net(str(path), TEST)
+    _one_line_error(info, 'layer "pool"', 'does not fit the 8x8 input')
+
+
+def test_net_memory_is_compared_with_what_the_machine_has(tmp_path, monkeypatch):
+    """Each blob fits, their sum (Caffe's "Memory required for data", data and diff) does not."""
+    from caffe_py import memory
+    monkeypatch.setattr(memory, 'available_bytes', lambda: 200 << 20)
+    layers = ['layer { name: "in" type: "Input" top: "x0" input_param { shape { dim: 1 dim: 1 '
+              'dim: 2048 dim: 2048 } } }']                         # 16 MiB a blob
+    for i in range(1, 8):
+        layers.append('layer { name: "relu%d" type: "ReLU" bottom: "x%d" top: "x%d" }' % (i, i - 1, i))
+    path = tmp_path / 'chain.prototxt'
+    path.write_text('\n'.join(layers))
+    with pytest.raises(NetError) as info:
+        Net(str(path), TEST)
+    _one_line_error(info, 'layer "relu6"', '"x6"', 'bytes', 'available')
 
 
 def test_huge_input_blob_names_the_blob(tmp_path):

@@ -16,6 +16,7 @@ import os
 import signal
 import struct
 import threading
+import warnings
 
 from .. import log
 from .hdf5 import DataSourceError
@@ -104,7 +105,9 @@ def walk_in_child(path, timeout=WALK_TIMEOUT):
     """Read every key and value of the LMDB at `path` in a forked child; raise if it fails or faults."""
     read, write = os.pipe()
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():     # Python 3.12 warns on fork with threads; the child only reads
+            warnings.simplefilter('ignore', DeprecationWarning)
+            pid = os.fork()
     except OSError as exc:            # no memory or processes left for a child: the meta checks stand
         os.close(read)
         os.close(write)
