@@ -379,3 +379,32 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     assert err[-1].startswith('caffe-py: error: ') and weights in err[-1] and 'not UTF-8' in err[-1]
+
+
+def _window_net(tmp_path, window, context_pad=0):
+    image = str(tmp_path / 'im.png')
+    cv2.imwrite(image, np.full((10, 9, 3), 128, np.uint8))
+    (tmp_path / 'windows.txt').write_text('# 0\n%s\n3\n10\n9\n1\n1 0.9 %s\n' % (image, window))
+    (tmp_path / 'net.prototxt').write_text(
+        'layer { name: "w" type: "WindowData" top: "data" top: "label" transform_param { crop_size: 6 } '
+        'window_data_param { source: "%s" batch_size: 2 fg_fraction: 1 context_pad: %d } }'
+        % (tmp_path / 'windows.txt', context_pad))
+    return str(tmp_path / 'net.prototxt'), image
+
+
+def test_window_outside_its_image_names_window_and_image(tmp_path):
+    """OpenCV's "!ssize.empty()" assertion before; now the window and the image file."""
+    model, image = _window_net(tmp_path, '5 5 40 40')
+    net = Net(model, TEST)
+    with pytest.raises(ValueError) as info:
+        net.forward()
+    net.close()
+    _one_line_error(info, 'layer "w"', image, 'outside')
+
+
+def test_context_pad_eating_the_crop_is_refused(tmp_path):
+    """A division by zero (then int(inf)) before; now a refusal at setup naming the layer."""
+    model, _ = _window_net(tmp_path, '1 1 6 7', context_pad=3)
+    with pytest.raises(NetError) as info:
+        Net(model, TEST)
+    _one_line_error(info, 'layer "w"', 'context_pad 3')

@@ -19,7 +19,7 @@ def test_fuzz_cases_are_loaded_or_refused_cleanly():
     print('\n' + format_table(table))
     assert sum(sum(row.values()) for row in table.values()) == cases
     assert set(table) >= {'net', 'solver', 'caffemodel', 'solverstate', 'mean', 'lmdb', 'hdf5',
-                          'hdf5_list', 'image_list', 'image'}
+                          'hdf5_list', 'image_list', 'image', 'window_file'}
     for reader, row in table.items():
         assert row[targets.LOADED] + row[targets.REFUSED] > 0, reader
     assert not failures, '\n'.join('case %d (%s): %s: %s' % f for f in failures[:20])

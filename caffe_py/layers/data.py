@@ -404,6 +404,8 @@ class WindowDataLayer(PrefetchingDataLayer):
         images, fg, bg, channels, cached = self._read_window_file(param)
         if tparam.crop_size <= 0:
             raise self.error('transform_param.crop_size must be positive')
+        if 2 * param.context_pad >= tparam.crop_size:
+            raise self.error('context_pad %d leaves nothing of crop_size %d' % (param.context_pad, tparam.crop_size))
         mean = mean_values = None
         if tparam.HasField('mean_file'):
             mean = self.transformer.mean

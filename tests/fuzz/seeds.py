@@ -80,7 +80,12 @@ layer { name: "images" type: "ImageData" top: "data" top: "label"
   image_data_param { source: "%(source)s" root_folder: "%(root)s" batch_size: 3 new_height: 8 new_width: 8 } }
 '''
 
-MEAN_NET = DATA_NET
+WINDOW_NET = '''name: "fuzzwindows"
+layer { name: "windows" type: "WindowData" top: "data" top: "label"
+  transform_param { crop_size: 6 mirror: true mean_value: 100 }
+  window_data_param { source: "%(source)s" batch_size: 4 fg_threshold: 0.5 bg_threshold: 0.5
+    context_pad: 1 } }
+'''
 
 
 def _write(path, text):
@@ -203,6 +208,12 @@ def _make_seeds(folder):
         cv2.imwrite(os.path.join(folder, 'images', name), im)
         names.append('%s %d' % (name, i))
     _write(p('images.txt'), '\n'.join(names) + '\n')
+    entries = []
+    for i in range(2):
+        entries.append('# %d\n%s\n3\n10\n9\n3\n1 0.8 1 1 6 7\n2 0.6 0 2 8 9\n0 0.1 2 0 5 5\n'
+                       % (i, os.path.join(folder, 'images', 'img%d.%s' % (i, 'png' if i % 2 else 'jpg'))))
+    _write(p('windows.txt'), ''.join(entries))
+    seeds.append(('window_file', 'windows.txt', p('windows.txt'), {'net': WINDOW_NET}))
     seeds += [('image_list', 'images.txt', p('images.txt'), {'net': IMAGE_NET, 'root': p('images') + '/'}),
               ('image', 'img1.png', p('images/img1.png'), {'net': IMAGE_NET, 'root': p('images') + '/',
                                                             'list': p('images.txt')}),

@@ -263,10 +263,20 @@ def image_case(seed, rng, scratch):
     return (lambda: _run_net(net, 2)), _names(case, listing, 'images')
 
 
+def window_file_case(seed, rng, scratch):
+    _, name, path, extra = seed
+    text = mutate.mutate_text(rng, _read(path))
+    listing = _write(os.path.join(scratch, 'windows.txt'), text)
+    net, _ = _data_net(rng, scratch, extra['net'], {'source': listing}, 0.2)
+    files = [token for token in text.decode('utf-8', 'replace').split() if os.sep in token]
+    return (lambda: _run_net(net, 2)), _names(listing, files, 'windows')
+
+
 READERS = {
     'net': net_case, 'solver': solver_case, 'caffemodel': caffemodel_case,
     'solverstate': solverstate_case, 'mean': mean_case, 'lmdb': lmdb_case, 'hdf5': hdf5_case,
     'hdf5_list': hdf5_list_case, 'image_list': image_list_case, 'image': image_case,
+    'window_file': window_file_case,
 }
 
 
