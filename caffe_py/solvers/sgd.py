@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import backend, formats, gpu, log
 from ..proto import caffe_pb2
-from .lr_policies import LearningRateError, learning_rate
+from .lr_policies import learning_rate
 from .solver import Solver, SolverError
 
 f32 = np.float32
@@ -52,8 +52,10 @@ class SGDSolver(Solver):
     def get_learning_rate(self):
         try:
             rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
-        except LearningRateError as exc:      # name the solver file that holds the setting
-            raise LearningRateError('%s: %s' % (self.source, exc) if self.source else str(exc)) from None
+        except ValueError as exc:      # LearningRateError: name the solver file that holds the setting
+            if not self.source:
+                raise
+            raise type(exc)('%s: %s' % (self.source, exc)) from None
         return rate
 
     @property
