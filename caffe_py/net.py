@@ -257,8 +257,6 @@ class Net:
                     self._append_top(lp, layer_id, j, None, None)
             try:
                 layer.initialize(self.bottom_vecs[-1], self.top_vecs[-1])
-            except (memory.OutOfMemoryError, MemoryError) as exc:
-                raise self._memory_error(layer_id, exc) from None
             except (LayerError, ValueError, IndexError) as exc:
                 msg = str(exc)
                 if '"%s"' % lp.name not in msg and "'%s'" % lp.name not in msg:   # quoted: "pool" is not "pooling"
@@ -310,23 +308,6 @@ class Net:
         self.blobs = OrderedDict((name, blob.host_view()) for name, blob in zip(self._blob_names, self._blobs))
         self._layer_index = {name: i for i, name in enumerate(self._layer_names)}
         log.info('Network initialization done.')
-
-    def _memory_error(self, layer_id, exc):
-        """A NetError naming the layer, and the blob when `exc` says which, for a request too large."""
-        layer = self.layers[layer_id]
-        blob = getattr(exc, 'blob', None)
-        what = 'one of its weight or buffer blobs: ' if blob is not None else ''
-        for j, top in enumerate(self.top_vecs[layer_id]):
-            if top is blob:
-                what = 'top blob "%s": ' % self._blob_names[self.top_ids[layer_id][j]]
-        for k, param in enumerate(layer.blobs):
-            if param is blob:
-                what = 'param blob %d: ' % k
-        if isinstance(exc, memory.OutOfMemoryError):
-            detail = str(exc)
-        else:
-            detail = 'out of memory (%s)' % (' '.join(str(exc).split()) or 'MemoryError')
-        return NetError('%s layer "%s": %s%s' % (layer.type, layer.name, what, detail))
 
     def _append_top(self, lp, layer_id, top_index, available, name_to_id):
         name = lp.top[top_index] if top_index < len(lp.top) else '(automatic)'
@@ -493,10 +474,7 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         for i in range(start, end + 1):
-            try:
-                loss += self.layers[i].run_forward(self.bottom_vecs[i], self.top_vecs[i])
-            except (memory.OutOfMemoryError, MemoryError) as exc:
-                raise self._memory_error(i, exc) from None
+            loss += self.layers[i].run_forward(self.bottom_vecs[i], self.top_vecs[i])
             if self.debug_info:
                 self._forward_debug_info(i)
         return loss
