@@ -60,3 +60,10 @@ def test_pool_records_crashes_and_replaces_the_worker(monkeypatch):
         pool.close()
     assert len(outcomes) == len(lmdb_cases)
     assert outcomes.count(targets.CRASH) > 0
+
+
+def test_generated_seeds_cover_every_reader_without_shared():
+    """Without ../shared the suite makes all its seeds itself."""
+    table, failures = run_fuzz(110, base_seed=1, use_corpus=False)
+    assert all(sum(row.values()) == 10 for row in table.values()) and len(table) == 11
+    assert not failures, failures
