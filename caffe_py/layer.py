@@ -72,7 +72,12 @@ class Layer:
         self.name = layer_param.name
         self.phase = layer_param.phase
         self.dtype = np.dtype(dtype)
-        self.blobs = [blob_from_proto(b, self.dtype) for b in layer_param.blobs]
+        self.blobs = []
+        for k, proto in enumerate(layer_param.blobs):
+            try:
+                self.blobs.append(blob_from_proto(proto, self.dtype))
+            except ValueError as exc:         # a FormatError: values that do not fill the shape
+                raise self.error('param blob %d: %s' % (k, exc)) from None
         self.param_propagate_down = []
         self.loss_weights = []
 

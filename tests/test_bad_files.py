@@ -408,3 +408,37 @@ def test_context_pad_eating_the_crop_is_refused(tmp_path):
     with pytest.raises(NetError) as info:
         Net(model, TEST)
     _one_line_error(info, 'layer "w"', 'context_pad 3')
+
+
+def test_decoding_threads_that_cannot_start_fall_back_to_one_thread(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from caffe_py.data.prefetch import ItemPool
+    real_submit = ThreadPoolExecutor.submit
+    calls = []
+
+    def submit(self, fn, *args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("can't start new thread")
+        return real_submit(self, fn, *args)
+    monkeypatch.setattr(ThreadPoolExecutor, 'submit', submit)
+    pool = ItemPool(workers=4)
+    done = np.zeros(10, int)
+
+    def work(i):
+        done[i] += 1
+    pool.run(10, work)
+    pool.run(10, work)
+    pool.close()
+    assert (done == 2).all() and pool.workers == 1
+
+
+def test_prototxt_blob_whose_values_do_not_fill_its_shape_names_layer_and_blob(tmp_path):
+    path = tmp_path / 'net.prototxt'
+    path.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+                    'layer { name: "ipw" type: "InnerProduct" bottom: "x" top: "y" '
+                    'inner_product_param { num_output: 1 } blobs { shape { dim: 1 dim: 2 } data: 1 } }')
+    with pytest.raises(NetError) as info:
+        Net(str(path), TEST)
+    _one_line_error(info, 'layer "ipw"', 'param blob 0', 'BlobProto has 1 data values')
