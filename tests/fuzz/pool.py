@@ -20,8 +20,11 @@ DEFAULT_TIMEOUT = 30.0
 
 class Worker:
     def __init__(self, config):
+        # one BLAS thread and two malloc arenas: under RLIMIT_AS, per-thread reservations of address
+        # space (64 MiB a glibc arena) would otherwise count against the limit on many-core machines
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [os.path.dirname(TESTS), os.environ.get('PYTHONPATH', '')]), GLOG_minloglevel='3')
+            [os.path.dirname(TESTS), os.environ.get('PYTHONPATH', '')]), GLOG_minloglevel='3',
+            OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1', MALLOC_ARENA_MAX='2')
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(TESTS, 'fuzz', 'worker.py'), config['file']],
