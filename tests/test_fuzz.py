@@ -67,3 +67,9 @@ def test_generated_seeds_cover_every_reader_without_shared():
     table, failures = run_fuzz(110, base_seed=1, use_corpus=False)
     assert all(sum(row.values()) == 10 for row in table.values()) and len(table) == 11
     assert not failures, failures
+
+
+def test_outcomes_do_not_depend_on_which_worker_runs_a_case():
+    one, _ = run_fuzz(110, base_seed=2, workers=1, use_corpus=False)
+    two, _ = run_fuzz(110, base_seed=2, workers=2, use_corpus=False)
+    assert one == two

@@ -34,7 +34,7 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import logging
 
-    import caffe_py  # noqa: F401  (import once, before the cases)
+    import caffe_py  # import once, before the cases
     from fuzz import targets
     logging.getLogger('caffe_py').setLevel(logging.CRITICAL + 1)
     logging.getLogger('caffe_py').propagate = False
@@ -51,6 +51,7 @@ def main():
         os.chdir(scratch)
         exc = None
         names = []
+        caffe_py.set_random_seed(config['base_seed'] * 1000003 + index)   # a case draws the same wherever it runs
         try:
             run, names = targets.prepare(seed, case_rng(config['base_seed'], index), scratch)
             run()
