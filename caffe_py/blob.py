@@ -15,10 +15,18 @@ array may be written, as with pycaffe's mutable_cpu_data); `read_data()` and
 """
 import numpy as np
 
-from . import backend
+from . import backend, memory
 
 MAX_BLOB_AXES = 32
 HOST, DEVICE, SYNCED = 'host', 'device', 'synced'
+
+
+def _count(shape):
+    """The number of values of `shape`, exact (no int64 overflow)."""
+    count = 1
+    for s in shape:
+        count *= s
+    return count
 
 
 class SyncedMemory:
@@ -91,7 +99,15 @@ class Blob:
             raise ValueError('blob has %d axes, more than %d' % (len(shape), MAX_BLOB_AXES))
         if any(s < 0 for s in shape):
             raise ValueError('blob shape %s has a negative dimension' % (shape,))
-        count = int(np.prod(shape, dtype=np.int64))
+        count = _count(shape)
+        grow = (count > self._data_mem.size) + (count > self._diff_mem.size)
+        if grow and self._module is None:
+            try:
+                memory.check(count * self.dtype.itemsize * grow,
+                             'a blob of shape %s (data and diff)' % ' '.join(map(str, shape)))
+            except memory.OutOfMemoryError as exc:
+                exc.blob = self       # the net names it
+                raise
         if count > self._data_mem.size:
             self._data_mem = SyncedMemory(count, self.dtype, self._module)
         if count > self._diff_mem.size:

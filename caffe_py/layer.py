@@ -17,6 +17,7 @@ Conventions for subclasses:
 """
 import numpy as np
 
+from . import memory
 from .blob import Blob
 
 _REGISTRY = {}
@@ -71,7 +72,12 @@ class Layer:
         self.name = layer_param.name
         self.phase = layer_param.phase
         self.dtype = np.dtype(dtype)
-        self.blobs = [blob_from_proto(b, self.dtype) for b in layer_param.blobs]
+        self.blobs = []
+        for k, proto in enumerate(layer_param.blobs):
+            try:
+                self.blobs.append(blob_from_proto(proto, self.dtype))
+            except ValueError as exc:         # a FormatError: values that do not fill the shape
+                raise self.error('param blob %d: %s' % (k, exc)) from None
         self.param_propagate_down = []
         self.loss_weights = []
 
@@ -94,13 +100,19 @@ class Layer:
     # -- the lifecycle ----------------------------------------------------
     def initialize(self, bottom, top):
         self.check_blob_counts(bottom, top)
-        self.setup(bottom, top)
-        self.reshape(bottom, top)
+        try:
+            self.setup(bottom, top)
+            self.reshape(bottom, top)
+        except (memory.OutOfMemoryError, MemoryError) as exc:
+            raise self.memory_error(exc, top) from None
         self.set_loss_weights(top)
 
     def run_forward(self, bottom, top):
-        self.reshape(bottom, top)
-        self.forward(bottom, top)
+        try:
+            self.reshape(bottom, top)
+            self.forward(bottom, top)
+        except (memory.OutOfMemoryError, MemoryError) as exc:
+            raise self.memory_error(exc, top) from None
         loss = 0.0
         for i, weight in enumerate(self.loss_weights):
             if weight:
@@ -158,6 +170,22 @@ class Layer:
     def error(self, message):
         """A LayerError naming this layer and its type."""
         return LayerError('%s layer "%s": %s' % (self.type, self.name, message))
+
+    def memory_error(self, exc, top):
+        """A LayerError naming this layer, and the blob when `exc` says which, for a request too large
+        (memory.OutOfMemoryError from the check before allocating, or a MemoryError from NumPy)."""
+        blob = getattr(exc, 'blob', None)
+        what = 'one of its weight or buffer blobs: ' if blob is not None else ''
+        for j, t in enumerate(top):
+            if t is blob:
+                names = self.layer_param.top
+                what = 'top blob "%s": ' % (names[j] if j < len(names) else j)
+        for k, param in enumerate(self.blobs):
+            if param is blob:
+                what = 'param blob %d: ' % k
+        if isinstance(exc, memory.OutOfMemoryError):
+            return self.error(what + str(exc))
+        return self.error('%sout of memory (%s)' % (what, ' '.join(str(exc).split()) or 'MemoryError'))
 
     def make_blob(self, shape):
         """A new blob in this layer's dtype (for parameters and buffers)."""

@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import formats, log
+from . import formats, log, memory
 from .blob import Blob, host_views
 from .layer import LayerError, create_layer
 from .proto import caffe_pb2
@@ -199,6 +199,19 @@ class Net:
         name_to_id = {}
         available = set()
         memory_used = 0
+        memory_free = memory.available_bytes()
+        try:
+            self._build(param, name_to_id, available, memory_used, memory_free)
+        except BaseException:
+            for layer in self.layers:     # stop the data threads of the layers built so far
+                try:
+                    if hasattr(layer, 'close'):
+                        layer.close()
+                except Exception:  # a layer that failed half-way may have nothing to close
+                    pass
+            raise
+
+    def _build(self, param, name_to_id, available, memory_used, memory_free):
         for layer_id, lp in enumerate(param.layer):
             if not lp.HasField('phase'):
                 lp.phase = self.phase
@@ -247,7 +260,7 @@ class Net:
                 layer.initialize(self.bottom_vecs[-1], self.top_vecs[-1])
             except (LayerError, ValueError, IndexError) as exc:
                 msg = str(exc)
-                if lp.name not in msg:
+                if '"%s"' % lp.name not in msg and "'%s'" % lp.name not in msg:   # quoted: "pool" is not "pooling"
                     msg = '%s layer "%s": %s' % (lp.type, lp.name, msg)
                 raise NetError(msg) from None
             log.info('Setting up %s', lp.name)
@@ -258,6 +271,14 @@ class Net:
                     log.info('    with loss weight %s', log.fmt(layer.loss(j)))
                 memory_used += top.count
             log.info('Memory required for data: %d', memory_used * self.dtype.itemsize)
+            needed = 2 * memory_used * self.dtype.itemsize       # data and diff
+            if memory_free is not None and needed > max(memory_free, memory.CHECK_FROM):
+                raise NetError('%s layer "%s": the blobs up to its tops (%s) need %s for data and diffs; '
+                               'this machine has %s available'
+                               % (lp.type, lp.name, ', '.join(
+                                   '"%s" %s' % (lp.top[j] if j < len(lp.top) else '(automatic)',
+                                                top.shape_string()) for j, top in enumerate(self.top_vecs[-1])),
+                                  memory.format_bytes(needed), memory.format_bytes(memory_free)))
             if len(lp.param) > len(layer.blobs):
                 raise NetError('Too many params specified for layer %s' % lp.name)
             for k in range(len(layer.blobs)):
@@ -683,22 +704,33 @@ class Net:
         if not os.path.isfile(path):
             raise formats.MissingFileError(path, 'the weights')
         if h5py_is_hdf5(path):
-            self._copy_from_hdf5(path)
+            try:
+                self._copy_from_hdf5(path)
+            except (NetError, formats.FormatError):
+                raise
+            except Exception as exc:  # h5py on a damaged file: OSError, KeyError, RuntimeError, ...
+                raise NetError('%s: cannot read the weights (%s: %s)'
+                               % (path, type(exc).__name__, ' '.join(str(exc).split()))) from None
         else:
-            self.copy_from_proto(formats.read_net(path, binary=True))
+            self.copy_from_proto(formats.read_net(path, binary=True), path)
 
-    def copy_from_proto(self, param):
-        """Caffe's CopyTrainedLayersFrom(NetParameter)."""
+    def copy_from_proto(self, param, source=None):
+        """Caffe's CopyTrainedLayersFrom(NetParameter); `source` names the file in errors."""
+        origin = source
         for source in param.layer:
             if source.name not in self._layer_index:
                 log.info('Ignoring source layer %s', source.name)
                 continue
             target = self.layers[self._layer_index[source.name]].blobs
             if len(target) != len(source.blobs):
-                raise NetError('Incompatible number of blobs for layer %s (source has %d, net has %d)'
-                               % (source.name, len(source.blobs), len(target)))
+                raise NetError('%sIncompatible number of blobs for layer %s (source has %d, net has %d)'
+                               % (origin + ': ' if origin else '', source.name, len(source.blobs), len(target)))
             for j, (blob, proto) in enumerate(zip(target, source.blobs)):
-                array = formats.blob_to_array(proto)
+                try:
+                    array = formats.blob_to_array(proto)
+                except formats.FormatError as exc:
+                    raise NetError("%slayer '%s', param blob %d: %s"
+                                   % (origin + ': ' if origin else '', source.name, j, exc)) from None
                 if not _shape_equals(proto, blob.shape):
                     raise NetError("Cannot copy param %d weights from layer '%s'; shape mismatch.  "
                                    'Source param shape is %s (%d); target param shape is %s. '

@@ -1,6 +1,8 @@
 """Key-value databases as Caffe's util/db: LMDB (the `lmdb` package) and LevelDB (`plyvel`).
 
-Readers open LMDB read-only without a lock file, so read-only folders work.
+Readers open LMDB read-only without a lock file, so read-only folders work,
+after lmdb_check has found the file whole (a damaged LMDB would fault inside
+the library); errors while reading name the database and the record key.
 `DBWriter` builds a new database in a temporary folder beside the target and
 renames it into place on `close()`, so a failed run leaves nothing under the
 final name; like Caffe it refuses a target that already exists.
@@ -11,7 +13,9 @@ import tempfile
 import threading
 
 from .. import log
+from ..formats.errors import shown
 from .hdf5 import DataSourceError
+from .lmdb_check import check_lmdb
 
 BACKENDS = ('lmdb', 'leveldb')
 
@@ -26,6 +30,7 @@ def _open_lmdb(source):
     with _LMDB_LOCK:
         entry = _LMDB_ENVS.get(key)
         if entry is None:
+            check_lmdb(source)
             env = lmdb.open(source, readonly=True, lock=False, readahead=False, max_readers=126,
                             subdir=os.path.isdir(source))
             entry = _LMDB_ENVS[key] = [env, 0]
@@ -79,6 +84,8 @@ class Reader:
         except DataSourceError:
             raise
         except Exception as exc:  # lmdb.Error, plyvel.Error
+            if self.backend == 'lmdb' and getattr(self, '_key', None):
+                _close_lmdb(self._key)
             hint = ''
             if self.backend == 'leveldb' and os.path.exists(os.path.join(source, 'data.mdb')):
                 hint = ' (it holds an LMDB: set backend: LMDB)'
@@ -90,13 +97,29 @@ class Reader:
         self._iter = None
         self.seek_to_first()
 
+    def _failed(self, exc, where):
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors='replace')
+        kind = 'corrupt LMDB' if self.backend == 'lmdb' else 'corrupt LevelDB'
+        return DataSourceError('%s: %s (%s: %s)' % (kind, self.source, where, detail))
+
+    def _after(self):
+        try:
+            return 'after record %s' % shown(self.key()) if self._valid else 'at the start'
+        except Exception:  # the cursor itself is unusable
+            return 'reading'
+
     def seek_to_first(self):
-        if self.backend == 'lmdb':
-            self._cursor = self._txn.cursor()
-            self._valid = self._cursor.first()
-        else:
-            self._iter = self._env.iterator()
-            self._advance_leveldb()
+        try:
+            if self.backend == 'lmdb':
+                self._cursor = self._txn.cursor()
+                self._valid = self._cursor.first()
+            else:
+                self._iter = self._env.iterator()
+                self._advance_leveldb()
+        except Exception as exc:  # lmdb.Error, plyvel.Error
+            raise self._failed(exc, 'at the first record') from None
 
     def _advance_leveldb(self):
         self._item = next(self._iter, None)
@@ -113,10 +136,14 @@ class Reader:
         return self._cursor.value() if self.backend == 'lmdb' else self._item[1]
 
     def next(self):
-        if self.backend == 'lmdb':
-            self._valid = self._cursor.next()
-        else:
-            self._advance_leveldb()
+        where = self._after()
+        try:
+            if self.backend == 'lmdb':
+                self._valid = self._cursor.next()
+            else:
+                self._advance_leveldb()
+        except Exception as exc:  # lmdb.Error, plyvel.Error
+            raise self._failed(exc, where) from None
 
     def __iter__(self):
         """(key, value) pairs from the current position to the end."""

@@ -8,8 +8,9 @@ import os
 import cv2
 import numpy as np
 
+from .. import memory
 from ..proto import caffe_pb2
-from .hdf5 import DataSourceError
+from .hdf5 import DataSourceError, read_text
 
 IMREAD_NATIVE = cv2.IMREAD_UNCHANGED
 
@@ -23,20 +24,68 @@ def read_image(path, height=0, width=0, is_color=True):
 
     A missing or undecodable file raises DataSourceError naming the path.
     """
-    image = cv2.imread(path, color_flag(is_color))
+    if '\0' in path:
+        raise DataSourceError('Could not open or find file %r: the name holds a NUL byte' % path)
+    try:
+        image = cv2.imread(path, color_flag(is_color)) if _utf8(path) else _read_undecodable_name(path, is_color)
+    except cv2.error as exc:
+        raise DataSourceError('Could not decode image file %s (%s)' % (path, cv_message(exc))) from None
     if image is None:
         if not os.path.isfile(path):
             raise DataSourceError('Could not open or find file %s (working directory %s)'
                                   % (path, os.getcwd()))
         raise DataSourceError('Could not decode image file %s' % path)
     if height > 0 and width > 0:
-        image = cv2.resize(image, (width, height))
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        what = 'image %s resized to %dx%d' % (path, height, width)
+        try:
+            memory.check(height * width * channels, what)
+            image = cv2.resize(image, (width, height))
+        except memory.OutOfMemoryError as exc:
+            raise DataSourceError(str(exc)) from None
+        except (cv2.error, OverflowError) as exc:
+            raise DataSourceError('Could not resize %s (%s)' % (what, cv_message(exc))) from None
     return image
+
+
+def _utf8(path):
+    try:
+        path.encode('utf-8')
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _read_undecodable_name(path, is_color):
+    """cv2.imread of a file whose name is not UTF-8 (OpenCV takes only UTF-8 names): read, then decode."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), color_flag(is_color)) if data else None
+
+
+def cv_message(exc):
+    """The informative line of an OpenCV error (its text spans several lines)."""
+    lines = []
+    for line in str(exc).splitlines():
+        line = line.strip(' >-')
+        if 'error:' in line:
+            line = line[line.index('error:') + 6:].strip()
+        if line and line not in lines:
+            lines.append(line)
+    return '; '.join(lines) or type(exc).__name__
 
 
 def decode_image(data, flag, what):
     """cv2.imdecode of encoded bytes; `what` names the record in the error."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if not len(data):
+        raise DataSourceError('Could not decode %s: encoded image data is empty' % what)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error as exc:
+        raise DataSourceError('Could not decode %s (%s)' % (what, cv_message(exc))) from None
     if image is None:
         raise DataSourceError('Could not decode %s (%d bytes of encoded image data)' % (what, len(data)))
     return image
@@ -66,7 +115,7 @@ def datum_to_chw(datum, what):
         array = np.frombuffer(datum.data, np.uint8)
     else:
         array = np.array(datum.float_data, np.float32)
-    if array.size != size or size == 0:
+    if array.size != size or min(shape) <= 0:
         raise DataSourceError('Datum %s holds %d values, its shape %dx%dx%d needs %d'
                               % (what, array.size, shape[0], shape[1], shape[2], size))
     return array.reshape(shape)
@@ -126,12 +175,7 @@ def read_image_list(source, what='image list', keep_blank=False):
     Blank lines are dropped, or kept as ('', 0) with keep_blank (they still take
     an index, as in Caffe's convert_imageset).
     """
-    try:
-        with open(source) as f:
-            text = f.read()
-    except OSError as exc:
-        raise DataSourceError('Failed to open %s %s: %s (working directory %s)'
-                              % (what, source, exc.strerror or exc, os.getcwd())) from None
+    text = read_text(source, what)
     rows = text.split('\n')
     if rows and rows[-1] == '':
         rows.pop()

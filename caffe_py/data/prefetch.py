@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import log
 from ..blob import Blob
 
 _LIVE = weakref.WeakSet()
@@ -147,9 +148,18 @@ class ItemPool:
             for i in range(bounds[k], bounds[k + 1]):
                 work(i)
 
-        futures = [self._executor.submit(chunk, k) for k in range(1, chunks)]
+        futures, mine = [], [0]
+        for k in range(1, chunks):
+            try:
+                futures.append(self._executor.submit(chunk, k))
+            except RuntimeError as exc:   # "can't start new thread": the rest on this thread, and from now on
+                log.warning('data decoding threads unavailable (%s); decoding on fewer threads', exc)
+                mine += list(range(k, chunks))
+                self.workers = 1
+                break
         try:
-            chunk(0)
+            for k in mine:
+                chunk(k)
         finally:
             for future in futures:       # wait for every chunk before the batch is handed on
                 future.exception()

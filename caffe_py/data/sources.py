@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from .. import log
+from ..formats.errors import shown
 from .hdf5 import DataSourceError
 from .image import IMREAD_NATIVE, datum_image, decode_image, hwc_to_chw, parse_datum, read_image
 from .prefetch import ItemPool
@@ -44,7 +45,7 @@ class DatumSource:
         self.pool = ItemPool(workers)
 
     def _what(self, key):
-        return 'record %s of %s' % (key.decode(errors='replace'), self.reader.source)
+        return 'record %s of %s' % (shown(key), self.reader.source)
 
     def _image(self, key, value):
         datum = parse_datum(value, self._what(key))
@@ -247,6 +248,9 @@ class WindowSource:
             pad_w = pad_x2 if do_mirror else pad_x1
             size_h = min(size_h, crop - pad_h)
             size_w = min(size_w, crop - pad_w)
+        if not (0 <= x1 <= x2 < cols and 0 <= y1 <= y2 < rows) or size_w < 1 or size_h < 1:
+            raise DataSourceError('window %s (x1 y1 x2 y2) of image %s (%dx%d) is empty or outside it'
+                                  % (window[3:7], self.images[int(window[0])][0], cols, rows))
         warped = cv2.resize(image[y1:y2 + 1, x1:x2 + 1], (size_w, size_h), interpolation=cv2.INTER_LINEAR)
         chw = hwc_to_chw(warped)
         if do_mirror:

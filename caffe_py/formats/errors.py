@@ -23,11 +23,19 @@ class UpgradeError(FormatError):
     """A legacy definition that Caffe itself refuses to upgrade."""
 
 
+def shown(name):
+    """`name` (a path, a record key) as a message shows it: as is, or quoted when it holds
+    line breaks or other control characters, so the message stays on one line."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    return name if name.isprintable() else repr(name)
+
+
 class MissingFileError(FormatError, FileNotFoundError):
     """A file that does not exist; ``named_by`` says which setting named it."""
 
     def __init__(self, path, named_by=None):
-        msg = "file not found: %s" % path
+        msg = "file not found: %s" % shown(path)
         if named_by:
             msg += " (named by %s)" % named_by
         FormatError.__init__(self, msg, path=path)

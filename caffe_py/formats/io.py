@@ -81,8 +81,43 @@ def parse_binary(data, proto, filename="<bytes>"):
     except (_pb_message.DecodeError, RuntimeError, ValueError) as e:
         raise ProtoParseError("%s: not a valid binary %s (%s)"
                               % (filename, msg.DESCRIPTOR.full_name, e), path=filename) from None
+    _check_strings(msg, filename)
     _check_required(msg, filename)
     return msg
+
+
+def _check_strings(msg, filename, where=""):
+    """Refuse string fields that are not UTF-8 (protobuf only notices when they are read), naming
+    the field, e.g. ``layers[3].name``; numeric arrays are not visited."""
+    for field in msg.DESCRIPTOR.fields:
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        repeated = _is_repeated(field)
+        if not repeated and not msg.HasField(field.name):
+            continue
+        name = where + field.name
+        value = getattr(msg, field.name)
+        items = list(value) if repeated else [value]
+        if field.type == field.TYPE_STRING:
+            for i, item in enumerate(items):
+                if isinstance(item, bytes):   # protobuf hands out undecodable text as bytes
+                    try:
+                        item.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise ProtoParseError(
+                            "%s: %s%s is not UTF-8 text (byte 0x%02x at %d of %r)"
+                            % (filename, name, "[%d]" % i if repeated else "", item[e.start], e.start,
+                               item[:40]), path=filename) from None
+        else:
+            for i, item in enumerate(items):
+                _check_strings(item, filename, "%s[%d]." % (name, i) if repeated else name + ".")
+
+
+def _is_repeated(field):
+    repeated = getattr(field, "is_repeated", None)
+    if repeated is not None:
+        return repeated
+    return field.label == field.LABEL_REPEATED
 
 
 def _read_bytes(path, named_by=None):
@@ -96,6 +131,10 @@ def _read_bytes(path, named_by=None):
         raise FormatError("%s: is a directory, not a file%s"
                           % (path, " (named by %s)" % named_by if named_by else ""),
                           path=path) from None
+    except (OSError, ValueError) as e:  # a name too long, a NUL in it, no permission, ...
+        why = "the name holds a NUL byte" if "\0" in path else getattr(e, "strerror", None) or e
+        raise FormatError("%r: cannot read it (%s)%s"
+                          % (path, why, " (named by %s)" % named_by if named_by else ""), path=path) from None
 
 
 def looks_binary(data, path=None):

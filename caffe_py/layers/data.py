@@ -1,5 +1,7 @@
 """Data layers (Input, HDF5Data, MemoryData, DummyData, Data, ImageData, WindowData, HDF5Output);
 the database, image and HDF5 readers and the prefetching live in caffe_py.data."""
+import os
+import threading
 import weakref
 
 import numpy as np
@@ -37,10 +39,13 @@ class HDF5DataLayer(Layer):
 
     Reads as Caffe's HDF5DataLayer: files in list order (shuffled with shuffle),
     rows in file order (or a permutation per pass), one file loaded at a time,
-    wrapping around at the end of the list.
+    wrapping around at the end of the list. Files are kept once read while they
+    total at most CACHE_BYTES (a batch larger than small files would otherwise
+    re-read them thousands of times per pass); a file changed on disk is re-read.
     """
     exact_num_bottom = 0
     min_top = 1
+    CACHE_BYTES = 64 << 20
 
     def setup(self, bottom, top):
         from ..data.hdf5 import read_list_file
@@ -61,6 +66,8 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             caffe_rng.c_rand().random_shuffle(self.file_order)
         self.current_file = 0
+        self.row_shapes = None
+        self._cache, self._cached_bytes = {}, 0
         self._load(self.filenames[self.file_order[0]])
         self.current_row = 0
         self.offset = 0     # rows visited, kept or dealt to other ranks (Caffe 1.0's offset_)
@@ -69,11 +76,30 @@ class HDF5DataLayer(Layer):
             blob.reshape((self.batch_size,) + array.shape[1:])
 
     def _load(self, path):
-        from ..data.hdf5 import load_hdf5_datasets
-        self.arrays = load_hdf5_datasets(path, self.names, self.dtype)
+        from ..data.hdf5 import DataSourceError, load_hdf5_datasets
+        try:
+            stat = os.stat(path)
+            key = (path, stat.st_mtime_ns, stat.st_size)
+        except (OSError, ValueError):
+            key = None                        # missing: load_hdf5_datasets says why
+        try:
+            self.arrays = self._cache.get(key) or load_hdf5_datasets(path, self.names, self.dtype)
+        except DataSourceError as exc:
+            raise self.error(str(exc)) from None
+        size = sum(array.nbytes for array in self.arrays)
+        if key is not None and key not in self._cache and self._cached_bytes + size <= self.CACHE_BYTES:
+            self._cache[key] = self.arrays
+            self._cached_bytes += size
         rows = self.arrays[0].shape[0]
         if rows == 0:
             raise self.error('HDF5 file %s holds no rows' % path)
+        shapes = [array.shape[1:] for array in self.arrays]
+        if self.row_shapes is None:
+            self.row_shapes = shapes
+        for name, shape, first in zip(self.names, shapes, self.row_shapes):
+            if shape != first:
+                raise self.error('HDF5 file %s: rows of dataset %s have shape %s, those of the first file %s'
+                                 % (path, name, list(shape), list(first)))
         self.row_order = np.arange(rows)
         if self.shuffle:
             self._shuffle_rows()
@@ -225,7 +251,10 @@ class DummyDataLayer(Layer):
         for i, blob in enumerate(top):
             filler = self._filler(i)
             if filler.type != 'constant':
-                fill(blob, filler)
+                try:
+                    fill(blob, filler)
+                except ValueError as exc:     # an unknown filler type, an empty top
+                    raise self.error('data_filler of top %d: %s' % (i, exc)) from None
 
 
 class PrefetchingDataLayer(Layer):
@@ -259,8 +288,13 @@ class PrefetchingDataLayer(Layer):
         log.info('output data size: %s', ','.join(str(d) for d in shape))
         if self.output_labels:
             top[1].reshape(shape[0])
-        self.prefetcher = Prefetcher(self.source, self.layer_param.data_param.prefetch, self.dtype,
-                                     name='caffe_py-prefetch-%s' % self.name)
+        try:
+            self.prefetcher = Prefetcher(self.source, self.layer_param.data_param.prefetch, self.dtype,
+                                         name='caffe_py-prefetch-%s' % self.name)
+        except RuntimeError as exc:      # "can't start new thread": too many threads or too little memory
+            self.source.close()
+            raise self.error('cannot start its prefetching thread (%s; %d threads running)'
+                             % (exc, threading.active_count())) from None
         weakref.finalize(self, self.prefetcher.close)
 
     def make_source(self):
@@ -388,6 +422,8 @@ class WindowDataLayer(PrefetchingDataLayer):
         images, fg, bg, channels, cached = self._read_window_file(param)
         if tparam.crop_size <= 0:
             raise self.error('transform_param.crop_size must be positive')
+        if 2 * param.context_pad >= tparam.crop_size:
+            raise self.error('context_pad %d leaves nothing of crop_size %d' % (param.context_pad, tparam.crop_size))
         mean = mean_values = None
         if tparam.HasField('mean_file'):
             mean = self.transformer.mean

@@ -519,6 +519,9 @@ class Pool2d:
         """Prepare for bottoms of `shape` (N, C, H, W); returns the top shape."""
         n, c, h, w = shape
         out = self.pooled_size(h, w)
+        if min(out) < 1:
+            raise ValueError('pooling kernel %s with pad %s and stride %s does not fit the %dx%d input '
+                             '(output %s)' % (list(self.kernel), list(self.pad), list(self.stride), h, w, list(out)))
         if tuple(shape) != self.shape:
             self.shape = tuple(shape)
             self.window = Window(self.kernel, self.stride, self.pad, (1, 1), (h, w), out)

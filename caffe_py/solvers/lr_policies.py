@@ -64,7 +64,10 @@ def _multistep(param, it, step):
 def _poly(param, it, step):
     _need(param.max_iter > 0, 'lr_policy "poly" needs max_iter > 0 (got %d)' % param.max_iter)
     base = f32(1) - f32(it) / f32(param.max_iter)
-    return float(f32(param.base_lr) * f32(float(base) ** float(f32(param.power)))), step
+    # past max_iter the base is negative: C's pow gives NaN for a fractional power (not a complex)
+    with np.errstate(invalid='ignore', over='ignore'):
+        factor = np.float64(base) ** np.float64(f32(param.power))
+    return float(f32(param.base_lr) * f32(factor)), step
 
 
 def _sigmoid(param, it, step):

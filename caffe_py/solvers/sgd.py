@@ -26,6 +26,10 @@ class SGDSolver(Solver):
     type = 'SGD'
     histories_per_param = 1   # AdaDelta and Adam keep a second history after the first
 
+    def __init__(self, param):
+        self.source = None if isinstance(param, caffe_pb2.SolverParameter) else os.fspath(param)
+        super().__init__(param)
+
     def check_param(self):
         if self.param.regularization_type not in ('L2', 'L1') and self.param.weight_decay:
             raise SolverError('Unknown regularization type: %s (known: L2, L1)'
@@ -47,7 +51,12 @@ class SGDSolver(Solver):
 
     # -- one update ----------------------------------------------------------------
     def get_learning_rate(self):
-        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        try:
+            rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        except ValueError as exc:      # LearningRateError: name the solver file that holds the setting
+            if not self.source:
+                raise
+            raise type(exc)('%s: %s' % (self.source, exc)) from None
         return rate
 
     @property
@@ -151,7 +160,11 @@ class SGDSolver(Solver):
         self._check_history_count(len(state.history), path)
         log.info('SGDSolver: restoring history')
         for i, proto in enumerate(state.history):
-            self._set_history(i, formats.blob_to_array(proto), path)
+            try:
+                array = formats.blob_to_array(proto)
+            except formats.FormatError as exc:
+                raise SolverError('%s: history blob %d: %s' % (path, i, exc)) from None
+            self._set_history(i, array, path)
 
     def restore_solver_state_from_hdf5(self, path):
         import h5py
