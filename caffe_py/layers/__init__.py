@@ -5,6 +5,7 @@ As pycaffe's `caffe.layers`, the package also hands out net_spec's layer functio
 """
 from . import (common, data, loss, neuron, normalization, python_layer,  # noqa: F401
                recurrent, vision)
+from . import detection  # noqa: F401  (SSD's layers)
 
 
 def __getattr__(name):
