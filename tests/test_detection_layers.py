@@ -8,7 +8,7 @@ import caffe_py as caffe
 import fakecupy
 from caffe_py import TEST, TRAIN, bbox
 from caffe_py.proto import caffe_pb2
-from device_cases import cpu_mode, net_from_text
+from device_cases import cpu_mode, gpu_mode, net_from_text
 from harness import numeric_gradient_check
 
 SQ2 = np.sqrt(2.0)
@@ -355,8 +355,9 @@ def test_ssd_layers_match_opencv_dnn(variant, tmp_path):
                                    err_msg=name)
 
 
-# -- a training net in GPU mode (on the CuPy stand-in) -----------------------------------------
-def test_ssd_training_net_on_the_device_stand_in_agrees_with_the_cpu():
+# -- a training net in GPU mode (CuPy, or the stand-in) -------------------------------------------
+@pytest.mark.parametrize('device', ['stand_in', pytest.param('cuda', marks=pytest.mark.gpu)])
+def test_ssd_training_net_on_the_device_agrees_with_the_cpu(device):
     rng = np.random.default_rng(5)
     label = _random_case(rng)[1]
     feature = rng.standard_normal((2, 8, 4, 4))
@@ -374,8 +375,8 @@ layer { name: "loss" type: "MultiBoxLoss" bottom: "loc" bottom: "conf3" bottom: 
   multibox_loss_param { num_classes: 3 overlap_threshold: 0.3 } }
 '''
     results = []
-    for device in (False, True):
-        with (fakecupy.fake_gpu() if device else cpu_mode()):
+    for on_device in (False, True):
+        with ((fakecupy.fake_gpu() if device == 'stand_in' else gpu_mode()) if on_device else cpu_mode()):
             net = net_from_text(text, TRAIN)
             net.blobs['f'].data[...] = feature
             net.blobs['label'].data[...] = label
