@@ -79,3 +79,39 @@ def test_example_draws_the_detections(detect, tmp_path, capsys):
     assert drawn.shape == (300, 300, 3)
     assert (drawn != cv2.imread(SCENE)).any()
     assert 'circle' in capsys.readouterr().out
+
+
+def test_tiny_ssd_trains_from_an_annotated_lmdb(make, tmp_path):
+    """SSD's training path end to end: AnnotatedData (with the fork's augmentations) feeding the
+    tiny SSD's train net, a few SGD steps through caffe-py's solver."""
+    from caffe_py.data.db import DBWriter
+    from caffe_py.proto import caffe_pb2
+    from google.protobuf import text_format
+    from test_annotated_data import _record
+    rng = np.random.default_rng(0)
+    source = str(tmp_path / 'scenes_lmdb')
+    with DBWriter(source, 'lmdb') as db:
+        for i in range(6):
+            image, boxes = make.scene(rng)
+            db.put('%08d' % i, _record(image, [b + (False,) for b in boxes]))
+    text = make.net_text(deploy=False)
+    start = text.index('layer { name: "data"')
+    end = text.index('\n', start) + 1
+    data = ('layer { name: "data" type: "AnnotatedData" top: "data" top: "label" '
+            'data_param { source: "%s" backend: LMDB batch_size: 2 } '
+            'transform_param { mirror: true mean_value: 127.5 scale: 0.007843 '
+            'resize_param { resize_mode: WARP height: 300 width: 300 } emit_constraint { emit_type: CENTER } '
+            'expand_param { prob: 0.5 max_expand_ratio: 2 } } '
+            'annotated_data_param { batch_sampler { max_sample: 1 max_trials: 1 } '
+            'batch_sampler { sampler { min_scale: 0.5 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 } '
+            'sample_constraint { min_jaccard_overlap: 0.5 } max_sample: 1 max_trials: 20 } } }\n' % source)
+    solver_param = caffe_pb2.SolverParameter(base_lr=0.001, momentum=0.9, lr_policy='fixed', max_iter=4,
+                                             type='SGD', random_seed=1, snapshot_after_train=False)
+    text_format.Parse(text[:start] + data + text[end:], solver_param.net_param)
+    solver = caffe.get_solver(solver_param)
+    before = solver.net.params['conv1'][0].data.copy()
+    solver.step(4)
+    assert np.isfinite(float(solver.net.blobs['mbox_loss'].data))
+    assert not np.allclose(solver.net.params['conv1'][0].data, before)
+    label = solver.net.blobs['label'].data[0, 0]
+    assert label.shape[1] == 8 and set(label[:, 0]) <= {-1, 0, 1}
