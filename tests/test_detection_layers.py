@@ -6,7 +6,7 @@ import pytest
 
 import caffe_py as caffe
 import fakecupy
-from caffe_py import TEST, TRAIN, bbox
+from caffe_py import TEST, TRAIN, backend, bbox
 from caffe_py.proto import caffe_pb2
 from device_cases import cpu_mode, gpu_mode, net_from_text
 from harness import numeric_gradient_check
@@ -221,6 +221,11 @@ def test_multibox_loss_refuses_background_ground_truth():
         _multibox(np.zeros((1, 16)), np.zeros((1, 12)), _gt((0, 0, 0, 0, .5, .5)))
 
 
+def test_multibox_loss_refuses_labels_beyond_num_classes():
+    with pytest.raises(ValueError, match='ground truth label 3 is outside \\[0, num_classes = 3\\)'):
+        _multibox(np.zeros((1, 16)), np.zeros((1, 12)), _gt((0, 3, 0, 0, .5, .5)))
+
+
 def _random_case(rng, num=2, priors_side=4):
     grid = (np.arange(priors_side) + 0.5) / priors_side
     cx, cy = np.meshgrid(grid, grid)
@@ -334,6 +339,7 @@ def test_ssd_layers_match_opencv_dnn(variant, tmp_path):
     text = OPENCV_NET % dict(v, nloc=v['priors'] * 4 * loc_classes, nconf=v['priors'] * 3)
     prototxt = tmp_path / 'ssd.prototxt'
     prototxt.write_text(text)
+    backend.set_random_seed(7)                                    # the same weights in any test order
     net = caffe.Net(str(prototxt), TEST)
     weights = str(tmp_path / 'ssd.caffemodel')
     net.params['norm'][0].reshape((net.params['norm'][0].count,))   # OpenCV cannot read a 0-d blob
@@ -351,7 +357,7 @@ def test_ssd_layers_match_opencv_dnn(variant, tmp_path):
             mine, theirs = _canonical(mine[0, 0]), _canonical(theirs)
             assert len(mine) > 5
         assert mine.shape == theirs.shape, name
-        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5 * max(1, np.abs(theirs).max()),
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4 * max(1, np.abs(theirs).max()),
                                    err_msg=name)
 
 

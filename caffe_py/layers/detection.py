@@ -319,7 +319,7 @@ class DetectionOutputLayer(Layer):
         return False
 
 
-def _ground_truth(layer, gt, background, use_difficult):
+def _ground_truth(layer, gt, background, use_difficult, num_classes):
     """{item: (boxes (G, 4), labels (G,), difficult (G,))} from label rows (item, label, instance,
     xmin, ymin, xmax, ymax, difficult); rows of item -1 are padding."""
     rows = gt.reshape(-1, 8)
@@ -327,6 +327,9 @@ def _ground_truth(layer, gt, background, use_difficult):
     labels = rows[:, 1].astype(np.int64)
     if (labels == background).any():
         raise layer.error('Found background label %d in the dataset.' % background)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise layer.error('ground truth label %d is outside [0, num_classes = %d)'
+                          % (labels.min() if labels.min() < 0 else labels.max(), num_classes))
     difficult = rows[:, 7].astype(bool)
     if not use_difficult:
         rows, labels, difficult = rows[~difficult], labels[~difficult], difficult[~difficult]
@@ -536,7 +539,7 @@ class MultiBoxLossLayer(Layer):
         loc = _host(bottom[0]).data.reshape(num, self.num_priors, self.loc_classes, 4)
         conf = _host(bottom[1]).data.reshape(num, self.num_priors, self.num_classes)
         priors, variances = _prior_boxes(bottom[2], self.num_priors)
-        gt = _ground_truth(self, _host(bottom[3]).data, self.background, p.use_difficult_gt)
+        gt = _ground_truth(self, _host(bottom[3]).data, self.background, p.use_difficult_gt, self.num_classes)
         matches = self._match(loc, priors, variances, gt)
         negatives = self._mine(loc, conf, priors, variances, gt, matches) if self.mining else None
         pred, target, self.loc_where = self._encode_loc(loc, priors, variances, gt, matches)
@@ -694,7 +697,7 @@ class DetectionEvaluateLayer(Layer):
         rows_gt = _host(bottom[1]).data.reshape(-1, 8)
         stop = np.flatnonzero(rows_gt[:, 0].astype(np.int64) == -1)
         rows_gt = rows_gt[:stop[0] if len(stop) else len(rows_gt)]
-        gt = _ground_truth(self, rows_gt.copy(), p.background_label_id, True)
+        gt = _ground_truth(self, rows_gt.copy(), p.background_label_id, True, p.num_classes)
         out = []
         positives = {}
         for boxes, labels, difficult in gt.values():
