@@ -164,3 +164,19 @@ def test_full_ssd_augmentation_gives_valid_labels(lmdb):
 def test_unsupported_noise_is_a_clear_error(lmdb):
     with pytest.raises(ValueError, match='AnnotatedData layer "data": transform_param.noise_param is not supported'):
         _layer(lmdb[0], transform='noise_param { prob: 0.5 }')
+
+
+@pytest.mark.parametrize('shape', [(40, 80), (80, 40)])
+def test_fit_large_size_and_pad_letterboxes_image_and_boxes(shape):
+    image = np.zeros(shape + (3,), np.uint8)
+    image[10:20, 5:25] = 255
+    anno = {'label': np.array([1]), 'instance': np.array([0]), 'difficult': np.zeros(1, bool),
+            'box': np.array([[5 / shape[1], 10 / shape[0], 25 / shape[1], 20 / shape[0]]], np.float32)}
+    param = caffe_pb2.ResizeParameter(resize_mode=caffe_pb2.ResizeParameter.FIT_LARGE_SIZE_AND_PAD,
+                                      height=60, width=60, pad_value=[9])
+    out, moved = annotated.resize(image, anno, param, np.random.default_rng(0))
+    assert out.shape == (60, 60, 3) and (out == 9).any()
+    x0, y0, x1, y1 = moved['box'][0] * 60
+    assert out[int(np.ceil(y0)):int(y1), int(np.ceil(x0)):int(x1)].min() >= 250     # inside: white
+    bright = np.argwhere(out[..., 0] > 128)
+    np.testing.assert_allclose([bright[:, 1].min(), bright[:, 0].min()], [x0, y0], atol=1.01)

@@ -229,15 +229,53 @@ def crop(image, anno, window, emit):
     return image[y0:y0 + height, x0:x0 + width], project(window, anno, emit)
 
 
-def resize(image, param, rng):
-    """WARP resize to height x width with one of interp_mode chosen at random (ApplyResize)."""
-    if param.resize_mode != _RESIZE.WARP:
-        raise DataSourceError('resize_param.resize_mode %s is not supported by caffe-py (WARP is)'
-                              % _RESIZE.Resize_mode.Name(param.resize_mode))
+_PAD = {_RESIZE.CONSTANT: cv2.BORDER_CONSTANT, _RESIZE.MIRRORED: cv2.BORDER_REFLECT_101,
+        _RESIZE.REPEAT_NEAREST: cv2.BORDER_REPLICATE}
+
+
+def resize(image, anno, param, rng):
+    """Resize to height x width (ApplyResize) with one of interp_mode drawn at random: WARP, or
+    FIT_LARGE_SIZE_AND_PAD (aspect kept, centred, padded with pad_mode / pad_value); the boxes follow
+    (UpdateBBoxByResizePolicy)."""
+    mode = param.resize_mode
+    if mode not in (_RESIZE.WARP, _RESIZE.FIT_LARGE_SIZE_AND_PAD):
+        raise DataSourceError('resize_param.resize_mode %s is not supported by caffe-py (WARP and '
+                              'FIT_LARGE_SIZE_AND_PAD are)' % _RESIZE.Resize_mode.Name(mode))
     modes = list(param.interp_mode)
     interp = _INTERP[modes[rng.integers(len(modes))]] if modes else cv2.INTER_LINEAR
-    out = cv2.resize(image, (param.width, param.height), interpolation=interp)
-    return out if out.ndim == image.ndim else out[..., None]
+    h, w = image.shape[:2]
+    new_h, new_w = param.height, param.width
+    f32 = np.float32
+    box = anno['box'] * np.array([w, h, w, h], f32)
+    x_band = y_band = f32(0)                     # the padding bands, as the fork's box update sees them
+    x_span, y_span = f32(new_w), f32(new_h)
+    if mode == _RESIZE.WARP:
+        out = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    else:
+        channels = image.shape[2] if image.ndim == 3 else 1
+        pad = list(param.pad_value) or [0.0]
+        pad = (pad * channels if len(pad) == 1 else pad) + [0] * (4 - channels)
+        aspect, new_aspect = f32(w) / f32(h), f32(new_w) / f32(new_h)
+        if aspect > new_aspect:                                  # full width, bands above and below
+            rows = int(np.floor(f32(new_w) / aspect))
+            out = cv2.resize(image, (new_w, rows), interpolation=interp)
+            top = int(np.floor((new_h - rows) / 2.0))
+            out = cv2.copyMakeBorder(out, top, new_h - rows - top, 0, 0, _PAD[param.pad_mode], value=pad[:4])
+            y_band = (f32(new_h) - f32(new_w) / aspect) / 2
+            y_span = f32(new_h) - 2 * y_band
+        else:
+            cols = int(np.floor(aspect * f32(new_h)))
+            out = cv2.resize(image, (cols, new_h), interpolation=interp)
+            left = int(np.floor((new_w - cols) / 2.0))
+            out = cv2.copyMakeBorder(out, 0, 0, left, new_w - cols - left, _PAD[param.pad_mode], value=pad[:4])
+            x_band = (f32(new_w) - aspect * f32(new_h)) / 2
+            x_span = f32(new_w) - 2 * x_band
+    box = np.stack([x_band + np.maximum(f32(0), box[:, 0] * x_span / w),
+                    y_band + np.maximum(f32(0), box[:, 1] * y_span / h),
+                    x_band + np.minimum(f32(new_w), box[:, 2] * x_span / w),
+                    y_band + np.minimum(f32(new_h), box[:, 3] * y_span / h)], 1)
+    box = box / np.array([new_w, new_h] * 2, f32)
+    return (out if out.ndim == image.ndim else out[..., None]), dict(anno, box=box.astype(f32))
 
 
 class AnnotatedSource:
@@ -315,8 +353,7 @@ class AnnotatedSource:
             if windows:
                 image, anno = crop(image, anno, windows[rng.integers(len(windows))], self.emit)
         if p.HasField('resize_param'):
-            image = resize(image, p.resize_param, rng)
-            anno = dict(anno, box=np.clip(anno['box'], 0, 1))       # WARP's UpdateBBoxByResizePolicy
+            image, anno = resize(image, anno, p.resize_param, rng)
         height, width = image.shape[:2]
         mirror = bool(p.mirror and rng.integers(2))
         top = left = 0
