@@ -21,20 +21,9 @@ def iou(a, b):
     a = a[..., None, :]
     w = np.minimum(a[..., 2], b[:, 2]) - np.maximum(a[..., 0], b[:, 0])
     h = np.minimum(a[..., 3], b[:, 3]) - np.maximum(a[..., 1], b[:, 1])
-    inter = w * h
+    inter = np.maximum(w, 0, out=w) * np.maximum(h, 0, out=h)      # 0 unless the boxes intersect
     union = area(a) + area(b) - inter
-    positive = (w > 0) & (h > 0)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        return np.where(positive, inter / np.where(positive, union, 1), a.dtype.type(0))
-
-
-def coverage(a, b):
-    """Share of each box of `a` covered by the box `b` (BBoxCoverage)."""
-    w = np.minimum(a[..., 2], b[2]) - np.maximum(a[..., 0], b[0])
-    h = np.minimum(a[..., 3], b[3]) - np.maximum(a[..., 1], b[1])
-    inter = np.where((w > 0) & (h > 0), w * h, 0)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        return np.where(inter > 0, inter / area(a), 0)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=inter > 0)
 
 
 def _prior_geometry(priors):
@@ -95,6 +84,9 @@ def top_scores(scores, threshold, top_k=-1):
     return index[:top_k] if top_k > -1 else index
 
 
+_NMS_TABLE = 2048       # candidates up to which NMS computes the whole overlap table (16 MB of float32)
+
+
 def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     """Greedy non-maximum suppression (ApplyNMSFast): the candidates above score_threshold, best
     first, each kept unless it overlaps a kept box by more than the threshold; with eta < 1 the
@@ -103,7 +95,14 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     cand = boxes[order]
     threshold = np.float32(nms_threshold)
     kept = []
-    if eta >= 1:
+    if eta >= 1 and len(order) <= _NMS_TABLE:
+        over = iou(cand, cand) > threshold                    # every pair at once: one OR per kept box
+        suppressed = np.zeros(len(order), bool)
+        for k in range(len(order)):
+            if not suppressed[k]:
+                kept.append(k)
+                suppressed |= over[k]
+    elif eta >= 1:
         suppressed = np.zeros(len(order), bool)
         for k in range(len(order)):
             if suppressed[k]:
