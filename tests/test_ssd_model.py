@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import caffe_py as caffe
+import fakecupy
 from conftest import ROOT
+from device_cases import cpu_mode
 
 TINY = os.path.join(ROOT, 'models', 'tiny_ssd')
 DEPLOY = os.path.join(TINY, 'deploy.prototxt')
@@ -115,3 +117,15 @@ def test_tiny_ssd_trains_from_an_annotated_lmdb(make, tmp_path):
     assert not np.allclose(solver.net.params['conv1'][0].data, before)
     label = solver.net.blobs['label'].data[0, 0]
     assert label.shape[1] == 8 and set(label[:, 0]) <= {-1, 0, 1}
+
+
+@pytest.mark.skipif(fakecupy.compiler() is None, reason='the fake device emulates kernels with g++, not installed')
+def test_tiny_ssd_in_gpu_mode_on_the_stand_in_detects_as_the_cpu(make):
+    x = make.preprocess([cv2.imread(SCENE)])
+    results = []
+    for device in (cpu_mode, fakecupy.fake_gpu):
+        with device():
+            net = caffe.Net(DEPLOY, caffe.TEST, weights=WEIGHTS)
+            net.blobs['data'].data[...] = x
+            results.append(np.array(net.forward()['detection_out']))
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
