@@ -161,9 +161,27 @@ def test_full_ssd_augmentation_gives_valid_labels(lmdb):
         assert set(valid[:, 1]) <= {1, 2}
 
 
-def test_unsupported_noise_is_a_clear_error(lmdb):
-    with pytest.raises(ValueError, match='AnnotatedData layer "data": transform_param.noise_param is not supported'):
-        _layer(lmdb[0], transform='noise_param { prob: 0.5 }')
+def test_noise_effects():
+    image = np.random.default_rng(6).integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    out = annotated.noise(image, caffe_pb2.NoiseParameter(inverse=True), rng)
+    np.testing.assert_array_equal(out, 255 - image)
+    out = annotated.noise(image, caffe_pb2.NoiseParameter(posterize=True), rng)
+    assert set(np.unique(out)) <= {32, 96, 160, 224}
+    out = annotated.noise(image, caffe_pb2.NoiseParameter(decolorize=True), rng)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    param = caffe_pb2.NoiseParameter(saltpepper=True, saltpepper_param={'fraction': 0.1, 'value': [7]})
+    out = annotated.noise(image, param, rng)
+    assert 50 <= (out == 7).all(axis=2).sum() <= 120                 # 120 draws, some repeated
+    param = caffe_pb2.NoiseParameter(gauss_blur=True, hist_eq=True, clahe=True, jpeg=50, erode=True,
+                                     convert_to_hsv=True)
+    assert annotated.noise(image, param, rng).shape == image.shape
+
+
+def test_unsupported_option_is_a_clear_error(lmdb):
+    net = _layer(lmdb[0], transform='noise_param { convert_to_lab: true }')
+    with pytest.raises(ValueError, match='AnnotatedData layer "data": noise_param.convert_to_lab is not supported'):
+        net.forward()
 
 
 @pytest.mark.parametrize('shape', [(40, 80), (80, 40)])

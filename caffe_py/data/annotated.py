@@ -229,6 +229,51 @@ def crop(image, anno, window, emit):
     return image[y0:y0 + height, x0:x0 + width], project(window, anno, emit)
 
 
+def _on_luma(image, apply):
+    """`apply` to the Y plane of a BGR image (YCrCb), or to a gray image itself."""
+    if image.shape[2] == 1:
+        return apply(image[..., 0])[..., None]
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_BGR2YCrCb)
+    ycrcb[..., 0] = apply(ycrcb[..., 0])
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
+
+
+def noise(image, param, rng):
+    """The fork's ApplyNoise, each enabled effect in its order (its `prob` is not consulted there
+    either): decolorize, gauss_blur, hist_eq, clahe, jpeg, erode, posterize, inverse, saltpepper,
+    convert_to_hsv."""
+    if param.convert_to_lab:
+        raise DataSourceError('noise_param.convert_to_lab is not supported by caffe-py')
+    color = image.shape[2] == 3
+    if param.decolorize and color:
+        image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if param.gauss_blur:
+        image = cv2.GaussianBlur(image, (7, 7), 1.5).reshape(image.shape)
+    if param.hist_eq:
+        image = _on_luma(image, cv2.equalizeHist)
+    if param.clahe:
+        image = _on_luma(image, cv2.createCLAHE(clipLimit=4).apply)
+    if param.jpeg > 0:
+        encoded = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, int(param.jpeg)])[1]
+        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE).reshape(image.shape)
+    if param.erode:
+        image = cv2.erode(image, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3), (1, 1))).reshape(image.shape)
+    if param.posterize:
+        image = (image // 64 * 64 + 32).astype(np.uint8)
+    if param.inverse:
+        image = 255 - image
+    if param.saltpepper:
+        values = list(param.saltpepper_param.value) or [0]
+        values = values * image.shape[2] if len(values) == 1 else values
+        count = int(np.floor(np.float32(param.saltpepper_param.fraction) * image.shape[0] * image.shape[1]))
+        image = image.copy()
+        image[rng.integers(0, image.shape[0], count), rng.integers(0, image.shape[1], count)] = \
+            np.asarray(values, np.uint8)
+    if param.convert_to_hsv and color:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+    return image
+
+
 _PAD = {_RESIZE.CONSTANT: cv2.BORDER_CONSTANT, _RESIZE.MIRRORED: cv2.BORDER_REFLECT_101,
         _RESIZE.REPEAT_NEAREST: cv2.BORDER_REPLICATE}
 
@@ -292,8 +337,6 @@ class AnnotatedSource:
         self.phase = phase
         self.rng = np.random.default_rng(seed)
         p = self.param
-        if p.HasField('noise_param'):
-            raise DataSourceError('transform_param.noise_param is not supported by caffe-py')
         if p.mean_file:
             raise DataSourceError('transform_param.mean_file is not supported with AnnotatedData; '
                                   'use mean_value')
@@ -354,6 +397,8 @@ class AnnotatedSource:
                 image, anno = crop(image, anno, windows[rng.integers(len(windows))], self.emit)
         if p.HasField('resize_param'):
             image, anno = resize(image, anno, p.resize_param, rng)
+        if p.HasField('noise_param'):
+            image = noise(image, p.noise_param, rng)
         height, width = image.shape[:2]
         mirror = bool(p.mirror and rng.integers(2))
         top = left = 0
