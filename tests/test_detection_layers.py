@@ -6,7 +6,7 @@ import pytest
 
 import caffe_py as caffe
 import fakecupy
-from caffe_py import TEST, TRAIN, backend, bbox
+from caffe_py import TEST, TRAIN, backend, bbox, detection_eval
 from caffe_py.proto import caffe_pb2
 from device_cases import cpu_mode, gpu_mode, net_from_text
 from harness import numeric_gradient_check
@@ -409,3 +409,22 @@ def test_ssd_layer_parameters_keep_the_forks_field_numbers():
     transform = caffe_pb2.TransformationParameter.DESCRIPTOR.fields_by_name
     assert [transform[n].number for n in ('resize_param', 'noise_param', 'emit_constraint', 'crop_h',
                                           'crop_w', 'distort_param', 'expand_param')] == list(range(8, 15))
+
+
+def test_average_precision_by_hand():
+    # scores .9 (hit), .8 (miss), .7 (hit) of 2 positives: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
+    args = ([.8, .9, .7], [0, 1, 1], 2)
+    assert detection_eval.average_precision(*args, 'Integral') == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert detection_eval.average_precision(*args, 'MaxIntegral') == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert detection_eval.average_precision(*args, '11point') == pytest.approx((6 + 5 * 2 / 3) / 11)
+    assert detection_eval.average_precision([.9, .8], [0, 1], 1, '11point') == pytest.approx(0.5)
+    with pytest.raises(ValueError, match='Unknown ap_version: VOC'):
+        detection_eval.average_precision(*args, 'VOC')
+
+
+def test_mean_average_precision_over_detection_evaluate_rows():
+    rows = [np.array([[-1, 1, 2, -1, -1], [-1, 2, 1, -1, -1], [0, 1, .9, 1, 0], [0, 1, .8, 0, 1]]),
+            np.array([[-1, 1, 0, -1, -1], [-1, 2, 0, -1, -1], [1, 1, .7, 1, 0], [1, 1, .6, 0, 0]])]
+    mean_ap, per_class = detection_eval.mean_average_precision(rows, 'Integral')
+    assert per_class == {1: pytest.approx(0.5 + 0.5 * 2 / 3)}          # class 2: no detections
+    assert mean_ap == pytest.approx((0.5 + 0.5 * 2 / 3) / 2)
