@@ -177,8 +177,8 @@ def _gt(*rows):
 
 
 def _multibox(loc, conf, label, priors=PRIORS, param='', propagate=True):
-    text = ('force_backward: true layer { name: "loss" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" bottom: "priors" '
-            'bottom: "label" top: "loss" %s multibox_loss_param { num_classes: 3 %s } }'
+    text = ('force_backward: true layer { name: "loss" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" '
+            'bottom: "priors" bottom: "label" top: "loss" %s multibox_loss_param { num_classes: 3 %s } }'
             % ('propagate_down: true propagate_down: true propagate_down: false propagate_down: false'
                if propagate else '', param))
     return _run(text, TRAIN, loc=loc, conf=conf, priors=_prior_blob(priors), label=label)
@@ -296,13 +296,16 @@ layer { name: "norm" type: "Normalize" bottom: "conv1" top: "norm" norm_param { 
   scale_filler { type: "gaussian" mean: 5 std: 1 } } }
 layer { name: "loc" type: "Convolution" bottom: "norm" top: "loc" convolution_param { num_output: %(nloc)d
   kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.05 } } }
-layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm"
+  permute_param { order: 0 order: 2 order: 3 order: 1 } }
 layer { name: "loc_flat" type: "Flatten" bottom: "loc_perm" top: "loc_flat" }
 layer { name: "conf" type: "Convolution" bottom: "norm" top: "conf" convolution_param { num_output: %(nconf)d
   kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.15 } } }
-layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm"
+  permute_param { order: 0 order: 2 order: 3 order: 1 } }
 layer { name: "conf_flat" type: "Flatten" bottom: "conf_perm" top: "conf_flat" }
-layer { name: "conf_rs" type: "Reshape" bottom: "conf_flat" top: "conf_rs" reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }
+layer { name: "conf_rs" type: "Reshape" bottom: "conf_flat" top: "conf_rs"
+  reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }
 layer { name: "conf_sm" type: "Softmax" bottom: "conf_rs" top: "conf_sm" softmax_param { axis: 2 } }
 layer { name: "conf_out" type: "Flatten" bottom: "conf_sm" top: "conf_out" }
 layer { name: "priors" type: "PriorBox" bottom: "norm" bottom: "data" top: "priors" prior_box_param { %(prior)s } }
@@ -312,8 +315,8 @@ layer { name: "det" type: "DetectionOutput" bottom: "loc_flat" bottom: "conf_out
 '''
 OPENCV_VARIANTS = {
     'vgg_style': dict(norm='across_spatial: false channel_shared: false', priors=3,
-                      prior='min_size: 6 max_size: 12 aspect_ratio: 2 flip: false clip: false variance: 0.1 variance: 0.1 '
-                            'variance: 0.2 variance: 0.2',
+                      prior='min_size: 6 max_size: 12 aspect_ratio: 2 flip: false clip: false '
+                            'variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2',
                       det='code_type: CENTER_SIZE share_location: true keep_top_k: 30'),
     'clipped_steps': dict(norm='across_spatial: true channel_shared: true', priors=6,
                           prior='min_size: 5 max_size: 10 aspect_ratio: 2 aspect_ratio: 3 flip: true clip: true '

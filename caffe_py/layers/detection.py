@@ -554,8 +554,8 @@ class MultiBoxLossLayer(Layer):
         labels = self._prior_labels(gt, matches, num)
         if p.map_object_to_agnostic:
             labels = np.where(labels != self.background, self.background + 1, labels)
-        if self.mining:
-            items, priors_at, rows = [], [], []
+        if self.mining:                      # rows: each item's positives, then its negatives
+            items, priors_at, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
             for i, found in enumerate(matches):
                 if i not in gt:
                     continue
@@ -567,10 +567,8 @@ class MultiBoxLossLayer(Layer):
                 items.append(np.full(len(negatives[i]), i))
                 priors_at.append(negatives[i])
                 rows.append(np.full(len(negatives[i]), self.background))
-            cat = (lambda parts: np.concatenate(parts).astype(np.int64)) if items else \
-                (lambda parts: np.zeros(0, np.int64))
-            self.conf_where = (cat(items), cat(priors_at))
-            conf_labels = cat(rows)
+            self.conf_where = (np.concatenate(items).astype(np.int64), np.concatenate(priors_at).astype(np.int64))
+            conf_labels = np.concatenate(rows).astype(np.int64)
         else:
             self.conf_where = np.nonzero(np.ones((num, self.num_priors), bool))
             conf_labels = labels.reshape(-1)
