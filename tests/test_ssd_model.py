@@ -36,9 +36,10 @@ def detect():
 
 
 def test_committed_nets_are_what_the_script_writes(make):
-    for name, deploy in (('deploy.prototxt', True), ('train.prototxt', False)):
+    for name, text in (('deploy.prototxt', make.net_text(True)), ('train.prototxt', make.net_text(False)),
+                       ('train_lmdb.prototxt', make.lmdb_net_text()), ('solver.prototxt', make.SOLVER)):
         with open(os.path.join(TINY, name)) as f:
-            assert f.read() == make.net_text(deploy), name + ' is stale: run make_tiny_ssd.py --nets'
+            assert f.read() == text, name + ' is stale: run make_tiny_ssd.py --nets'
 
 
 def test_tiny_ssd_detections_equal_opencv_dnn(make):
@@ -129,3 +130,17 @@ def test_tiny_ssd_in_gpu_mode_on_the_stand_in_detects_as_the_cpu(make):
             net.blobs['data'].data[...] = x
             results.append(np.array(net.forward()['detection_out']))
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_caffe_py_train_runs_the_ssd_recipe(make, tmp_path):
+    """`caffe-py train` on the AnnotatedData training net (SSD's augmentations) for two iterations."""
+    from caffe_py.tools import cli
+    source = str(tmp_path / 'scenes_lmdb')
+    make.write_lmdb(source, 4)
+    net = tmp_path / 'train_lmdb.prototxt'
+    net.write_text(make.lmdb_net_text().replace(make.LMDB, source))
+    solver = tmp_path / 'solver.prototxt'
+    solver.write_text(make.SOLVER.replace('models/tiny_ssd/train_lmdb.prototxt', str(net))
+                      .replace('max_iter: 2000', 'max_iter: 2').replace('snapshot: 1000', 'snapshot: 0')
+                      + 'snapshot_after_train: false\n')
+    assert cli.main(['train', '-solver', str(solver)]) == 0

@@ -2,10 +2,13 @@
 circles and squares on 300 x 300 scenes, trained here with caffe-py.
 
     python models/tiny_ssd/make_tiny_ssd.py            # nets, scenes, training, weights (~8 min)
-    python models/tiny_ssd/make_tiny_ssd.py --nets     # only rewrite the two prototxt files
+    python models/tiny_ssd/make_tiny_ssd.py --nets     # only rewrite the prototxt files
+    python models/tiny_ssd/make_tiny_ssd.py --lmdb 500 # scenes as an AnnotatedDatum LMDB, then
+    caffe-py train -solver models/tiny_ssd/solver.prototxt     # SSD's recipe: AnnotatedData + augmentation
 
-Writes deploy.prototxt, train.prototxt and tiny_ssd.caffemodel beside this file, and the demo
-scene examples/ssd_detect/scene.jpg. Scenes: a noisy background with 1 to 4 filled shapes, class 1
+Writes deploy.prototxt, train.prototxt (fed from Python, as the weights were trained),
+train_lmdb.prototxt + solver.prototxt (AnnotatedData reading examples/ssd_detect/scenes_lmdb) and
+tiny_ssd.caffemodel beside this file, and the demo scene examples/ssd_detect/scene.jpg. Scenes: a noisy background with 1 to 4 filled shapes, class 1
 circle, class 2 square, sides 40 to 150 pixels. Input: BGR pixels, (x - 127.5) / 127.5.
 """
 import argparse
@@ -103,6 +106,66 @@ def net_text(deploy):
     return text
 
 
+LMDB = 'examples/ssd_detect/scenes_lmdb'
+ANNOTATED_DATA = (
+    'layer { name: "data" type: "AnnotatedData" top: "data" top: "label" include { phase: TRAIN }\n'
+    '  data_param { source: "%s" backend: LMDB batch_size: %d }\n'
+    '  transform_param { mirror: true mean_value: 127.5 mean_value: 127.5 mean_value: 127.5 scale: 0.007843\n'
+    '    resize_param { prob: 1 resize_mode: WARP height: %d width: %d interp_mode: LINEAR interp_mode: AREA }\n'
+    '    emit_constraint { emit_type: CENTER }\n'
+    '    distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 contrast_lower: 0.5\n'
+    '      contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 saturation_lower: 0.5\n'
+    '      saturation_upper: 1.5 random_order_prob: 0 }\n'
+    '    expand_param { prob: 0.5 max_expand_ratio: 2 } }\n'
+    '  annotated_data_param { batch_sampler { max_sample: 1 max_trials: 1 }\n'
+    '    batch_sampler { sampler { min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 }\n'
+    '      sample_constraint { min_jaccard_overlap: 0.5 } max_sample: 1 max_trials: 50 } } }\n'
+    % (LMDB, BATCH, SIZE, SIZE))
+SOLVER = """net: "models/tiny_ssd/train_lmdb.prototxt"
+type: "Adam"
+base_lr: 0.001
+momentum: 0.9
+momentum2: 0.999
+weight_decay: 0.0005
+lr_policy: "multistep"
+gamma: 0.1
+stepvalue: 1600
+max_iter: 2000
+display: 50
+average_loss: 50
+snapshot: 1000
+snapshot_prefix: "examples/ssd_detect/snapshots/tiny_ssd"
+solver_mode: CPU
+random_seed: 0
+"""
+
+
+def lmdb_net_text():
+    """The training net fed by AnnotatedData with SSD's augmentations (ssd_pascal.py's recipe)."""
+    text = net_text(deploy=False)
+    start = text.index('layer { name: "data"')
+    return text[:start] + ANNOTATED_DATA + text[text.index('\n', start) + 1:]
+
+
+def write_lmdb(path, count, seed=1):
+    """`count` scenes as AnnotatedDatum records (JPEG), as SSD's convert_annoset writes them."""
+    sys.path.insert(0, ROOT)
+    from caffe_py.data.db import DBWriter
+    from caffe_py.proto import caffe_pb2
+    rng = np.random.default_rng(seed)
+    with DBWriter(path, 'lmdb') as db:
+        for i in range(count):
+            image, boxes = scene(rng)
+            record = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
+            record.datum.encoded = True
+            record.datum.data = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+            for k, (label, x0, y0, x1, y1) in enumerate(boxes):
+                group = record.annotation_group.add(group_label=label)
+                group.annotation.add(instance_id=k, bbox=caffe_pb2.NormalizedBBox(
+                    xmin=x0, ymin=y0, xmax=x1, ymax=y1))
+            db.put('%08d' % i, record.SerializeToString())
+
+
 def scene(rng, count=None):
     """(BGR image SIZE x SIZE uint8, boxes [(label, xmin, ymin, xmax, ymax)] relative to the image)."""
     image = rng.integers(60, 200, 3) + rng.normal(0, 12, (SIZE, SIZE, 3))
@@ -173,11 +236,16 @@ def train(iterations, seed=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--nets', action='store_true', help='only write the prototxt files')
+    parser.add_argument('--lmdb', type=int, metavar='N', help='only write N scenes to ' + LMDB)
     parser.add_argument('--iterations', type=int, default=2000)
     args = parser.parse_args(argv)
-    for name, deploy in (('deploy.prototxt', True), ('train.prototxt', False)):
+    if args.lmdb:
+        write_lmdb(os.path.join(ROOT, LMDB), args.lmdb)
+        return 0
+    for name, text in (('deploy.prototxt', net_text(True)), ('train.prototxt', net_text(False)),
+                       ('train_lmdb.prototxt', lmdb_net_text()), ('solver.prototxt', SOLVER)):
         with open(os.path.join(HERE, name), 'w') as f:
-            f.write(net_text(deploy))
+            f.write(text)
     if args.nets:
         return 0
     image, _ = scene(np.random.default_rng(2026), count=4)
