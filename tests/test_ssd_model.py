@@ -144,3 +144,27 @@ def test_caffe_py_train_runs_the_ssd_recipe(make, tmp_path):
                       .replace('max_iter: 2000', 'max_iter: 2').replace('snapshot: 1000', 'snapshot: 0')
                       + 'snapshot_after_train: false\n')
     assert cli.main(['train', '-solver', str(solver)]) == 0
+
+
+def test_tiny_ssd_mean_average_precision_on_new_scenes(make):
+    """DetectionOutput -> DetectionEvaluate -> the solver's mAP, on scenes the model never saw."""
+    from caffe_py import detection_eval
+    from device_cases import net_from_text
+    net = caffe.Net(DEPLOY, caffe.TEST, weights=WEIGHTS)
+    rng = np.random.default_rng(99)
+    rows = []
+    for _ in range(20):
+        image, boxes = make.scene(rng)
+        net.blobs['data'].data[...] = make.preprocess([image])
+        det = net.forward()['detection_out'].copy()
+        gt = np.array([[0, b[0], 0, *b[1:], 0] for b in boxes], np.float32).reshape(1, 1, -1, 8)
+        evaluate = net_from_text(
+            'layer { name: "det" type: "Input" top: "det" input_param { shape { dim: 1 dim: 1 dim: %d dim: 7 } } }\n'
+            'layer { name: "gt" type: "Input" top: "gt" input_param { shape { dim: 1 dim: 1 dim: %d dim: 8 } } }\n'
+            'layer { name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "e" '
+            'detection_evaluate_param { num_classes: 3 overlap_threshold: 0.5 } }' % (det.shape[2], gt.shape[2]))
+        evaluate.blobs['det'].data[...] = det
+        evaluate.blobs['gt'].data[...] = gt
+        rows.append(evaluate.forward()['e'][0, 0].copy())
+    mean_ap, per_class = detection_eval.mean_average_precision(rows, '11point')
+    assert sorted(per_class) == [1, 2] and mean_ap > 0.75, per_class
