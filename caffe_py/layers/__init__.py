@@ -6,6 +6,7 @@ As pycaffe's `caffe.layers`, the package also hands out net_spec's layer functio
 from . import mobile, rcnn, segmentation, yolo  # noqa: F401  fork layers
 from . import (common, data, loss, neuron, normalization, python_layer,  # noqa: F401
                recurrent, vision)
+from . import detection  # noqa: F401  (SSD's layers)
 
 
 def __getattr__(name):

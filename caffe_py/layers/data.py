@@ -551,3 +551,29 @@ class HDF5OutputLayer(Layer):
         if getattr(self, '_file', None) is not None:
             self._file.close()
             self._file = None
+
+
+@register('AnnotatedData')
+class AnnotatedDataLayer(PrefetchingDataLayer):
+    """SSD's data layer (weiliu89/caffe): AnnotatedDatum records of an LMDB/LevelDB with the
+    fork's augmentations (distort_param, expand_param, batch_sampler, resize_param,
+    emit_constraint); the label top is (1, 1, boxes, 8). See caffe_py/data/annotated.py."""
+
+    def make_source(self):
+        from ..data.annotated import AnnotatedSource
+        from ..data.db import Reader
+        param = self.layer_param.data_param
+        if param.batch_size <= 0:
+            raise self.error('data_param.batch_size must be positive')
+        reader = Reader(param.source, param.backend)
+        try:
+            source = AnnotatedSource(reader, self.layer_param, self.phase, param.batch_size, _child_seed())
+        except BaseException:
+            reader.close()
+            raise
+        return source, (param.batch_size,) + source.shape
+
+    def setup(self, bottom, top):
+        super().setup(bottom, top)
+        if self.output_labels:
+            top[1].reshape((1, 1, 1, 8))
