@@ -567,7 +567,7 @@ class AnnotatedDataLayer(PrefetchingDataLayer):
             raise self.error('data_param.batch_size must be positive')
         reader = Reader(param.source, param.backend)
         try:
-            source = AnnotatedSource(reader, self.layer_param, self.phase, param.batch_size, _child_seed())
+            source = AnnotatedSource(reader, self.layer_param, self.phase, param.batch_size, _draw_word())
         except BaseException:
             reader.close()
             raise
