@@ -451,6 +451,7 @@ def test_a_script_written_like_bvlc_train_py_runs_unchanged(data_dir):
     code, err, _ = run_job([sys.executable, 'train.py', cases.write_run('.', 4, prefix='script')], data_dir,
                            fake_devices=2)
     assert code == 0, err[-3000:]
+    assert 'Using devices [0, 1]' in err
     assert_same_weights(weights('script_iter_6.caffemodel'), train_here(8, prefix='one'))
 
 
