@@ -1,4 +1,5 @@
-"""Test helpers: run a reference layer case from ../shared, and a float64 numeric gradient check."""
+"""Test helpers: run a reference layer case from ../shared, a float64 numeric gradient check, nets of
+one layer over Input layers, the captured log."""
 import contextlib
 import io
 import json
@@ -127,6 +128,42 @@ def numeric_gradient_check(prototxt, inputs, phase=TEST, no_grad=(), eps=1e-6, r
         np.testing.assert_allclose(analytic.reshape(-1), numeric, rtol=rtol, atol=rtol * scale,
                                    err_msg='gradient of ' + what)
     return net
+
+
+def layer_net_text(shapes, layer, bottoms=None, tops=('y',)):
+    """Net text: an Input layer per input (name -> shape), then layer "L" whose body after its
+    bottoms (the inputs, or `bottoms`) and `tops` is `layer`."""
+    text = ''
+    for name, shape in shapes.items():
+        dims = ' '.join('dim: %d' % d for d in shape)
+        text += 'layer { name: "in_%s" type: "Input" top: "%s" input_param { shape { %s } } }\n' % (
+            name, name, dims)
+    bottoms = list(shapes) if bottoms is None else bottoms
+    links = ' '.join('bottom: "%s"' % b for b in bottoms) + ' ' + ' '.join('top: "%s"' % t for t in tops)
+    return text + 'layer { name: "L" %s %s }' % (links, layer)
+
+
+def _shapes(inputs):
+    return {name: np.shape(value) for name, value in inputs.items()}
+
+
+def layer_net(inputs, layer, *, phase=TEST, dtype=np.float64, params=None, **links):
+    """The force_backward net of layer_net_text over `inputs` (name -> array), inputs set, layer L's
+    blobs set to `params` (a list) where given; `links` are layer_net_text's bottoms and tops."""
+    param = text_format.Parse(layer_net_text(_shapes(inputs), layer, **links), caffe_pb2.NetParameter())
+    param.force_backward = True
+    net = Net(param, phase, dtype=dtype)
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+    for blob, value in zip(net.layer_dict['L'].blobs, params or ()):
+        blob.data[...] = value
+    return net
+
+
+def layer_gradient_check(inputs, layer, *, phase=TEST, no_grad=(), params=None, seed=0, **links):
+    """numeric_gradient_check of layer L over `inputs` (name -> array) in layer_net_text's net."""
+    return numeric_gradient_check(layer_net_text(_shapes(inputs), layer, **links), inputs, phase=phase,
+                                  no_grad=no_grad, params=params, seed=seed)
 
 
 @contextlib.contextmanager
