@@ -4,6 +4,7 @@ killed mid-run, the one-process-per-GPU launcher and pycaffe's NCCL on the CuPy 
 
 Every job runs in its own session with a mark in its environment; whatever is left of it
 afterwards is killed and fails the test, so no test leaves processes behind."""
+import contextlib
 import os
 import shutil
 import signal
@@ -74,31 +75,52 @@ def _environ(pid):
         return b''
 
 
-def run_job(argv, cwd, timeout=60, fake_devices=None):
-    """Run argv in its own session; (exit code, stderr, seconds). Fails on timeout or leftovers."""
+@contextlib.contextmanager
+def started_job(argv, cwd, fake_devices=None, stderr=subprocess.PIPE):
+    """(process, mark) of argv started in its own session with the job mark in its environment;
+    on leaving, whatever is left of the job is killed."""
     mark = uuid.uuid4().hex
     env = dict(os.environ, CAFFE_PY_TEST_JOB=mark, OMPI_ALLOW_RUN_AS_ROOT='1',
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', GLOG_minloglevel='0')
     if fake_devices:
         _stand_in(env, cwd, fake_devices)
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.DEVNULL, stderr=stderr,
                             text=True, start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        yield proc, mark
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
         _kill(_marked(mark))
-        pytest.fail('%s ran past %d s' % (' '.join(argv[:4]), timeout))
-    seconds = time.monotonic() - start
-    deadline = time.monotonic() + 5
-    while _marked(mark) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = _marked(mark)
-    _kill(left)
+
+
+def run_job(argv, cwd, timeout=60, fake_devices=None):
+    """Run argv in its own session; (exit code, stderr, seconds). Fails on timeout or leftovers."""
+    start = time.monotonic()
+    with started_job(argv, cwd, fake_devices) as (proc, mark):
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail('%s ran past %d s' % (' '.join(argv[:4]), timeout))
+        seconds = time.monotonic() - start
+        left = _outliving(mark, 5)
     assert not left, 'processes left behind: %s' % left
     return proc.returncode, err, seconds
+
+
+def _outliving(mark, seconds):
+    """Pids of the job's processes still alive after waiting up to `seconds` for them to end."""
+    deadline = time.monotonic() + seconds
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _marked(mark)
+
+
+def _wait_for_file(path, seconds=40):
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _stand_in(env, folder, devices=2):
@@ -317,24 +339,13 @@ def test_mpi_ranks_with_gpus_take_their_local_rank_s_device_and_bootstrap_nccl_t
 @pytest.mark.slow
 def test_sigint_to_the_root_mpi_rank_stops_every_rank(data_dir):
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1')
-    proc = subprocess.Popen([MPIEXEC, '-n', '2'] + LOOPBACK + [sys.executable, '-m', 'caffe_py', 'train', '-solver',
-                            solver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 40
-        while not os.path.exists('sig_iter_3.caffemodel') and time.monotonic() < deadline:
-            time.sleep(0.05)
+    argv = [MPIEXEC, '-n', '2'] + LOOPBACK + [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver]
+    with started_job(argv, data_dir) as (proc, mark):
+        _wait_for_file('sig_iter_3.caffemodel')
         root = [pid for pid in _marked(mark) if b'OMPI_COMM_WORLD_RANK=0\0' in _environ(pid)]
         assert len(root) == 1
         os.kill(root[0], signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        _kill(_marked(mark))
     assert proc.returncode == 0, err[-3000:]
     assert 'Optimization stopped early.' in err
 
@@ -377,23 +388,11 @@ def test_gpu_rank_failing_names_the_rank_and_the_cause(data_dir):
 def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
     """SIGINT reaches the root only; the root decides and every rank stops at the same iteration."""
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark)
-    _stand_in(env, data_dir)
-    proc = subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1'],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 40
-        while not os.path.exists('sig_iter_3.caffemodel') and time.monotonic() < deadline:
-            time.sleep(0.05)
+    argv = [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1']
+    with started_job(argv, data_dir, fake_devices=2) as (proc, _):
+        _wait_for_file('sig_iter_3.caffemodel')
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        _kill(_marked(mark))
     assert proc.returncode == 0, err[-3000:]
     assert 'Optimization stopped early.' in err
     last = max(int(f[len('sig_iter_'):-len('.caffemodel')]) for f in os.listdir('.')
@@ -405,23 +404,12 @@ def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
 @pytest.mark.slow
 def test_ranks_die_with_a_killed_launcher(data_dir):
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='orphan')
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark)
-    _stand_in(env, data_dir)
-    proc = subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1'],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 40
-        while not os.path.exists('orphan_iter_3.caffemodel') and time.monotonic() < deadline:
-            time.sleep(0.05)
+    argv = [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1']
+    with started_job(argv, data_dir, fake_devices=2, stderr=subprocess.DEVNULL) as (proc, mark):
+        _wait_for_file('orphan_iter_3.caffemodel')
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while _marked(mark) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = _marked(mark)
-    finally:
-        _kill(_marked(mark))
+        left = _outliving(mark, 10)
     assert not left
 
 
