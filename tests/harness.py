@@ -1,5 +1,5 @@
 """Test helpers: run a reference layer case from ../shared, a float64 numeric gradient check, nets of
-one layer over Input layers, the captured log."""
+one layer over Input layers, the captured log, caffe.io's image backend for a block."""
 import contextlib
 import io
 import json
@@ -10,6 +10,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from caffe_py import TEST, TRAIN, Net, log
+from caffe_py import io as caffe_io
 from caffe_py.proto import caffe_pb2
 
 
@@ -180,3 +181,14 @@ def captured_log_text():
     finally:
         log.logger.removeHandler(handler)
         log.logger.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def io_image_backend(name):
+    """caffe.io's image backend set to `name` for the block, the previous one restored after it."""
+    before = caffe_io.image_backend()
+    caffe_io.set_image_backend(name)
+    try:
+        yield name
+    finally:
+        caffe_io.set_image_backend(before)
