@@ -38,18 +38,19 @@ def case_dir(case):
     return path
 
 
-def seed_of(path):
+def seeded_case_net(case):
+    """(the case's folder, its net in TRAIN built after caffe.set_random_seed(the case's seed))."""
+    path = case_dir(case)
     with open(os.path.join(path, 'seed.txt')) as f:
-        return int(f.read())
+        caffe.set_random_seed(int(f.read()))
+    return path, caffe.Net(os.path.join(path, 'net.prototxt'), caffe.TRAIN)
 
 
 # -- against Caffe -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('case', cases('fillers_'))
 def test_fillers_equal_caffes_bit_for_bit(case):
-    path = case_dir(case)
-    caffe.set_random_seed(seed_of(path))
-    net = caffe.Net(os.path.join(path, 'net.prototxt'), caffe.TRAIN)
+    path, net = seeded_case_net(case)
     expected = np.load(os.path.join(path, 'params.npz'))
     assert sorted(expected.files) == sorted('%s/%d' % (name, i) for name, blobs in net.params.items()
                                             for i in range(len(blobs)))
@@ -60,9 +61,7 @@ def test_fillers_equal_caffes_bit_for_bit(case):
 
 @pytest.mark.parametrize('case', cases('dropout_'))
 def test_dropout_tops_equal_caffes(case):
-    path = case_dir(case)
-    caffe.set_random_seed(seed_of(path))
-    net = caffe.Net(os.path.join(path, 'net.prototxt'), caffe.TRAIN)
+    path, net = seeded_case_net(case)
     x = np.load(os.path.join(path, 'input.npy'))
     tops = np.load(os.path.join(path, 'tops.npz'))
     for k in range(3):
