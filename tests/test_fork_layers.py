@@ -62,7 +62,6 @@ def depthwise_core_on_small_planes(monkeypatch):
     monkeypatch.setattr(mobile._Depthwise, 'MIN_PLANE', 0)
 
 
-DW = 'convolution_param { num_output: 6 group: 6 kernel_size: 3 stride: 2 pad: 1 dilation: 1 %s }'
 FILL = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'
 
 
