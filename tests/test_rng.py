@@ -18,7 +18,7 @@ import pytest
 import caffe_py as caffe
 from caffe_py import rng
 from caffe_py.proto import caffe_pb2
-from conftest import REFERENCE
+from conftest import REFERENCE, need
 from harness import captured_log_text
 from test_solver_reference import trajectory
 
@@ -32,10 +32,7 @@ def cases(prefix):
 
 
 def case_dir(case):
-    path = os.path.join(RNG, case)
-    if not os.path.isdir(path):
-        pytest.skip('%s is absent (../shared is not beside the project)' % RNG)
-    return path
+    return need(os.path.join(RNG, case))
 
 
 def seeded_case_net(case):
