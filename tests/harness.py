@@ -1,10 +1,15 @@
 """Test helpers: run a reference layer case from ../shared, a float64 numeric gradient check, nets of
-one layer over Input layers, the captured log, caffe.io's image backend for a block."""
+one layer over Input layers, the captured log, caffe.io's image backend for a block, and subprocess
+jobs that leave nothing behind."""
 import contextlib
 import io
 import json
 import logging
 import os
+import signal
+import subprocess
+import time
+import uuid
 
 import numpy as np
 from google.protobuf import text_format
@@ -192,3 +197,52 @@ def io_image_backend(name):
         yield name
     finally:
         caffe_io.set_image_backend(before)
+
+
+@contextlib.contextmanager
+def started_job(argv, cwd=None, env=None, stderr=subprocess.PIPE, **popen):
+    """(process, mark): argv started in its own session, stdout discarded, with `env` (default
+    os.environ) and the job mark CAFFE_PY_TEST_JOB=mark in its environment. On leaving the block
+    whatever is left of the job (its session, any process carrying the mark) is killed."""
+    mark = uuid.uuid4().hex
+    env = dict(os.environ if env is None else env, CAFFE_PY_TEST_JOB=mark)
+    proc = subprocess.Popen(argv, cwd=None if cwd is None else str(cwd), env=env, stdout=subprocess.DEVNULL,
+                            stderr=stderr, text=True, start_new_session=True, **popen)
+    try:
+        yield proc, mark
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        _kill(job_processes(mark))
+
+
+def job_processes(mark):
+    """Pids of live processes whose environment carries the job mark."""
+    needle = ('CAFFE_PY_TEST_JOB=%s' % mark).encode()
+    return [int(name) for name in os.listdir('/proc') if name.isdigit() and needle in process_environ(int(name))]
+
+
+def process_environ(pid):
+    """The raw /proc environment of process `pid` (b'' when it is gone or not readable)."""
+    try:
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            return f.read()
+    except OSError:
+        return b''
+
+
+def outliving(mark, seconds):
+    """Pids of the job's processes still alive after waiting up to `seconds` for them to end."""
+    deadline = time.monotonic() + seconds
+    while job_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job_processes(mark)
+
+
+def _kill(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

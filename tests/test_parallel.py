@@ -4,14 +4,12 @@ killed mid-run, the one-process-per-GPU launcher and pycaffe's NCCL on the CuPy 
 
 Every job runs in its own session with a mark in its environment; whatever is left of it
 afterwards is killed and fails the test, so no test leaves processes behind."""
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import cv2
 import numpy as np
@@ -23,6 +21,7 @@ import parallel_cases as cases
 from caffe_py import parallel
 from caffe_py.parallel import launch
 from caffe_py.tools import cli
+from harness import job_processes, outliving, process_environ, started_job
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or shutil.which('mpiexec')
@@ -61,60 +60,27 @@ def data_dir(tmp_path, monkeypatch):
 
 # -- jobs of several processes ---------------------------------------------------------------
 
-def _marked(mark):
-    """Pids of live processes whose environment carries the job mark."""
-    needle = ('CAFFE_PY_TEST_JOB=%s' % mark).encode()
-    return [int(name) for name in os.listdir('/proc') if name.isdigit() and needle in _environ(int(name))]
-
-
-def _environ(pid):
-    try:
-        with open('/proc/%d/environ' % pid, 'rb') as f:
-            return f.read()
-    except OSError:
-        return b''
-
-
-@contextlib.contextmanager
-def started_job(argv, cwd, fake_devices=None, stderr=subprocess.PIPE):
-    """(process, mark) of argv started in its own session with the job mark in its environment;
-    on leaving, whatever is left of the job is killed."""
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark, OMPI_ALLOW_RUN_AS_ROOT='1',
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', GLOG_minloglevel='0')
+def _job(argv, cwd, fake_devices=None, **kwargs):
+    """harness.started_job with Open MPI allowed to run as root, INFO logged, and the CuPy
+    stand-in with `fake_devices` devices where asked."""
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', GLOG_minloglevel='0')
     if fake_devices:
         _stand_in(env, cwd, fake_devices)
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-                            text=True, start_new_session=True)
-    try:
-        yield proc, mark
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        _kill(_marked(mark))
+    return started_job(argv, cwd, env, **kwargs)
 
 
 def run_job(argv, cwd, timeout=60, fake_devices=None):
     """Run argv in its own session; (exit code, stderr, seconds). Fails on timeout or leftovers."""
     start = time.monotonic()
-    with started_job(argv, cwd, fake_devices) as (proc, mark):
+    with _job(argv, cwd, fake_devices) as (proc, mark):
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             pytest.fail('%s ran past %d s' % (' '.join(argv[:4]), timeout))
         seconds = time.monotonic() - start
-        left = _outliving(mark, 5)
+        left = outliving(mark, 5)
     assert not left, 'processes left behind: %s' % left
     return proc.returncode, err, seconds
-
-
-def _outliving(mark, seconds):
-    """Pids of the job's processes still alive after waiting up to `seconds` for them to end."""
-    deadline = time.monotonic() + seconds
-    while _marked(mark) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return _marked(mark)
 
 
 def _wait_for_file(path, seconds=40):
@@ -131,14 +97,6 @@ def _stand_in(env, folder, devices=2):
         f.write(cases.SITECUSTOMIZE % TESTS)
     env['PYTHONPATH'] = os.pathsep.join([site, str(folder), env.get('PYTHONPATH', '')])
     env['FAKECUPY_DEVICES'] = str(devices)
-
-
-def _kill(pids):
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def mpi_train(folder, solver, n=2, timeout=60, more=()):
@@ -340,9 +298,9 @@ def test_mpi_ranks_with_gpus_take_their_local_rank_s_device_and_bootstrap_nccl_t
 def test_sigint_to_the_root_mpi_rank_stops_every_rank(data_dir):
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
     argv = [MPIEXEC, '-n', '2'] + LOOPBACK + [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver]
-    with started_job(argv, data_dir) as (proc, mark):
+    with _job(argv, data_dir) as (proc, mark):
         _wait_for_file('sig_iter_3.caffemodel')
-        root = [pid for pid in _marked(mark) if b'OMPI_COMM_WORLD_RANK=0\0' in _environ(pid)]
+        root = [pid for pid in job_processes(mark) if b'OMPI_COMM_WORLD_RANK=0\0' in process_environ(pid)]
         assert len(root) == 1
         os.kill(root[0], signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -389,7 +347,7 @@ def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
     """SIGINT reaches the root only; the root decides and every rank stops at the same iteration."""
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
     argv = [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1']
-    with started_job(argv, data_dir, fake_devices=2) as (proc, _):
+    with _job(argv, data_dir, fake_devices=2) as (proc, _):
         _wait_for_file('sig_iter_3.caffemodel')
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -405,11 +363,11 @@ def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
 def test_ranks_die_with_a_killed_launcher(data_dir):
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='orphan')
     argv = [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1']
-    with started_job(argv, data_dir, fake_devices=2, stderr=subprocess.DEVNULL) as (proc, mark):
+    with _job(argv, data_dir, fake_devices=2, stderr=subprocess.DEVNULL) as (proc, mark):
         _wait_for_file('orphan_iter_3.caffemodel')
         proc.kill()
         proc.wait()
-        left = _outliving(mark, 10)
+        left = outliving(mark, 10)
     assert not left
 
 
