@@ -3,12 +3,14 @@
 Lines look like `I1127 13:39:22.381027  4242 solver.py:239] message`, the
 classic glog prefix that Caffe's tools/extra/parse_log.py reads.
 GLOG_minloglevel (0 INFO, 1 WARNING, 2 ERROR) filters as it does for Caffe.
+The module is also pycaffe's `caffe.log(msg)`: calling it logs `msg` at INFO.
 """
 import logging
 import os
 import sys
 import threading
 import time
+import types
 
 logger = logging.getLogger('caffe_py')
 
@@ -69,3 +71,12 @@ error = logger.error
 def fmt(value):
     """A float as a C++ ostream prints it by default (6 significant digits)."""
     return '%g' % value
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, msg):
+        """pycaffe's caffe.log(msg): LOG(INFO) << msg, the caller's file and line in the prefix."""
+        logger.info('%s', msg, stacklevel=2)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,14 +1,21 @@
-"""Test helpers: run a reference layer case from ../shared, and a float64 numeric gradient check."""
+"""Test helpers: run a reference layer case from ../shared, a float64 numeric gradient check, nets of
+one layer over Input layers, the captured log, caffe.io's image backend for a block, and subprocess
+jobs that leave nothing behind."""
 import contextlib
 import io
 import json
 import logging
 import os
+import signal
+import subprocess
+import time
+import uuid
 
 import numpy as np
 from google.protobuf import text_format
 
 from caffe_py import TEST, TRAIN, Net, log
+from caffe_py import io as caffe_io
 from caffe_py.proto import caffe_pb2
 
 
@@ -129,6 +136,42 @@ def numeric_gradient_check(prototxt, inputs, phase=TEST, no_grad=(), eps=1e-6, r
     return net
 
 
+def layer_net_text(shapes, layer, bottoms=None, tops=('y',)):
+    """Net text: an Input layer per input (name -> shape), then layer "L" whose body after its
+    bottoms (the inputs, or `bottoms`) and `tops` is `layer`."""
+    text = ''
+    for name, shape in shapes.items():
+        dims = ' '.join('dim: %d' % d for d in shape)
+        text += 'layer { name: "in_%s" type: "Input" top: "%s" input_param { shape { %s } } }\n' % (
+            name, name, dims)
+    bottoms = list(shapes) if bottoms is None else bottoms
+    links = ' '.join('bottom: "%s"' % b for b in bottoms) + ' ' + ' '.join('top: "%s"' % t for t in tops)
+    return text + 'layer { name: "L" %s %s }' % (links, layer)
+
+
+def _shapes(inputs):
+    return {name: np.shape(value) for name, value in inputs.items()}
+
+
+def layer_net(inputs, layer, *, phase=TEST, dtype=np.float64, params=None, **links):
+    """The force_backward net of layer_net_text over `inputs` (name -> array), inputs set, layer L's
+    blobs set to `params` (a list) where given; `links` are layer_net_text's bottoms and tops."""
+    param = text_format.Parse(layer_net_text(_shapes(inputs), layer, **links), caffe_pb2.NetParameter())
+    param.force_backward = True
+    net = Net(param, phase, dtype=dtype)
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+    for blob, value in zip(net.layer_dict['L'].blobs, params or ()):
+        blob.data[...] = value
+    return net
+
+
+def layer_gradient_check(inputs, layer, *, phase=TEST, no_grad=(), params=None, seed=0, **links):
+    """numeric_gradient_check of layer L over `inputs` (name -> array) in layer_net_text's net."""
+    return numeric_gradient_check(layer_net_text(_shapes(inputs), layer, **links), inputs, phase=phase,
+                                  no_grad=no_grad, params=params, seed=seed)
+
+
 @contextlib.contextmanager
 def captured_log_text():
     """A StringIO receiving caffe_py's INFO log in glog's format for the duration of the block."""
@@ -143,3 +186,63 @@ def captured_log_text():
     finally:
         log.logger.removeHandler(handler)
         log.logger.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def io_image_backend(name):
+    """caffe.io's image backend set to `name` for the block, the previous one restored after it."""
+    before = caffe_io.image_backend()
+    caffe_io.set_image_backend(name)
+    try:
+        yield name
+    finally:
+        caffe_io.set_image_backend(before)
+
+
+@contextlib.contextmanager
+def started_job(argv, cwd=None, env=None, stderr=subprocess.PIPE, **popen):
+    """(process, mark): argv started in its own session, stdout discarded, with `env` (default
+    os.environ) and the job mark CAFFE_PY_TEST_JOB=mark in its environment. On leaving the block
+    whatever is left of the job (its session, any process carrying the mark) is killed."""
+    mark = uuid.uuid4().hex
+    env = dict(os.environ if env is None else env, CAFFE_PY_TEST_JOB=mark)
+    proc = subprocess.Popen(argv, cwd=None if cwd is None else str(cwd), env=env, stdout=subprocess.DEVNULL,
+                            stderr=stderr, text=True, start_new_session=True, **popen)
+    try:
+        yield proc, mark
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        _kill(job_processes(mark))
+
+
+def job_processes(mark):
+    """Pids of live processes whose environment carries the job mark."""
+    needle = ('CAFFE_PY_TEST_JOB=%s' % mark).encode()
+    return [int(name) for name in os.listdir('/proc') if name.isdigit() and needle in process_environ(int(name))]
+
+
+def process_environ(pid):
+    """The raw /proc environment of process `pid` (b'' when it is gone or not readable)."""
+    try:
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            return f.read()
+    except OSError:
+        return b''
+
+
+def outliving(mark, seconds):
+    """Pids of the job's processes still alive after waiting up to `seconds` for them to end."""
+    deadline = time.monotonic() + seconds
+    while job_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job_processes(mark)
+
+
+def _kill(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -97,6 +97,7 @@ import caffe_py as caffe
 
 
 def train(solver, snapshot, gpus):
+    caffe.log('Using devices %s' % str(gpus))
     uid = caffe.NCCL.new_uid()
     procs = []
     for rank in range(len(gpus)):

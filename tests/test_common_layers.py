@@ -5,37 +5,12 @@ from google.protobuf import text_format
 
 from caffe_py import TEST, Net
 from caffe_py.proto import caffe_pb2
-from harness import numeric_gradient_check
+from harness import layer_gradient_check, layer_net, layer_net_text, numeric_gradient_check
 
 
-def net_text(inputs, layer, bottoms=None, tops=('y',)):
-    """Input layers for `inputs` (name -> shape), then layer L on them."""
-    text = ''
-    for name, shape in inputs.items():
-        dims = ' '.join('dim: %d' % d for d in shape)
-        text += 'layer { name: "in_%s" type: "Input" top: "%s" input_param { shape { %s } } }\n' % (
-            name, name, dims)
-    bottoms = list(inputs) if bottoms is None else bottoms
-    links = ' '.join('bottom: "%s"' % b for b in bottoms) + ' ' + ' '.join('top: "%s"' % t for t in tops)
-    return text + 'layer { name: "L" %s %s }' % (links, layer)
-
-
-def build(inputs, layer, dtype=np.float64, **kwargs):
-    param = text_format.Parse(net_text({k: np.shape(v) for k, v in inputs.items()}, layer, **kwargs),
-                              caffe_pb2.NetParameter())
-    param.force_backward = True
-    net = Net(param, TEST, dtype=dtype)
-    for name, value in inputs.items():
-        net.blobs[name].data[...] = value
-    return net
-
-
-def check(inputs, layer, seed=0, **kwargs):
-    """Numeric gradient check of layer L over `inputs` (name -> array)."""
-    no_grad = kwargs.pop('no_grad', ())
-    params = kwargs.pop('params', None)
-    text = net_text({k: np.shape(v) for k, v in inputs.items()}, layer, **kwargs)
-    return numeric_gradient_check(text, inputs, no_grad=no_grad, params=params, seed=seed)
+net_text = layer_net_text
+build = layer_net
+check = layer_gradient_check
 
 
 def rand(*shape, seed=0):

@@ -21,6 +21,7 @@ from caffe_py.solvers import get_solver
 from caffe_py.solvers.nan_check import NonFiniteError
 from caffe_py.tools import cli
 import fakecupy
+from harness import started_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,10 +58,10 @@ def big_solver(folder, text, base_lr=0.001):
 
 
 def train_process(*argv, stderr, **kwargs):
-    """`caffe-py train` as a subprocess of its own (python -m caffe_py)."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train'] + [str(a) for a in argv],
-                            stdout=subprocess.DEVNULL, stderr=stderr, env=env, **kwargs)
+    """`caffe-py train` (python -m caffe_py) as a job: (process, mark) for a with block that
+    kills what is left of it on leaving (harness.started_job)."""
+    return started_job([sys.executable, '-m', 'caffe_py', 'train'] + [str(a) for a in argv],
+                       env=dict(os.environ, PYTHONPATH=ROOT), stderr=stderr, **kwargs)
 
 
 def wait_for(path, text, process, timeout=60):
@@ -181,17 +182,13 @@ def test_resume_latest_picks_the_newest_complete_pair(bigdir, capsys, captured_l
 
 def test_sighup_snapshots_and_sigint_stops_a_real_run(bigdir):
     big_solver(bigdir, 'max_iter: 100000000\n')
-    with open('log.txt', 'w') as log:
-        proc = train_process('-solver', 'solver.prototxt', stderr=log)
-    try:
+    with open('log.txt', 'w') as log, train_process('-solver', 'solver.prototxt', stderr=log) as (proc, _):
         wait_for('log.txt', 'Starting Optimization', proc)
         proc.send_signal(signal.SIGHUP)
         wait_for('log.txt', 'Snapshotting solver state', proc)
         assert proc.poll() is None                   # a snapshot, and training goes on
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
-    finally:
-        proc.kill()
     text = open('log.txt').read()
     assert 'Optimization stopped early.' in text
     # the SIGHUP snapshot, and the one Solve writes after stopping (snapshot_after_train)
@@ -200,18 +197,14 @@ def test_sighup_snapshots_and_sigint_stops_a_real_run(bigdir):
 
 def test_signal_effects_from_flags_on_a_real_run(bigdir):
     big_solver(bigdir, 'max_iter: 100000000\n')
-    with open('log.txt', 'w') as log:
-        proc = train_process('-solver', 'solver.prototxt', '-sigint_effect', 'none', '-sighup_effect', 'stop',
-                             stderr=log)
-    try:
+    flags = ['-solver', 'solver.prototxt', '-sigint_effect', 'none', '-sighup_effect', 'stop']
+    with open('log.txt', 'w') as log, train_process(*flags, stderr=log) as (proc, _):
         wait_for('log.txt', 'Starting Optimization', proc)
         proc.send_signal(signal.SIGINT)                # ignored
         time.sleep(0.3)
         assert proc.poll() is None
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(60) == 0
-    finally:
-        proc.kill()
     assert 'Optimization stopped early.' in open('log.txt').read()
     assert len(assert_only_pairs()) == 1
 
@@ -233,9 +226,8 @@ def kill_during_snapshots(folder, kills, seed, h5=False):
         left += bool(debris or lone)
         log_path = 'log%d.txt' % round_
         resume = ['-snapshot', 'latest'] if newest is not None else []
-        with open(log_path, 'w') as log:
-            proc = train_process('-solver', 'solver.prototxt', *resume, stderr=log)
-        try:
+        with open(log_path, 'w') as log, \
+                train_process('-solver', 'solver.prototxt', *resume, stderr=log) as (proc, _):
             wait_for(log_path, 'Starting Optimization', proc)
             # the start removed the temporaries and completed the half-published pairs
             assert not any(os.path.exists('snaps/' + name) for name in debris), debris
@@ -248,8 +240,6 @@ def kill_during_snapshots(folder, kills, seed, h5=False):
                 time.sleep(rng.uniform(0, 0.15))
                 proc.kill()
                 proc.wait(60)
-        finally:
-            proc.kill()
         if resume:
             assert 'Resuming from the newest complete snapshot: snaps/big_iter_%d.%s' % (newest, state) \
                 in open(log_path).read()
@@ -300,16 +290,16 @@ def error_line(stderr):
 def test_file_size_limit_names_the_snapshot_and_keeps_earlier_files(bigdir, h5):
     """RLIMIT_FSIZE makes every write past 256 KB fail (EFBIG), as a full disk fails it (ENOSPC)."""
     big_solver(bigdir, 'max_iter: 2\nsnapshot: 2\n' + ('snapshot_format: HDF5\n' if h5 else ''))
-    first = train_process('-solver', 'solver.prototxt', stderr=subprocess.PIPE, text=True)
-    assert first.communicate(timeout=60)[1] and first.returncode == 0
+    with train_process('-solver', 'solver.prototxt', stderr=subprocess.PIPE) as (first, _):
+        assert first.communicate(timeout=60)[1] and first.returncode == 0
     before = {name: open('snaps/' + name, 'rb').read() for name in os.listdir('snaps')}
 
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
-    again = train_process('-solver', 'solver.prototxt', stderr=subprocess.PIPE, text=True,
-                          preexec_fn=limit_file_size)
-    stderr = again.communicate(timeout=60)[1]
+    with train_process('-solver', 'solver.prototxt', stderr=subprocess.PIPE,
+                       preexec_fn=limit_file_size) as (again, _):
+        stderr = again.communicate(timeout=60)[1]
     assert again.returncode == 1
     # h5py words the error its own way around the system's 'File too large'
     assert re.fullmatch(r'caffe-py: error: cannot write snapshot snaps/big_iter_2\.caffemodel%s: .*File too large.* '

@@ -7,36 +7,20 @@ from google.protobuf import text_format
 
 from caffe_py import TEST, TRAIN, Net, backend, formats
 from caffe_py.proto import caffe_pb2
-from harness import numeric_gradient_check
+from harness import layer_gradient_check, layer_net
 
 ROIS = np.array([[0, 0, 0, 7, 7], [1, 2.4, 1.5, 9.6, 5.2], [0, 5, 6, 5, 6], [1, -3, 2, 30, 40],
                  [0, 12, 12, 15, 15]], np.float64)
 
 
-def net_text(shapes, layer, tops=('y',)):
-    text = ''
-    for name, shape in shapes.items():
-        dims = ' '.join('dim: %d' % d for d in shape)
-        text += 'layer { name: "in_%s" type: "Input" top: "%s" input_param { shape { %s } } }\n' % (
-            name, name, dims)
-    links = ' '.join('bottom: "%s"' % b for b in shapes) + ' ' + ' '.join('top: "%s"' % t for t in tops)
-    return text + 'layer { name: "L" %s %s }' % (links, layer)
+check = layer_gradient_check
 
 
-def run(inputs, layer, phase=TEST, dtype=np.float64, tops=('y',), params=None):
-    param = text_format.Parse(net_text({k: np.shape(v) for k, v in inputs.items()}, layer, tops),
-                              caffe_pb2.NetParameter())
-    param.force_backward = True
-    net = Net(param, phase, dtype=dtype)
-    for blob, value in zip(net.layer_dict['L'].blobs, params or ()):
-        blob.data[...] = value
-    net.forward(**inputs)
+def run(inputs, layer, **kwargs):
+    """layer_net's net, forwarded."""
+    net = layer_net(inputs, layer, **kwargs)
+    net.forward()
     return net
-
-
-def check(inputs, layer, no_grad=(), phase=TEST, params=None, tops=('y',)):
-    text = net_text({k: np.shape(v) for k, v in inputs.items()}, layer, tops)
-    return numeric_gradient_check(text, inputs, phase=phase, no_grad=no_grad, params=params)
 
 
 def rand(*shape, seed=0):
@@ -78,7 +62,6 @@ def depthwise_core_on_small_planes(monkeypatch):
     monkeypatch.setattr(mobile._Depthwise, 'MIN_PLANE', 0)
 
 
-DW = 'convolution_param { num_output: 6 group: 6 kernel_size: 3 stride: 2 pad: 1 dilation: 1 %s }'
 FILL = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'
 
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import cv2
 import numpy as np
@@ -22,6 +21,7 @@ import parallel_cases as cases
 from caffe_py import parallel
 from caffe_py.parallel import launch
 from caffe_py.tools import cli
+from harness import job_processes, outliving, process_environ, started_job
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or shutil.which('mpiexec')
@@ -60,45 +60,33 @@ def data_dir(tmp_path, monkeypatch):
 
 # -- jobs of several processes ---------------------------------------------------------------
 
-def _marked(mark):
-    """Pids of live processes whose environment carries the job mark."""
-    needle = ('CAFFE_PY_TEST_JOB=%s' % mark).encode()
-    return [int(name) for name in os.listdir('/proc') if name.isdigit() and needle in _environ(int(name))]
-
-
-def _environ(pid):
-    try:
-        with open('/proc/%d/environ' % pid, 'rb') as f:
-            return f.read()
-    except OSError:
-        return b''
+def _job(argv, cwd, fake_devices=None, **kwargs):
+    """harness.started_job with Open MPI allowed to run as root, INFO logged, and the CuPy
+    stand-in with `fake_devices` devices where asked."""
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', GLOG_minloglevel='0')
+    if fake_devices:
+        _stand_in(env, cwd, fake_devices)
+    return started_job(argv, cwd, env, **kwargs)
 
 
 def run_job(argv, cwd, timeout=60, fake_devices=None):
     """Run argv in its own session; (exit code, stderr, seconds). Fails on timeout or leftovers."""
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark, OMPI_ALLOW_RUN_AS_ROOT='1',
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1', GLOG_minloglevel='0')
-    if fake_devices:
-        _stand_in(env, cwd, fake_devices)
     start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        _kill(_marked(mark))
-        pytest.fail('%s ran past %d s' % (' '.join(argv[:4]), timeout))
-    seconds = time.monotonic() - start
-    deadline = time.monotonic() + 5
-    while _marked(mark) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = _marked(mark)
-    _kill(left)
+    with _job(argv, cwd, fake_devices) as (proc, mark):
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail('%s ran past %d s' % (' '.join(argv[:4]), timeout))
+        seconds = time.monotonic() - start
+        left = outliving(mark, 5)
     assert not left, 'processes left behind: %s' % left
     return proc.returncode, err, seconds
+
+
+def _wait_for_file(path, seconds=40):
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _stand_in(env, folder, devices=2):
@@ -109,14 +97,6 @@ def _stand_in(env, folder, devices=2):
         f.write(cases.SITECUSTOMIZE % TESTS)
     env['PYTHONPATH'] = os.pathsep.join([site, str(folder), env.get('PYTHONPATH', '')])
     env['FAKECUPY_DEVICES'] = str(devices)
-
-
-def _kill(pids):
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def mpi_train(folder, solver, n=2, timeout=60, more=()):
@@ -317,24 +297,13 @@ def test_mpi_ranks_with_gpus_take_their_local_rank_s_device_and_bootstrap_nccl_t
 @pytest.mark.slow
 def test_sigint_to_the_root_mpi_rank_stops_every_rank(data_dir):
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark, OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1')
-    proc = subprocess.Popen([MPIEXEC, '-n', '2'] + LOOPBACK + [sys.executable, '-m', 'caffe_py', 'train', '-solver',
-                            solver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 40
-        while not os.path.exists('sig_iter_3.caffemodel') and time.monotonic() < deadline:
-            time.sleep(0.05)
-        root = [pid for pid in _marked(mark) if b'OMPI_COMM_WORLD_RANK=0\0' in _environ(pid)]
+    argv = [MPIEXEC, '-n', '2'] + LOOPBACK + [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver]
+    with _job(argv, data_dir) as (proc, mark):
+        _wait_for_file('sig_iter_3.caffemodel')
+        root = [pid for pid in job_processes(mark) if b'OMPI_COMM_WORLD_RANK=0\0' in process_environ(pid)]
         assert len(root) == 1
         os.kill(root[0], signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        _kill(_marked(mark))
     assert proc.returncode == 0, err[-3000:]
     assert 'Optimization stopped early.' in err
 
@@ -377,23 +346,11 @@ def test_gpu_rank_failing_names_the_rank_and_the_cause(data_dir):
 def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
     """SIGINT reaches the root only; the root decides and every rank stops at the same iteration."""
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='sig')
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark)
-    _stand_in(env, data_dir)
-    proc = subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1'],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 40
-        while not os.path.exists('sig_iter_3.caffemodel') and time.monotonic() < deadline:
-            time.sleep(0.05)
+    argv = [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1']
+    with _job(argv, data_dir, fake_devices=2) as (proc, _):
+        _wait_for_file('sig_iter_3.caffemodel')
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        _kill(_marked(mark))
     assert proc.returncode == 0, err[-3000:]
     assert 'Optimization stopped early.' in err
     last = max(int(f[len('sig_iter_'):-len('.caffemodel')]) for f in os.listdir('.')
@@ -405,23 +362,12 @@ def test_sigint_to_the_launcher_stops_every_rank_together(data_dir):
 @pytest.mark.slow
 def test_ranks_die_with_a_killed_launcher(data_dir):
     solver = cases.write_run('.', 4, max_iter=100000, snapshot=3, prefix='orphan')
-    mark = uuid.uuid4().hex
-    env = dict(os.environ, CAFFE_PY_TEST_JOB=mark)
-    _stand_in(env, data_dir)
-    proc = subprocess.Popen([sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1'],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 40
-        while not os.path.exists('orphan_iter_3.caffemodel') and time.monotonic() < deadline:
-            time.sleep(0.05)
+    argv = [sys.executable, '-m', 'caffe_py', 'train', '-solver', solver, '-gpu', '0,1']
+    with _job(argv, data_dir, fake_devices=2, stderr=subprocess.DEVNULL) as (proc, mark):
+        _wait_for_file('orphan_iter_3.caffemodel')
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while _marked(mark) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = _marked(mark)
-    finally:
-        _kill(_marked(mark))
+        left = outliving(mark, 10)
     assert not left
 
 
@@ -451,6 +397,7 @@ def test_a_script_written_like_bvlc_train_py_runs_unchanged(data_dir):
     code, err, _ = run_job([sys.executable, 'train.py', cases.write_run('.', 4, prefix='script')], data_dir,
                            fake_devices=2)
     assert code == 0, err[-3000:]
+    assert 'Using devices [0, 1]' in err
     assert_same_weights(weights('script_iter_6.caffemodel'), train_here(8, prefix='one'))
 
 

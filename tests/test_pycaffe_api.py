@@ -11,6 +11,7 @@ from caffe_py import io
 from caffe_py.formats import MissingFileError
 from caffe_py.proto import caffe_pb2
 from conftest import CORPUS, ROOT, need
+from harness import io_image_backend
 
 MINI = os.path.join(ROOT, 'models', 'mini_caffenet')
 STYLE_IMAGES = os.path.join(ROOT, 'examples', 'finetune_style', 'images')
@@ -19,10 +20,8 @@ STYLE_IMAGES = os.path.join(ROOT, 'examples', 'finetune_style', 'images')
 @pytest.fixture
 def opencv_images():
     """OpenCV's image path (tests of its own resize values), the backend restored afterwards."""
-    before = io.image_backend()
-    io.set_image_backend('opencv')
-    yield
-    io.set_image_backend(before)
+    with io_image_backend('opencv'):
+        yield
 
 
 # -- blobs and datums --------------------------------------------------------------

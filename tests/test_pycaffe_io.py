@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from caffe_py import io
+from harness import io_image_backend
 
 skimage = pytest.importorskip('skimage')
 import skimage.io  # noqa: E402
@@ -46,18 +47,14 @@ def pycaffe_resize_image(im, new_dims, interp_order=1):
 
 @pytest.fixture(params=['skimage', 'opencv'])
 def backend(request):
-    before = io.image_backend()
-    io.set_image_backend(request.param)
-    yield request.param
-    io.set_image_backend(before)
+    with io_image_backend(request.param):
+        yield request.param
 
 
 @pytest.fixture
 def skimage_backend():
-    before = io.image_backend()
-    io.set_image_backend('skimage')
-    yield
-    io.set_image_backend(before)
+    with io_image_backend('skimage'):
+        yield
 
 
 @pytest.fixture(scope='module')
@@ -165,14 +162,10 @@ def test_transformer_mean_and_preprocess_round_as_pycaffe(skimage_backend):
 
 
 def test_backend_choice():
-    before = io.image_backend()
-    try:
-        io.set_image_backend('opencv')
+    with io_image_backend('opencv'):
         assert io.image_backend() == 'opencv'
         with pytest.raises(ValueError, match="'skimage' or 'opencv'"):
             io.set_image_backend('pil')
-    finally:
-        io.set_image_backend(before)
 
 
 def test_classifier_feeds_the_net_pycaffes_pixels(skimage_backend):

@@ -158,8 +158,16 @@ def test_module_level_names_of_pycaffe():
         assert caffe.log.logger.level == logging.WARNING
     finally:
         caffe.log.logger.setLevel(before)
+    assert callable(caffe.log) and caffe.log.info == caffe.log.logger.info
     for name in ('Net', 'SGDSolver', 'NesterovSolver', 'AdaGradSolver', 'RMSPropSolver', 'AdaDeltaSolver',
                  'AdamSolver', 'get_solver', 'set_mode_cpu', 'set_mode_gpu', 'set_device', 'set_random_seed',
                  'Layer', 'layer_type_list', 'TRAIN', 'TEST', 'Classifier', 'Detector', 'io', 'layers',
                  'params', 'NetSpec', 'to_proto', 'coord_map', 'proto'):
         assert hasattr(caffe, name), name
+
+
+def test_caffe_log_logs_a_message_at_info_as_bvlc_train_py_calls_it(captured_log):
+    caffe.log('Using devices %s' % str([0, 1]))
+    line = captured_log.getvalue().splitlines()[-1]
+    assert line.startswith('I') and line.endswith(' test_pycaffe_net.py:%d] Using devices [0, 1]' % (
+        test_caffe_log_logs_a_message_at_info_as_bvlc_train_py_calls_it.__code__.co_firstlineno + 1))

@@ -18,7 +18,7 @@ import pytest
 import caffe_py as caffe
 from caffe_py import rng
 from caffe_py.proto import caffe_pb2
-from conftest import REFERENCE
+from conftest import REFERENCE, need
 from harness import captured_log_text
 from test_solver_reference import trajectory
 
@@ -32,24 +32,22 @@ def cases(prefix):
 
 
 def case_dir(case):
-    path = os.path.join(RNG, case)
-    if not os.path.isdir(path):
-        pytest.skip('%s is absent (../shared is not beside the project)' % RNG)
-    return path
+    return need(os.path.join(RNG, case))
 
 
-def seed_of(path):
+def seeded_case_net(case):
+    """(the case's folder, its net in TRAIN built after caffe.set_random_seed(the case's seed))."""
+    path = case_dir(case)
     with open(os.path.join(path, 'seed.txt')) as f:
-        return int(f.read())
+        caffe.set_random_seed(int(f.read()))
+    return path, caffe.Net(os.path.join(path, 'net.prototxt'), caffe.TRAIN)
 
 
 # -- against Caffe -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('case', cases('fillers_'))
 def test_fillers_equal_caffes_bit_for_bit(case):
-    path = case_dir(case)
-    caffe.set_random_seed(seed_of(path))
-    net = caffe.Net(os.path.join(path, 'net.prototxt'), caffe.TRAIN)
+    path, net = seeded_case_net(case)
     expected = np.load(os.path.join(path, 'params.npz'))
     assert sorted(expected.files) == sorted('%s/%d' % (name, i) for name, blobs in net.params.items()
                                             for i in range(len(blobs)))
@@ -60,9 +58,7 @@ def test_fillers_equal_caffes_bit_for_bit(case):
 
 @pytest.mark.parametrize('case', cases('dropout_'))
 def test_dropout_tops_equal_caffes(case):
-    path = case_dir(case)
-    caffe.set_random_seed(seed_of(path))
-    net = caffe.Net(os.path.join(path, 'net.prototxt'), caffe.TRAIN)
+    path, net = seeded_case_net(case)
     x = np.load(os.path.join(path, 'input.npy'))
     tops = np.load(os.path.join(path, 'tops.npz'))
     for k in range(3):

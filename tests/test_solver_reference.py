@@ -17,7 +17,7 @@ import pytest
 
 from caffe_py import formats
 from caffe_py.tools import cli
-from conftest import REFERENCE
+from conftest import REFERENCE, need
 from harness import captured_log_text
 
 SOLVERS = os.path.join(REFERENCE, 'solvers')
@@ -26,10 +26,7 @@ RTOL = 1e-3
 
 
 def case_dir(case):
-    path = os.path.join(SOLVERS, case)
-    if not os.path.isdir(path):
-        pytest.skip('%s is absent (../shared is not beside the project)' % SOLVERS)
-    return path
+    return need(os.path.join(SOLVERS, case))
 
 
 def copy_case(case, tmp_path, with_snapshots):

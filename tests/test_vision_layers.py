@@ -8,36 +8,14 @@ from google.protobuf import text_format
 from caffe_py import TEST, TRAIN, Net, backend
 from caffe_py.layers import cores, vision
 from caffe_py.proto import caffe_pb2
-from harness import numeric_gradient_check
+from harness import layer_gradient_check, layer_net, layer_net_text
 
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'
 
 
-def net_text(shapes, layer, tops=('y',)):
-    text = ''
-    for name, shape in shapes.items():
-        dims = ' '.join('dim: %d' % d for d in shape)
-        text += 'layer { name: "in_%s" type: "Input" top: "%s" input_param { shape { %s } } }\n' % (
-            name, name, dims)
-    links = ' '.join('bottom: "%s"' % b for b in shapes) + ' ' + ' '.join('top: "%s"' % t for t in tops)
-    return text + 'layer { name: "L" %s %s }' % (links, layer)
-
-
-def build(inputs, layer, phase=TEST, dtype=np.float64, tops=('y',), params=None):
-    param = text_format.Parse(net_text({k: np.shape(v) for k, v in inputs.items()}, layer, tops),
-                              caffe_pb2.NetParameter())
-    param.force_backward = True
-    net = Net(param, phase, dtype=dtype)
-    for name, value in inputs.items():
-        net.blobs[name].data[...] = value
-    for blob, value in zip(net.layer_dict['L'].blobs, params or ()):
-        blob.data[...] = value
-    return net
-
-
-def check(inputs, layer, tops=('y',), phase=TEST):
-    text = net_text({k: np.shape(v) for k, v in inputs.items()}, layer, tops)
-    return numeric_gradient_check(text, inputs, phase=phase)
+net_text = layer_net_text
+build = layer_net
+check = layer_gradient_check
 
 
 def rand(*shape, seed=0):

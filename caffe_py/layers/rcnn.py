@@ -40,12 +40,24 @@ def _bins(xp, start, size, count, limit, dtype):
     return xp.clip(begin, 0, limit), xp.clip(end, 0, limit)
 
 
-@register('ROIPooling')
-class ROIPoolingLayer(Layer):
-    """Max over each of pooled_h x pooled_w bins of every region (Fast R-CNN); backward routes
-    each top diff to the recorded argmax (first maximum in row-major order); empty bins give 0."""
+class _RegionPooling(Layer):
+    """Pools the regions of bottom[1] on the feature map bottom[0] (N, C, H, W); the regions
+    get no gradient."""
     exact_num_bottom = 2
     exact_num_top = 1
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise self.error('bottom[0] must be (N, C, H, W), got %s' % bottom[0].shape_string())
+
+
+@register('ROIPooling')
+class ROIPoolingLayer(_RegionPooling):
+    """Max over each of pooled_h x pooled_w bins of every region (Fast R-CNN); backward routes
+    each top diff to the recorded argmax (first maximum in row-major order); empty bins give 0."""
 
     def setup(self, bottom, top):
         param = self.layer_param.roi_pooling_param
@@ -54,12 +66,8 @@ class ROIPoolingLayer(Layer):
         self.pooled = (param.pooled_h, param.pooled_w)
         self.scale = param.spatial_scale
 
-    def allow_force_backward(self, bottom_index):
-        return bottom_index == 0
-
     def reshape(self, bottom, top):
-        if bottom[0].num_axes != 4:
-            raise self.error('bottom[0] must be (N, C, H, W), got %s' % bottom[0].shape_string())
+        super().reshape(bottom, top)
         num_rois = bottom[1].shape[0]
         top[0].reshape((num_rois, bottom[0].shape[1]) + self.pooled)
 
@@ -170,11 +178,9 @@ def _host(array):
 
 
 @register('PSROIPooling')
-class PSROIPoolingLayer(Layer):
+class PSROIPoolingLayer(_RegionPooling):
     """R-FCN's position-sensitive average pooling: bin (i, j) of output channel d averages input
     channel (d * group_size + i) * group_size + j over the bin; empty bins give 0."""
-    exact_num_bottom = 2
-    exact_num_top = 1
 
     def setup(self, bottom, top):
         param = self.layer_param.psroi_pooling_param
@@ -185,12 +191,8 @@ class PSROIPoolingLayer(Layer):
         self.output_dim = param.output_dim
         self.group = param.group_size
 
-    def allow_force_backward(self, bottom_index):
-        return bottom_index == 0
-
     def reshape(self, bottom, top):
-        if bottom[0].num_axes != 4:
-            raise self.error('bottom[0] must be (N, C, H, W), got %s' % bottom[0].shape_string())
+        super().reshape(bottom, top)
         if bottom[0].shape[1] != self.output_dim * self.group * self.group:
             raise self.error('input channel number %d does not match output_dim * group_size^2 = %d'
                              % (bottom[0].shape[1], self.output_dim * self.group * self.group))

@@ -12,7 +12,6 @@ Element-wise work and the GEMMs are split over the cores (caffe_py.layers.cores)
 On the device, convolution (1-D and 2-D), Im2col, pooling and LRN across channels
 run CUDA kernels instead (vision_gpu).
 """
-import math
 
 import numpy as np
 
@@ -486,6 +485,16 @@ class Im2colLayer(Layer):
 MAX, AVE, STOCHASTIC = 0, 1, 2
 
 
+def pooled_extent(size, kernel, stride, pad, ceil_mode=True):
+    """Caffe's pooled size along one axis: rounded up (CEIL) or down (FLOOR), then one less where
+    the last window would start in the padding."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 class Pool2d:
     """Caffe's 2-D pooling over (N, C, H, W): window rules, MAX argmax mask, AVE divisor, STOCHASTIC.
 
@@ -505,15 +514,9 @@ class Pool2d:
         self.device = None       # vision_gpu.DevicePool, for device arrays
 
     def pooled_size(self, height, width):
-        """Caffe's pooled (height, width): CEIL or FLOOR, then the last window must start inside."""
-        rnd = math.ceil if self.ceil_mode else math.floor
-        out = []
-        for size, k, s, p in zip((height, width), self.kernel, self.stride, self.pad):
-            o = int(rnd((size + 2 * p - k) / s)) + 1
-            if p and (o - 1) * s >= size + p:
-                o -= 1
-            out.append(o)
-        return tuple(out)
+        """Caffe's pooled (height, width), see pooled_extent."""
+        return tuple(pooled_extent(size, k, s, p, self.ceil_mode)
+                     for size, k, s, p in zip((height, width), self.kernel, self.stride, self.pad))
 
     def reshape(self, shape):
         """Prepare for bottoms of `shape` (N, C, H, W); returns the top shape."""

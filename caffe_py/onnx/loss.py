@@ -71,12 +71,7 @@ def accuracy(ctx):
 def softmax_with_loss(ctx):
     """-log(max(softmax, FLT_MIN)) at the labels, summed and divided by Caffe's normalizer."""
     p = ctx.param.loss_param
-    if len(ctx.top_shapes) > 1:
-        raise ctx.refuse('the softmax output top is not exported (add a Softmax layer instead)')
-    scores, labels = _scores_and_labels(ctx)
-    kept = None
-    if p.HasField('ignore_label'):
-        labels, kept = _ignoring(ctx, labels, p.ignore_label)
+    scores, labels, kept = _softmax_loss_inputs(ctx, p)
     prob = ctx.op('GatherElements', [ctx.op('Softmax', [scores], axis=1), labels], axis=1)
     losses = ctx.op('Neg', [ctx.op('Log', [ctx.op('Max', [prob, ctx.const(FLT_MIN, 'flt_min')])])])
     _normalized(ctx, losses, kept, _mode(p, p.VALID), ctx.top(0))
@@ -87,12 +82,7 @@ def infogain_loss(ctx):
     """-sum_l H[label, l] log(max(softmax_l, 1e-20)) over the normalizer; H the third bottom or the
     matrix read from infogain_loss_param.source."""
     p = ctx.param.loss_param
-    if len(ctx.top_shapes) > 1:
-        raise ctx.refuse('the softmax output top is not exported (add a Softmax layer instead)')
-    scores, labels = _scores_and_labels(ctx)
-    kept = None
-    if p.HasField('ignore_label'):
-        labels, kept = _ignoring(ctx, labels, p.ignore_label)
+    scores, labels, kept = _softmax_loss_inputs(ctx, p)
     classes = ctx.bottom_shapes[0][ctx.axis(ctx.param.infogain_loss_param.axis)]
     if len(ctx.bottoms) > 2:
         h = ctx.op('Reshape', [ctx.bottoms[2], ctx.ints([classes, classes], 'h_shape')])
@@ -104,6 +94,18 @@ def infogain_loss(ctx):
                                          ctx.const(LOG_THRESHOLD, 'threshold')])])
     terms = ctx.reduce('ReduceSum', ctx.op('Mul', [weights, logs]), [1], True)
     _normalized(ctx, ctx.op('Neg', [terms]), kept, _mode(p, p.VALID), ctx.top(0))
+
+
+def _softmax_loss_inputs(ctx, p):
+    """(scores, labels, kept) of a softmax loss: kept is the mask of labels other than
+    loss_param.ignore_label, None without one. Its optional softmax output top is refused."""
+    if len(ctx.top_shapes) > 1:
+        raise ctx.refuse('the softmax output top is not exported (add a Softmax layer instead)')
+    scores, labels = _scores_and_labels(ctx)
+    kept = None
+    if p.HasField('ignore_label'):
+        labels, kept = _ignoring(ctx, labels, p.ignore_label)
+    return scores, labels, kept
 
 
 def _mode(p, default):

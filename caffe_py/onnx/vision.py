@@ -1,6 +1,7 @@
 """Convolution, Deconvolution, Pooling and LRN as ONNX operators, with Caffe's exact geometry."""
 import numpy as np
 
+from ..layers.vision import pooled_extent
 from ..proto import caffe_pb2
 from .graph import converter
 
@@ -33,13 +34,10 @@ def deconvolution(ctx):
 def pool_extents(ctx, size, kernel, stride, pad, ceil_mode):
     """(Caffe's output size, padding after the end) for one spatial axis.
 
-    Caffe rounds up (or down), then drops a last window that would start in the padding; the
-    end padding makes ONNX's floor-mode count equal Caffe's and is less than the kernel.
+    The output size is the pooling layer's (pooled_extent); the end padding makes ONNX's
+    floor-mode count equal Caffe's and is less than the kernel.
     """
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
+    out = pooled_extent(size, kernel, stride, pad, ceil_mode)
     if (out - 1) * stride - pad >= size:
         raise ctx.refuse('its last window lies wholly outside the input (size %d, kernel %d, stride %d): '
                          'Caffe pools it to -FLT_MAX or 0, ONNX has no such window' % (size, kernel, stride))
