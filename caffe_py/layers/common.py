@@ -440,7 +440,12 @@ class SoftmaxLayer(Layer):
         scale = scratch(self, 'scale', (outer, 1, inner), self.dtype, xp)
         xp.max(x, axis=1, keepdims=True, out=scale)
         xp.subtract(x, scale, out=y)
-        xp.exp(y, out=y)
+        if xp is np and y.dtype == np.float32:
+            # Caffe's std::exp is glibc's expf, correctly rounded (to 0.502 ulp); NumPy's float32
+            # exp is an ulp off on ~40% of values, enough to drift a training run: exp in double
+            xp.exp(y, out=y, dtype=np.float64)
+        else:
+            xp.exp(y, out=y)
         xp.sum(y, axis=1, keepdims=True, out=scale)
         y /= scale
 
