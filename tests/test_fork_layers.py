@@ -533,9 +533,9 @@ DEVICE_CASES = [
 ]
 
 
-def forward_backward(inputs, layer):
+def forward_backward(inputs, layer, tops=('y',)):
     backend.set_random_seed(0)          # the same filled weights on both sides
-    net = run(inputs, layer, phase=TRAIN)
+    net = run(inputs, layer, phase=TRAIN, tops=tops)
     net.clear_param_diffs()
     for name in net.outputs:
         if not net.blob_loss_weights[name]:

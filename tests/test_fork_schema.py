@@ -101,6 +101,24 @@ def test_segnet_upsample_137_bn_45_dense_image_data_138(tmp_path):
     assert loss2.loss_param.normalization == caffe_pb2.LossParameter.FULL    # BVLC's own 3 stays
 
 
+def test_deeplab_image_seg_data_and_rfcn_pre_fixed_normalization(tmp_path):
+    L = caffe_pb2.LossParameter
+    data = (layer('data', 'ImageSegData', msg(100, vint(3, 321), f32(8, 0.5), f32(8, 1.5), vint(9, 300), vint(10, 200)),
+                  msg(115, vint(4, 10), vint(15, 255), vint(16, 2)), bottoms=(), tops=('data', 'label'))
+            + layer('plain', 'ImageData', msg(100, vint(3, 5)), bottoms=(), tops=('data2', 'label2'))
+            + layer('bbox', 'SmoothL1Loss', msg(101, vint(3, 3), f32(4, 128.0)), bottoms=('a', 'b', 'w'))
+            + layer('none', 'SmoothL1Loss', msg(101, vint(3, 4), f32(4, 1.0)), bottoms=('a', 'b', 'w'))
+            + layer('bvlc', 'SmoothL1Loss', msg(101, vint(3, 3)), bottoms=('a', 'b', 'w')))
+    seg, plain, bbox, none, bvlc = read(data, tmp_path).layer
+    t = seg.transform_param
+    assert (t.crop_size, list(t.scale_factors), t.crop_width, t.crop_height) == (321, [0.5, 1.5], 300, 200)
+    assert (seg.image_data_param.label_type, seg.image_data_param.ignore_label) == (2, 255)
+    assert plain.transform_param.crop_size == 5
+    assert (bbox.loss_param.normalization, bbox.loss_param.pre_fixed_normalizer) == (L.PRE_FIXED, 128.0)
+    assert none.loss_param.normalization == L.NONE
+    assert bvlc.loss_param.normalization == L.NONE       # without R-FCN's normalizer: BVLC's 3
+
+
 def test_pspnet_bn_152_joins_the_bn_message(tmp_path):
     data = CONV + layer('bn', 'BN', msg(152, filler(1, 'constant', 1.0), filler(2, 'constant', 0.0),
                                          f32(3, 0.95), f32(4, 1e-5), vint(5, 1)),

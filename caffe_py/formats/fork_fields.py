@@ -3,7 +3,9 @@
 SegNet numbers upsample_param 137 and dense_image_data_param 138, DeepLab and PSPNet number
 interp_param 143: BVLC's embed_param, tile_param and input_param. PSPNet's bn_param is 152
 where SegNet/ENet's is 45, with other sub-field numbers. SegNet's loss_param has
-weight_by_label_freqs at 3, BVLC's normalization. Parsed as they are, a fork's
+weight_by_label_freqs at 3, BVLC's normalization. DeepLab's ImageSegData reads transform_param
+fields 8-10 (scale_factors, crop_width, crop_height), SSD's numbers here. R-FCN's loss_param
+numbers PRE_FIXED normalization 3 (BVLC's NONE) and its NONE 4. Parsed as they are, a fork's
 caffemodel would show an Interp layer holding a garbled input_param. So before a binary
 NetParameter is parsed, each layer's fields are read at the wire level and, where the
 layer's type names a fork layer whose number collides, the field is renumbered to the one
@@ -21,7 +23,11 @@ RENUMBER = {
     # SegNet's loss_param: weight_by_label_freqs 3 (BVLC: normalization) with class_weighting 4,
     # which BVLC does not have, so its presence tells SegNet's message apart
     'SoftmaxWithLoss': {101: (101, {3: 100003, 4: 100004}, 4)},
+    'ImageSegData': {100: (100, {8: 100008, 9: 100009, 10: 100010}, None)},   # DeepLab's transform_param
 }
+# layer type -> (LayerParameter field, enum sub-field, {fork's value: caffe.proto's value}, sub-field
+# that must be present): R-FCN's SmoothL1Loss normalization, told apart by its pre_fixed_normalizer
+REVALUE = {'SmoothL1Loss': (101, 3, {3: 4, 4: 3}, 4)}
 _LAYER = 100    # NetParameter.layer
 _TYPE = 2       # LayerParameter.type
 _LEN = 2        # wire type of length-delimited fields
@@ -97,6 +103,18 @@ def _renumber_fields(data, mapping):
     return b''.join(pieces)
 
 
+def _revalue_field(data, number, values):
+    """The message `data` with the varint field `number` mapped through `values`."""
+    pieces = []
+    for field, wire, start, value, _, end in _fields(data):
+        if field == number and wire == 0:
+            old, _ = _varint(data, value)
+            pieces.append(bytes(data[start:value]) + _encode_varint(values.get(old, old)))
+        else:
+            pieces.append(bytes(data[start:end]))
+    return b''.join(pieces)
+
+
 def _layer(data):
     """A LayerParameter's bytes renumbered for its type, or None when nothing changes."""
     fields = _fields(data)
@@ -105,20 +123,28 @@ def _layer(data):
         if number == _TYPE and wire == _LEN:
             kind = bytes(data[body:end]).decode('utf-8', 'replace')
     table = RENUMBER.get(kind) or {}
+    revalue = REVALUE.get(kind)
     rules = {}
     for number, wire, _, _, body, end in fields:
         if number in table and wire == _LEN:
             new_number, sub, marker = table[number]
             if marker is None or any(f[0] == marker for f in _fields(data[body:end])):
-                rules[number] = (new_number, sub)
+                rules[number] = (new_number, sub, None)
+        elif revalue and number == revalue[0] and wire == _LEN:
+            if any(f[0] == revalue[3] for f in _fields(data[body:end])):
+                rules[number] = (number, {}, revalue[1:3])
     if not rules:
         return None
     pieces = []
     for number, wire, start, _, body, end in fields:
         if number in rules and wire == _LEN:
-            new_number, sub = rules[number]
+            new_number, sub, values = rules[number]
             payload = data[body:end]
-            pieces.append(_length_delimited(new_number, _renumber_fields(payload, sub) if sub else payload))
+            if sub:
+                payload = _renumber_fields(payload, sub)
+            if values:
+                payload = _revalue_field(payload, *values)
+            pieces.append(_length_delimited(new_number, payload))
         else:
             pieces.append(bytes(data[start:end]))
     return b''.join(pieces)

@@ -1,5 +1,5 @@
 """Region layers of Faster R-CNN (rbgirshick/caffe-fast-rcnn) and R-FCN (daijifeng001/caffe-rfcn):
-ROIPooling, PSROIPooling and SmoothL1Loss, with the forks' rounding and bin rules.
+ROIPooling, PSROIPooling, SmoothL1Loss and BoxAnnotatorOHEM, with the forks' rounding and bin rules.
 
 Regions of interest are rows (batch index, x1, y1, x2, y2) in image coordinates; spatial_scale
 maps them onto the feature map. py-faster-rcnn's own layers (proposal, anchor and proposal
@@ -10,7 +10,10 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..layer import Layer, register
+from ..proto import caffe_pb2
 from .loss import LossLayer
+
+_NORM = caffe_pb2.LossParameter
 
 
 def _round(xp, values):
@@ -173,6 +176,10 @@ class ROIPoolingLayer(_RegionPooling):
         bottom[0].diff[...] = grad.reshape(bottom[0].shape)
 
 
+def _channels(blob):
+    return blob.shape[1] if blob.num_axes > 1 else 1
+
+
 def _host(array):
     return array if isinstance(array, np.ndarray) else array.get()
 
@@ -252,19 +259,36 @@ class PSROIPoolingLayer(_RegionPooling):
 
 @register('SmoothL1Loss')
 class SmoothL1LossLayer(LossLayer):
-    """py-faster-rcnn's SmoothL1Loss: sum(w_out * f(w_in * (a - b))) / num, with
-    f(x) = 0.5 * (sigma * x)^2 if |x| < 1 / sigma^2, else |x| - 0.5 / sigma^2;
-    bottoms (a, b) or (a, b, inside weights, outside weights)."""
+    """SmoothL1Loss of py-faster-rcnn and of R-FCN, with
+    f(x) = 0.5 * (sigma * x)^2 if |x| < 1 / sigma^2, else |x| - 0.5 / sigma^2 (R-FCN: sigma 1).
+
+    py-faster-rcnn: bottoms (a, b) or (a, b, inside weights, outside weights):
+    sum(w_out * f(w_in * (a - b))) / num.
+    R-FCN: bottoms (a, b, weights): sum(f(w * (a - b))) / loss_param's normalizer (FULL and VALID:
+    num * spatial size, BATCH_SIZE: num, PRE_FIXED: pre_fixed_normalizer, NONE: 1; at least 1).
+    Its backward is f'(w * (a - b)) / normalizer without the factor w, as the fork computes (the
+    gradient where the weights are 0 or 1). Two bottoms follow R-FCN where loss_param sets
+    normalization (or normalize), py-faster-rcnn otherwise. A second top (R-FCN) takes each
+    instance's loss, the errors summed over channels: (N, 1, spatial...).
+    """
     exact_num_bottom = None
     min_bottom = 2
     max_bottom = 4
+    exact_num_top = None
+    min_top = 1
+    max_top = 2
 
     def setup(self, bottom, top):
         sigma = self.layer_param.smooth_l1_loss_param.sigma
         self.sigma2 = self.dtype.type(sigma * sigma)
-        self.weighted = len(bottom) >= 3
-        if self.weighted and len(bottom) != 4:
-            raise self.error('If weights are used, must specify both inside and outside weights')
+        self.inside = len(bottom) >= 3
+        self.outside = len(bottom) == 4
+        loss = self.layer_param.loss_param
+        self.mode = None                              # py-faster-rcnn: divide by num
+        if len(bottom) == 3 or (len(bottom) == 2 and (loss.HasField('normalization') or loss.HasField('normalize'))):
+            self.mode = loss.normalization
+            if not loss.HasField('normalization') and loss.HasField('normalize'):
+                self.mode = _NORM.VALID if loss.normalize else _NORM.BATCH_SIZE
 
     def allow_force_backward(self, bottom_index):
         return bottom_index < 2
@@ -275,27 +299,102 @@ class SmoothL1LossLayer(LossLayer):
             if blob.shape[1:] != bottom[0].shape[1:]:
                 raise self.error('bottom[%d] %s must have the shape of bottom[0] %s'
                                  % (i, blob.shape_string(), bottom[0].shape_string()))
+        shape = bottom[0].shape
+        if len(top) > 1:
+            top[1].reshape(shape[:1] + (1,) + shape[2:])
+
+    def normalizer(self, blob):
+        num = blob.shape[0]
+        if self.mode is None:
+            return self.scalar(num)
+        spatial = blob.count // max(num * _channels(blob), 1)
+        value = {_NORM.FULL: num * spatial, _NORM.VALID: num * spatial, _NORM.BATCH_SIZE: num,
+                 _NORM.NONE: 1}.get(self.mode)
+        if self.mode == _NORM.PRE_FIXED:
+            value = self.layer_param.loss_param.pre_fixed_normalizer
+        return max(self.scalar(1), self.scalar(value))
 
     def forward(self, bottom, top):
         xp = bottom[0].xp
         diff = bottom[0].data - bottom[1].data
-        if self.weighted:
+        if self.inside:
             diff *= bottom[2].data
         self.diff = diff
         small = xp.abs(diff) < 1 / self.sigma2
         errors = xp.where(small, self.scalar(0.5) * diff * diff * self.sigma2,
                           xp.abs(diff) - self.scalar(0.5) / self.sigma2)
-        if self.weighted:
+        if self.outside:
             errors *= bottom[3].data
-        top[0].data[...] = errors.sum() / self.scalar(bottom[0].shape[0])
+        top[0].data[...] = errors.sum() / self.normalizer(bottom[0])
+        if len(top) > 1:
+            per_instance = errors.reshape(bottom[0].shape[0], _channels(bottom[0]), -1).sum(axis=1)
+            top[1].data[...] = per_instance.reshape(top[1].shape)
 
     def backward(self, top, propagate_down, bottom):
         xp = bottom[0].xp
         diff = self.diff
         grad = xp.where(xp.abs(diff) < 1 / self.sigma2, self.sigma2 * diff, xp.sign(diff))
-        if self.weighted:
+        if self.outside:
             grad = grad * bottom[2].data * bottom[3].data
         for i, sign in ((0, 1), (1, -1)):
             if propagate_down[i]:
-                alpha = self.scalar(sign) * top[0].diff.reshape(()) / self.scalar(bottom[i].shape[0])
+                alpha = self.scalar(sign) * top[0].diff.reshape(()) / self.normalizer(bottom[0])
                 xp.multiply(grad, alpha, out=bottom[i].diff)
+
+
+@register('BoxAnnotatorOHEM')
+class BoxAnnotatorOHEMLayer(Layer):
+    """R-FCN's online hard example mining. Bottoms: rois (R, 5, ...), each region's loss
+    (R, 1, ...), labels (R, 1, ...) and box-regression loss weights (R, C, ...). Of each image's
+    regions (rois' batch index), the roi_per_img of largest loss keep their label and weights;
+    the others get ignore_label and weights 0. Equal losses go to the earlier region (the fork's
+    std::sort leaves their order unspecified). Tops: labels, weights; nothing goes back."""
+    exact_num_bottom = 4
+    exact_num_top = 2
+
+    def setup(self, bottom, top):
+        param = self.layer_param.box_annotator_ohem_param
+        if param.roi_per_img <= 0:
+            raise self.error('box_annotator_ohem_param.roi_per_img must be > 0')
+        self.roi_per_img = param.roi_per_img
+        self.ignore_label = param.ignore_label
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+    def reshape(self, bottom, top):
+        rois = bottom[0]
+        num = rois.shape[0]
+        if _channels(rois) != 5:
+            raise self.error('bottom[0] (rois) must have 5 channels, got %s' % rois.shape_string())
+        self.spatial = rois.count // max(num * 5, 1)
+        for i, channels in ((1, 1), (2, 1), (3, None)):
+            blob = bottom[i]
+            if (blob.shape[0] != num or blob.count != num * _channels(blob) * self.spatial
+                    or (channels and _channels(blob) != channels)):
+                raise self.error('bottom[%d] %s does not fit rois %s (%s channels per region)'
+                                 % (i, blob.shape_string(), rois.shape_string(), channels or 'any'))
+        top[0].reshape(bottom[2].shape)
+        top[1].reshape(bottom[3].shape)
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        num = bottom[0].shape[0]
+        batch = _host(bottom[0].data).reshape(num, 5, -1)[:, 0].reshape(-1).astype(np.int64)
+        if batch.size and batch.min() < 0:
+            raise self.error('roi batch indices must be >= 0, got %d' % batch.min())
+        loss = _host(bottom[1].data).reshape(-1)
+        order = np.argsort(-loss, kind='stable')                    # hardest first
+        grouped = order[np.argsort(batch[order], kind='stable')]    # by image, hardest first
+        images = batch[grouped]
+        rank = np.arange(len(grouped)) - np.searchsorted(images, images, side='left')
+        keep = np.zeros(len(loss), bool)
+        keep[grouped] = rank < self.roi_per_img
+        keep = xp.asarray(keep.reshape(num, 1, -1))
+        labels = bottom[2].data.reshape(num, 1, -1)
+        top[0].data[...] = xp.where(keep, labels, self.dtype.type(self.ignore_label)).reshape(top[0].shape)
+        weights = bottom[3].data.reshape(num, _channels(bottom[3]), -1)
+        top[1].data[...] = xp.where(keep, weights, self.dtype.type(0)).reshape(top[1].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        pass
