@@ -84,7 +84,7 @@ def test_box_annotator_ohem_refuses_misshapen_bottoms():
 
 def test_ohem_pipeline_sends_gradients_to_the_kept_regions_only():
     """R-FCN's OHEM: per-region losses, the hardest kept, the box loss over them (PRE_FIXED)."""
-    from test_fork_layers import net_text
+    from harness import layer_net_text as net_text
     from caffe_py import TRAIN, Net, formats
     from caffe_py.proto import caffe_pb2
     rois = np.zeros((6, 5, 1, 1))
