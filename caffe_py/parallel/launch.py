@@ -171,10 +171,12 @@ def run_local(gpus, argv):
 def _supervise(procs, gpus, failures):
     while True:
         codes = [p.poll() for p in procs]
-        for rank, code in enumerate(codes):
-            if code:
-                _stop(procs)
-                raise ParallelError('%s; stopped the other ranks' % _cause(rank, gpus[rank], code, failures[rank]))
+        failed = [rank for rank, code in enumerate(codes) if code]
+        if failed:
+            # a rank killed by a signal is the cause; the others' errors (lost peers) follow from it
+            rank = min(failed, key=lambda r: (codes[r] > 0, r))
+            _stop(procs)
+            raise ParallelError('%s; stopped the other ranks' % _cause(rank, gpus[rank], codes[rank], failures[rank]))
         if all(code == 0 for code in codes):
             return 0
         time.sleep(0.05)
