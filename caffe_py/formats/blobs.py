@@ -8,6 +8,7 @@ import numpy as np
 from caffe_py.proto import caffe_pb2
 
 from .errors import FormatError
+from .wire import WireError, encode_varint, fields
 
 # BlobProto field numbers (see proto/caffe.proto)
 _DATA, _DIFF, _DOUBLE_DATA, _DOUBLE_DIFF = 5, 6, 8, 9
@@ -39,29 +40,6 @@ def _accepts_bytearray():
 _ACCEPTS_BYTEARRAY = _accepts_bytearray()
 
 
-def _varint(value):
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(buf, pos):
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _length_delimited(buf, wanted):
     """Payloads of the top-level length-delimited fields numbered `wanted`.
 
@@ -69,23 +47,12 @@ def _length_delimited(buf, wanted):
     """
     view = memoryview(buf)
     found = {}
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _read_varint(view, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _read_varint(view, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size, pos = _read_varint(view, pos)
-            if number in wanted:
-                found.setdefault(number, []).append(view[pos:pos + size])
-            pos += size
-        else:
-            raise FormatError("corrupt BlobProto (wire type %d)" % wire)
+    try:
+        for number, wire, _, _, body, end in fields(view):
+            if wire == 2 and number in wanted:
+                found.setdefault(number, []).append(view[body:end])
+    except WireError as exc:
+        raise FormatError('corrupt BlobProto (%s)' % exc)
     return found
 
 
@@ -171,7 +138,7 @@ def _store(blob, arr, diff, raw):
         return
     # one packed field, built in a single buffer: key, length, values
     nbytes = arr.size * dtype.itemsize
-    head = _varint(number << 3 | 2) + _varint(nbytes)
+    head = encode_varint(number << 3 | 2) + encode_varint(nbytes)
     wire = bytearray(len(head) + nbytes)
     wire[:len(head)] = head
     np.frombuffer(wire, dtype=dtype, offset=len(head)).reshape(arr.shape)[...] = arr

@@ -13,6 +13,9 @@ caffe.proto gives it (and its sub-fields, where they differ). Nothing else chang
 file without such layers is parsed from the very same bytes.
 """
 
+from .wire import WireError, encode_varint, read_varint
+from .wire import fields as message_fields
+
 # layer type -> {fork's LayerParameter field number: (caffe.proto's number, {sub-field renumbering},
 # sub-field that must be present for the rule to apply, or None)}
 RENUMBER = {
@@ -33,71 +36,16 @@ _TYPE = 2       # LayerParameter.type
 _LEN = 2        # wire type of length-delimited fields
 
 
-class _Malformed(ValueError):
-    pass
-
-
-def _varint(data, pos):
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise _Malformed('truncated varint')
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _encode_varint(value):
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _fields(data):
-    """(number, wire type, start, value start, payload start, end) of every field of a message's
-    bytes; the payload of a length-delimited field starts after its length."""
-    pos, out = 0, []
-    while pos < len(data):
-        start = pos
-        tag, pos = _varint(data, pos)
-        number, wire = tag >> 3, tag & 7
-        value = body = pos
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            size, body = _varint(data, pos)
-            pos = body + size
-        elif wire == 5:
-            pos += 4
-        else:
-            raise _Malformed('wire type %d' % wire)
-        if pos > len(data):
-            raise _Malformed('field past the end')
-        out.append((number, wire, start, value, body, pos))
-    return out
-
-
 def _length_delimited(number, payload):
-    return _encode_varint(number << 3 | _LEN) + _encode_varint(len(payload)) + bytes(payload)
+    return encode_varint(number << 3 | _LEN) + encode_varint(len(payload)) + bytes(payload)
 
 
 def _renumber_fields(data, mapping):
     """The message `data` with the fields named in `mapping` (old -> new number) renumbered."""
     pieces = []
-    for number, wire, start, value, _, end in _fields(data):
+    for number, wire, start, value, _, end in message_fields(data):
         if number in mapping:
-            pieces.append(_encode_varint(mapping[number] << 3 | wire) + bytes(data[value:end]))
+            pieces.append(encode_varint(mapping[number] << 3 | wire) + bytes(data[value:end]))
         else:
             pieces.append(bytes(data[start:end]))
     return b''.join(pieces)
@@ -106,10 +54,10 @@ def _renumber_fields(data, mapping):
 def _revalue_field(data, number, values):
     """The message `data` with the varint field `number` mapped through `values`."""
     pieces = []
-    for field, wire, start, value, _, end in _fields(data):
+    for field, wire, start, value, _, end in message_fields(data):
         if field == number and wire == 0:
-            old, _ = _varint(data, value)
-            pieces.append(bytes(data[start:value]) + _encode_varint(values.get(old, old)))
+            old, _ = read_varint(data, value)
+            pieces.append(bytes(data[start:value]) + encode_varint(values.get(old, old)))
         else:
             pieces.append(bytes(data[start:end]))
     return b''.join(pieces)
@@ -117,7 +65,7 @@ def _revalue_field(data, number, values):
 
 def _layer(data):
     """A LayerParameter's bytes renumbered for its type, or None when nothing changes."""
-    fields = _fields(data)
+    fields = message_fields(data)
     kind = None
     for number, wire, _, _, body, end in fields:
         if number == _TYPE and wire == _LEN:
@@ -128,10 +76,10 @@ def _layer(data):
     for number, wire, _, _, body, end in fields:
         if number in table and wire == _LEN:
             new_number, sub, marker = table[number]
-            if marker is None or any(f[0] == marker for f in _fields(data[body:end])):
+            if marker is None or any(f[0] == marker for f in message_fields(data[body:end])):
                 rules[number] = (new_number, sub, None)
         elif revalue and number == revalue[0] and wire == _LEN:
-            if any(f[0] == revalue[3] for f in _fields(data[body:end])):
+            if any(f[0] == revalue[3] for f in message_fields(data[body:end])):
                 rules[number] = (number, {}, revalue[1:3])
     if not rules:
         return None
@@ -155,14 +103,14 @@ def renumber_net(data):
     no layer needs it (or when the bytes are not a well-formed message: the parser reports that)."""
     view = memoryview(data)
     try:
-        fields = _fields(view)
+        fields = message_fields(view)
         changed = {}
         for index, (number, wire, _, _, body, end) in enumerate(fields):
             if number == _LAYER and wire == _LEN:
                 new = _layer(view[body:end])
                 if new is not None:
                     changed[index] = _length_delimited(_LAYER, new)
-    except _Malformed:
+    except WireError:
         return data
     if not changed:
         return data
