@@ -198,3 +198,19 @@ def test_fit_large_size_and_pad_letterboxes_image_and_boxes(shape):
     assert out[int(np.ceil(y0)):int(y1), int(np.ceil(x0)):int(x1)].min() >= 250     # inside: white
     bright = np.argwhere(out[..., 0] > 128)
     np.testing.assert_allclose([bright[:, 1].min(), bright[:, 0].min()], [x0, y0], atol=1.01)
+
+
+def test_ranks_of_a_data_parallel_run_share_the_records_round_robin(lmdb):
+    """In TRAIN, rank r of N keeps record k when k % N == r, as Caffe 1.0's Data layer."""
+    path, scenes = lmdb
+    try:
+        caffe.set_solver_count(2)
+        caffe.set_solver_rank(1)
+        net = _layer(path, batch=2, transform='resize_param { resize_mode: WARP height: 40 width: 60 }')
+        net.forward()
+    finally:
+        caffe.set_solver_count(1)
+        caffe.set_solver_rank(0)
+    label = net.blobs['label'].data[0, 0]
+    assert label[0, 3] == np.float32(scenes[1][1][0][1])        # records 1 and 3
+    assert label[2, 3] == np.float32(scenes[3][1][0][1])

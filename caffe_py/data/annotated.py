@@ -10,9 +10,9 @@ expanded or cropped image as JPEG), and the random streams are NumPy's.
 import cv2
 import numpy as np
 
-from .. import log
 from ..proto import caffe_pb2
 from .image import DataSourceError, decode_image
+from .sources import RecordCursor
 
 _RESIZE = caffe_pb2.ResizeParameter
 _INTERP = {_RESIZE.LINEAR: cv2.INTER_LINEAR, _RESIZE.AREA: cv2.INTER_AREA, _RESIZE.NEAREST: cv2.INTER_NEAREST,
@@ -329,8 +329,9 @@ class AnnotatedSource:
     fork's AnnotatedDataLayer does. Labels: (1, 1, boxes, 8) rows (item, label, instance, xmin,
     ymin, xmax, ymax, difficult); one row of -1 when the batch has none."""
 
-    def __init__(self, reader, layer_param, phase, batch_size, seed):
+    def __init__(self, reader, layer_param, phase, batch_size, seed, deal=(0, 1)):
         self.reader = reader
+        self.cursor = RecordCursor(reader, deal)
         self.param = layer_param.transform_param
         self.samplers = list(layer_param.annotated_data_param.batch_sampler)
         self.batch_size = batch_size
@@ -375,12 +376,6 @@ class AnnotatedSource:
             raise DataSourceError('Specify either 1 mean_value or as many as channels: %d' % channels)
         return values
 
-    def _next(self):
-        self.reader.next()
-        if not self.reader.valid:
-            log.info('Restarting data prefetching from start.')
-            self.reader.seek_to_first()
-
     def item(self, image, anno, out):
         """Transform one record into `out` (C, H, W); returns its annotations."""
         p, rng = self.param, self.rng
@@ -422,10 +417,7 @@ class AnnotatedSource:
         return anno
 
     def load_batch(self, batch):
-        records = []
-        for _ in range(self.batch_size):
-            records.append((self.reader.key(), self.reader.value()))
-            self._next()
+        records = self.cursor.take(self.batch_size)
         batch.reshape((self.batch_size,) + self.shape)
         rows = []
         for i, record in enumerate(records):

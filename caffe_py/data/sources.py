@@ -18,18 +18,48 @@ from .prefetch import ItemPool
 from .transformer import chw_shape
 
 
-class DatumSource:
-    """Datum records of an LMDB/LevelDB, in key order, wrapping around (Caffe's DataLayer).
+class RecordCursor:
+    """The records of an LMDB/LevelDB reader in key order, wrapping around at the end.
 
     deal=(rank, count): keep only the records read at an offset k with k % count == rank
     (Caffe 1.0's Skip(): the ranks of a data-parallel run share the database round-robin).
     """
 
-    def __init__(self, reader, transformer, batch_size, force_encoded_color=False, workers=None,
-                 deal=(0, 1)):
+    def __init__(self, reader, deal=(0, 1)):
         self.reader = reader
         self.rank, self.count = deal
         self.offset = 0
+
+    def skip(self, count):
+        for _ in range(count):
+            self._next()
+
+    def _next(self):
+        self.reader.next()
+        if not self.reader.valid:
+            log.info('Restarting data prefetching from start.')
+            self.reader.seek_to_first()
+        self.offset += 1
+
+    def take(self, n):
+        """The next n (key, value) records dealt to this rank."""
+        records = []
+        for _ in range(n):
+            while self.offset % self.count != self.rank:
+                self._next()
+            records.append((self.reader.key(), self.reader.value()))
+            self._next()
+        return records
+
+
+class DatumSource:
+    """Datum records of an LMDB/LevelDB, in key order, wrapping around (Caffe's DataLayer);
+    deal as RecordCursor's."""
+
+    def __init__(self, reader, transformer, batch_size, force_encoded_color=False, workers=None,
+                 deal=(0, 1)):
+        self.reader = reader
+        self.cursor = RecordCursor(reader, deal)
         self.transformer = transformer
         self.batch_size = batch_size
         param = transformer.param
@@ -63,23 +93,10 @@ class DatumSource:
         return self.transformer.output_shape(chw_shape(image, chw))
 
     def skip(self, count):
-        for _ in range(count):
-            self._next()
-
-    def _next(self):
-        self.reader.next()
-        if not self.reader.valid:
-            log.info('Restarting data prefetching from start.')
-            self.reader.seek_to_first()
-        self.offset += 1
+        self.cursor.skip(count)
 
     def load_batch(self, batch):
-        records = []
-        for _ in range(self.batch_size):
-            while self.offset % self.count != self.rank:
-                self._next()
-            records.append((self.reader.key(), self.reader.value()))
-            self._next()
+        records = self.cursor.take(self.batch_size)
         draws = self.transformer.draw(self.batch_size)
         first = self._image(*records[0])
         shape = self.transformer.output_shape(chw_shape(first[0], first[1]))

@@ -340,24 +340,34 @@ class DataLayer(PrefetchingDataLayer):
     """
 
     def make_source(self):
-        from ..data.db import Reader
         from ..data.sources import DatumSource
         param = self.layer_param.data_param
-        if param.batch_size <= 0:
-            raise self.error('data_param.batch_size must be positive')
-        reader = Reader(param.source, param.backend)
-        try:
+
+        def build(reader):
             source = DatumSource(reader, self.transformer, param.batch_size, param.force_encoded_color,
                                  deal=parallel.deal(self.phase))
             if param.rand_skip:
                 skip = _draw_word() % param.rand_skip
                 log.info('Skipping first %d data points.', skip)
                 source.skip(skip)
-            shape = source.first_shape()
-        except BaseException:
-            reader.close()
-            raise
-        return source, (param.batch_size,) + shape
+            return source, source.first_shape()
+        return _database_source(self, build)
+
+
+def _database_source(layer, build):
+    """(source, top shape) of a layer reading data_param's database: build(reader) gives the source
+    and its item shape; the reader is closed when that fails."""
+    from ..data.db import Reader
+    param = layer.layer_param.data_param
+    if param.batch_size <= 0:
+        raise layer.error('data_param.batch_size must be positive')
+    reader = Reader(param.source, param.backend)
+    try:
+        source, shape = build(reader)
+    except BaseException:
+        reader.close()
+        raise
+    return source, (param.batch_size,) + tuple(shape)
 
 
 @register('ImageData')
@@ -561,17 +571,12 @@ class AnnotatedDataLayer(PrefetchingDataLayer):
 
     def make_source(self):
         from ..data.annotated import AnnotatedSource
-        from ..data.db import Reader
-        param = self.layer_param.data_param
-        if param.batch_size <= 0:
-            raise self.error('data_param.batch_size must be positive')
-        reader = Reader(param.source, param.backend)
-        try:
-            source = AnnotatedSource(reader, self.layer_param, self.phase, param.batch_size, _draw_word())
-        except BaseException:
-            reader.close()
-            raise
-        return source, (param.batch_size,) + source.shape
+
+        def build(reader):
+            source = AnnotatedSource(reader, self.layer_param, self.phase, self.layer_param.data_param.batch_size,
+                                     _draw_word(), deal=parallel.deal(self.phase))
+            return source, source.shape
+        return _database_source(self, build)
 
     def setup(self, bottom, top):
         super().setup(bottom, top)
