@@ -331,6 +331,16 @@ def _draw_word():
     return int(caffe_rng.stream().words(1)[0])
 
 
+def layer_stream():
+    """A data layer's own engine, seeded with one word of Caffe's stream (Caffe's InitRand)."""
+    return caffe_rng.new_stream(_draw_word())
+
+
+def rand(stream, n):
+    """DataTransformer::Rand(n): one word of `stream` modulo n."""
+    return int(stream.words(1)[0]) % n
+
+
 @register('Data')
 class DataLayer(PrefetchingDataLayer):
     """Datum records of an LMDB or LevelDB (data_param), in key order, wrapping around at the end.
@@ -392,7 +402,7 @@ class ImageDataLayer(PrefetchingDataLayer):
         shuffle_rng = None
         if param.shuffle:
             log.info('Shuffling data')
-            shuffle_rng = caffe_rng.new_stream(_draw_word())
+            shuffle_rng = layer_stream()
         source = ImageListSource(lines, param, self.transformer, shuffle_rng)
         if shuffle_rng is not None:
             source.shuffle()
@@ -428,7 +438,7 @@ class WindowDataLayer(PrefetchingDataLayer):
                  '  cache_images: %d\n  root_folder: %s', log.fmt(param.fg_threshold),
                  log.fmt(param.bg_threshold), log.fmt(param.fg_fraction), param.cache_images,
                  param.root_folder)
-        rng = caffe_rng.new_stream(_draw_word()) if tparam.mirror or tparam.crop_size else None
+        rng = layer_stream() if tparam.mirror or tparam.crop_size else None
         images, fg, bg, channels, cached = self._read_window_file(param)
         if tparam.crop_size <= 0:
             raise self.error('transform_param.crop_size must be positive')

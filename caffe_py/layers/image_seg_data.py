@@ -14,9 +14,10 @@ import re
 
 import numpy as np
 
-from ..backend import rng as backend_rng
+from .. import rng as caffe_rng
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from .data import layer_stream, rand
 
 _LABEL = caffe_pb2.ImageDataParameter
 
@@ -62,12 +63,12 @@ class ImageSegDataLayer(Layer):
         self.lines = [(row[0], row[1] if with_label and len(row) > 1 else '') for row in rows if row]
         if not self.lines:
             raise self.error('File is empty: %s' % p.source)
-        self.rng = np.random.default_rng(int(backend_rng().integers(0, 1 << 63)))
+        self.rng = layer_stream()
         if p.shuffle:
             self.rng.shuffle(self.lines)
         self.pos = 0
         if p.rand_skip:
-            self.pos = int(backend_rng().integers(0, 1 << 32)) % p.rand_skip
+            self.pos = rand(caffe_rng.stream(), p.rand_skip)
             if self.pos >= len(self.lines):
                 raise self.error('Not enough points to skip (%d of %d)' % (self.pos, len(self.lines)))
         first = read_image(p.root_folder + self.lines[self.pos][0], p.new_height, p.new_width, p.is_color)
@@ -109,9 +110,9 @@ class ImageSegDataLayer(Layer):
         """TransformImgAndSeg: scale, pad, crop, mean and scale, mirror; (data CHW, label HW)."""
         import cv2
         p = self.layer_param.image_data_param
-        mirror = self.layer_param.transform_param.mirror and bool(self.rng.integers(0, 2))
+        mirror = self.layer_param.transform_param.mirror and bool(rand(self.rng, 2))
         if self.factors:
-            factor = self.factors[int(self.rng.integers(0, len(self.factors)))]
+            factor = self.factors[rand(self.rng, len(self.factors))]
             if factor != 1:
                 size = (int(image.shape[1] * factor), int(image.shape[0] * factor))
                 image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR).reshape(size[::-1] + (-1,))
@@ -127,8 +128,8 @@ class ImageSegDataLayer(Layer):
             label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=_as_uint8(p.ignore_label))
         if crop_h and crop_w:
             if self.phase == caffe_pb2.TRAIN:
-                h0 = int(self.rng.integers(0, image.shape[0] - crop_h + 1))
-                w0 = int(self.rng.integers(0, image.shape[1] - crop_w + 1))
+                h0 = rand(self.rng, image.shape[0] - crop_h + 1)
+                w0 = rand(self.rng, image.shape[1] - crop_w + 1)
             else:
                 h0, w0 = (image.shape[0] - crop_h) // 2, (image.shape[1] - crop_w) // 2
             image, label = image[h0:h0 + crop_h, w0:w0 + crop_w], label[h0:h0 + crop_h, w0:w0 + crop_w]

@@ -5,10 +5,11 @@ DenseImageData (images with per-pixel label images).
 """
 import numpy as np
 
-from ..backend import rng as backend_rng
 from ..fillers import fill
+from .. import rng as caffe_rng
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from .data import layer_stream, rand
 
 
 def _per_channel(blob):
@@ -339,10 +340,10 @@ class DenseImageDataLayer(Layer):
         self.lines = list(zip(words[0::2], words[1::2]))
         if not self.lines:
             raise self.error('File is empty: %s' % p.source)
-        self.rng = np.random.default_rng(int(backend_rng().integers(0, 1 << 63)))
+        self.rng = layer_stream()
         if p.shuffle:
             self.rng.shuffle(self.lines)
-        self.pos = p.rand_skip and int(backend_rng().integers(0, 1 << 32)) % p.rand_skip
+        self.pos = p.rand_skip and rand(caffe_rng.stream(), p.rand_skip)
         first = read_image(p.root_folder + self.lines[0][0], p.new_height, p.new_width, p.is_color)
         height, width = (p.crop_height, p.crop_width) if p.crop_height else first.shape[:2]
         channels = first.shape[2] if first.ndim == 3 else 1
@@ -372,11 +373,11 @@ class DenseImageDataLayer(Layer):
         if label.shape[:2] != image.shape[:2]:
             raise self.error('Input and label image heights and widths must match: %s %s, %s %s'
                              % (name, image.shape[:2], label_name, label.shape[:2]))
-        if p.mirror and self.rng.integers(0, 2):
+        if p.mirror and rand(self.rng, 2):
             image, label = image[:, ::-1], label[:, ::-1]
         if p.crop_height:
-            h0 = int(self.rng.integers(0, image.shape[0] - p.crop_height + 1))
-            w0 = int(self.rng.integers(0, image.shape[1] - p.crop_width + 1))
+            h0 = rand(self.rng, image.shape[0] - p.crop_height + 1)
+            w0 = rand(self.rng, image.shape[1] - p.crop_width + 1)
             image = image[h0:h0 + p.crop_height, w0:w0 + p.crop_width]
             label = label[h0:h0 + p.crop_height, w0:w0 + p.crop_width]
         chw = (image.transpose(2, 0, 1) if image.ndim == 3 else image[None]).astype(np.float64)
