@@ -147,3 +147,25 @@ def test_rfcn_ohem_style_net_trains_on_the_kept_regions_only(tmp_path):
     solver.step(4)
     assert np.isfinite(float(net.blobs['loss_cls'].data)) and np.isfinite(float(net.blobs['loss_bbox'].data))
     assert not np.array_equal(before, net.params['rfcn_cls'][0].data)
+
+
+def test_a_py_rfcn_caffemodel_is_read_with_its_field_numbers(tmp_path):
+    """Microsoft/caffe numbers roi_pooling_param 147, smooth_l1_loss_param 148, psroi_pooling_param 149,
+    box_annotator_ohem_param 150, and PRE_FIXED 3: read by layer type (formats/fork_fields.py)."""
+    from test_fork_schema import CONV, f32, layer, msg, read, vint
+    from caffe_py.proto import caffe_pb2
+    data = (CONV + layer('roi', 'ROIPooling', msg(147, vint(1, 7), vint(2, 6), f32(3, 0.0625)), bottoms=('conv', 'rois'))
+            + layer('rpn_loss', 'SmoothL1Loss', msg(148, f32(1, 3.0)), bottoms=('a', 'b'))
+            + layer('ps', 'PSROIPooling', msg(149, f32(1, 0.0625), vint(2, 21), vint(3, 7)), bottoms=('conv', 'rois'))
+            + layer('ohem', 'BoxAnnotatorOHEM', msg(150, vint(1, 128), vint(2, -1 & 0xFFFFFFFFFFFFFFFF)),
+                    bottoms=('rois', 'l', 'labels', 'w'), tops=('labels_ohem', 'w_ohem'))
+            + layer('loss_bbox', 'SmoothL1LossOHEM', msg(101, vint(3, 3), f32(4, 128.0)), bottoms=('a', 'b', 'w'))
+            + layer('reorg', 'Reorg', msg(149, vint(1, 2))) + layer('up', 'Upsample', msg(150, vint(1, 2))))
+    roi, rpn_loss, ps, ohem, loss_bbox, reorg, up = read(data, tmp_path).layer[1:]
+    assert (roi.roi_pooling_param.pooled_h, roi.roi_pooling_param.pooled_w) == (7, 6) and not roi.HasField('swish_param')
+    assert rpn_loss.smooth_l1_loss_param.sigma == 3.0 and not rpn_loss.HasField('clip_param')
+    assert (ps.psroi_pooling_param.output_dim, ps.psroi_pooling_param.group_size) == (21, 7)
+    assert not ps.HasField('reorg_param') and not ohem.HasField('upsample_param')
+    assert (ohem.box_annotator_ohem_param.roi_per_img, ohem.box_annotator_ohem_param.ignore_label) == (128, -1)
+    assert loss_bbox.loss_param.normalization == caffe_pb2.LossParameter.PRE_FIXED
+    assert (reorg.reorg_param.stride, up.upsample_param.scale) == (2, 2)      # the YOLO ports' own stay
