@@ -5,7 +5,10 @@ interp_param 143: BVLC's embed_param, tile_param and input_param. PSPNet's bn_pa
 where SegNet/ENet's is 45, with other sub-field numbers. SegNet's loss_param has
 weight_by_label_freqs at 3, BVLC's normalization. DeepLab's ImageSegData reads transform_param
 fields 8-10 (scale_factors, crop_width, crop_height), SSD's numbers here. R-FCN's loss_param
-numbers PRE_FIXED normalization 3 (BVLC's NONE) and its NONE 4. Parsed as they are, a fork's
+numbers PRE_FIXED normalization 3 (BVLC's NONE) and its NONE 4. py-R-FCN's caffe (Microsoft/caffe)
+numbers roi_pooling_param 147, smooth_l1_loss_param 148 (BVLC's swish_param, clip_param),
+psroi_pooling_param 149 and box_annotator_ohem_param 150 (the YOLO ports' reorg_param and
+upsample_param here). Parsed as they are, a fork's
 caffemodel would show an Interp layer holding a garbled input_param. So before a binary
 NetParameter is parsed, each layer's fields are read at the wire level and, where the
 layer's type names a fork layer whose number collides, the field is renumbered to the one
@@ -27,10 +30,16 @@ RENUMBER = {
     # which BVLC does not have, so its presence tells SegNet's message apart
     'SoftmaxWithLoss': {101: (101, {3: 100003, 4: 100004}, 4)},
     'ImageSegData': {100: (100, {8: 100008, 9: 100009, 10: 100010}, None)},   # DeepLab's transform_param
+    # py-R-FCN's (Microsoft/caffe) numbers for R-FCN's messages
+    'ROIPooling': {147: (8266711, {}, None)},
+    'SmoothL1Loss': {148: (8266712, {}, None)},
+    'PSROIPooling': {149: (10001, {}, None)},
+    'BoxAnnotatorOHEM': {150: (10000, {}, None)},
 }
 # layer type -> (LayerParameter field, enum sub-field, {fork's value: caffe.proto's value}, sub-field
-# that must be present): R-FCN's SmoothL1Loss normalization, told apart by its pre_fixed_normalizer
-REVALUE = {'SmoothL1Loss': (101, 3, {3: 4, 4: 3}, 4)}
+# that must be present): R-FCN's (and py-R-FCN's) SmoothL1Loss normalization, told apart by its
+# pre_fixed_normalizer
+REVALUE = {'SmoothL1Loss': (101, 3, {3: 4, 4: 3}, 4), 'SmoothL1LossOHEM': (101, 3, {3: 4, 4: 3}, 4)}
 _LAYER = 100    # NetParameter.layer
 _TYPE = 2       # LayerParameter.type
 _LEN = 2        # wire type of length-delimited fields

@@ -91,18 +91,20 @@ class _YoloOutput(Layer):
     keeps its id and its own NMS, which is the same for one image.)"""
     min_bottom = 1
     exact_num_top = 1
+    coords = 4              # box channels before the objectness
 
     def _grids(self, bottom):
-        """(image count, [(logits (N, boxes, 5 + classes, H, W) float64 on the host, bottom index)])."""
+        """[logits (N, boxes, coords + 1 + classes, H, W) float64 on the host], one per bottom."""
         out = []
+        per = self.coords + 1 + self.classes
         for i, blob in enumerate(bottom):
-            if blob.num_axes != 4 or blob.shape[1] != self.boxes * (5 + self.classes):
-                raise self.error('bottom[%d] %s must be (N, num_box * (5 + num_classes) = %d, H, W)'
-                                 % (i, blob.shape_string(), self.boxes * (5 + self.classes)))
+            if blob.num_axes != 4 or blob.shape[1] != self.boxes * per:
+                raise self.error('bottom[%d] %s must be (N, num_box * (%d + num_classes) = %d, H, W)'
+                                 % (i, blob.shape_string(), self.coords + 1, self.boxes * per))
             x = blob.data
             x = (x if isinstance(x, np.ndarray) else x.get()).astype(np.float64)
             n, _, h, w = blob.shape
-            out.append(x.reshape(n, self.boxes, 5 + self.classes, h, w))
+            out.append(x.reshape(n, self.boxes, per, h, w))
         return out
 
     def reshape(self, bottom, top):
@@ -127,7 +129,7 @@ class _YoloOutput(Layer):
 
 
 def _centres(x):
-    """Box centres from logits (N, boxes, 5 + classes, H, W): (col + sigmoid) / W, (row + sigmoid) / H."""
+    """Box centres from logits (N, boxes, channels, H, W), x and y first: (col + sigmoid) / W, (row + sigmoid) / H."""
     h, w = x.shape[3:]
     return (np.arange(w) + _sigmoid(np, x[:, :, 0])) / w, (np.arange(h)[:, None] + _sigmoid(np, x[:, :, 1])) / h
 
@@ -177,14 +179,16 @@ class Yolov3DetectionOutputLayer(_YoloOutput):
     Per cell and anchor: x = (col + sigmoid) / W, y = (row + sigmoid) / H, w = exp * anchor_w /
     (W * anchors_scale), h likewise, class score = sigmoid(class) * sigmoid(objectness); every class
     scoring above confidence_threshold is a detection; detections are sorted by score and pruned by
-    class-agnostic greedy NMS (see _YoloOutput)."""
+    class-agnostic greedy NMS (see _YoloOutput). gaussian_box (Gaussian YOLOv3): per anchor
+    (x, sigma_x, y, sigma_y, w, sigma_w, h, sigma_h, objectness, classes), the objectness scaled by
+    (4 - the four sigmoid(sigma)) / 4, as the fork's CPU path (its GPU path subtracts sigma_x
+    twice)."""
 
     def setup(self, bottom, top):
         p = self.layer_param.yolov3_detection_output_param
         if not p.HasField('num_classes'):
             raise self.error('Must specify num_classes')
-        if p.gaussian_box:
-            raise self.error('gaussian_box (Gaussian YOLOv3) is not supported')
+        self.coords = 8 if p.gaussian_box else 4
         self.classes, self.boxes = p.num_classes, p.num_box
         self.threshold, self.nms = p.confidence_threshold, p.nms_threshold
         self.biases = np.asarray(p.biases, np.float64).reshape(-1, 2)
@@ -206,10 +210,15 @@ class Yolov3DetectionOutputLayer(_YoloOutput):
         for x, mask, scale in zip(self._grids(bottom), self.masks, self.scales):
             n, _, _, h, w = x.shape
             anchors = self.biases[mask]                                  # (boxes, 2)
-            cx, cy = _centres(x)
-            bw = np.exp(x[:, :, 2]) * anchors[:, 0, None, None] / (w * scale)
-            bh = np.exp(x[:, :, 3]) * anchors[:, 1, None, None] / (h * scale)
-            scores = _sigmoid(np, x[:, :, 5:]) * _sigmoid(np, x[:, :, 4:5])  # (n, boxes, classes, h, w)
+            c = self.coords
+            box = x[:, :, 0:c:c // 4]                  # x, y, w, h (Gaussian: every other channel)
+            cx, cy = _centres(box)
+            bw = np.exp(box[:, :, 2]) * anchors[:, 0, None, None] / (w * scale)
+            bh = np.exp(box[:, :, 3]) * anchors[:, 1, None, None] / (h * scale)
+            objectness = _sigmoid(np, x[:, :, c:c + 1])
+            if c == 8:
+                objectness = objectness * (4 - _sigmoid(np, x[:, :, 1:8:2]).sum(axis=2, keepdims=True)) / 4
+            scores = _sigmoid(np, x[:, :, c + 1:]) * objectness       # (n, boxes, classes, h, w)
             for image in range(n):
                 b, c, i, j = np.nonzero(scores[image] > self.threshold)
                 boxes = np.stack([cx[image, b, i, j], cy[image, b, i, j], bw[image, b, i, j], bh[image, b, i, j]], 1)
