@@ -176,3 +176,20 @@ def test_generated_code_needs_no_runtime_version_and_loads_fresh():
     code = ('from caffe_py.proto import caffe_pb2 as p; '
             'assert p.LayerParameter.DESCRIPTOR.fields_by_name["interp_param"].number == 100143')
     subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+
+
+def test_rfcn_pre_fixed_survives_a_round_trip_through_our_own_files(tmp_path):
+    """What caffe-py writes reads back the same, here and in R-FCN: SmoothL1Loss's normalization is
+    written in R-FCN's numbering (PRE_FIXED 3) whenever its pre_fixed_normalizer is there."""
+    L = caffe_pb2.LossParameter
+    net = caffe_pb2.NetParameter()
+    for name, mode in (('fixed', L.PRE_FIXED), ('none', L.NONE), ('valid', L.VALID)):
+        lay = net.layer.add(name=name, type='SmoothL1Loss', bottom=['a', 'b'])
+        lay.loss_param.normalization = mode
+        lay.loss_param.pre_fixed_normalizer = 64.0
+    path = str(tmp_path / 'own.caffemodel')
+    formats.write_net(path, net)
+    back = formats.read_net(path, binary=True, upgrade=False)
+    assert [lay.loss_param.normalization for lay in back.layer] == [L.PRE_FIXED, L.NONE, L.VALID]
+    rfcn_numbering = caffe_pb2.NetParameter.FromString(open(path, 'rb').read())
+    assert [lay.loss_param.normalization for lay in rfcn_numbering.layer] == [L.NONE, L.PRE_FIXED, L.VALID]

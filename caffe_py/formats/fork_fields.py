@@ -72,14 +72,15 @@ def _revalue_field(data, number, values):
     return b''.join(pieces)
 
 
-def _layer(data):
-    """A LayerParameter's bytes renumbered for its type, or None when nothing changes."""
+def _layer(data, renumber=True):
+    """A LayerParameter's bytes renumbered for its type, or None when nothing changes; with
+    renumber=False only the REVALUE rules apply (their value maps are their own inverses)."""
     fields = message_fields(data)
     kind = None
     for number, wire, _, _, body, end in fields:
         if number == _TYPE and wire == _LEN:
             kind = bytes(data[body:end]).decode('utf-8', 'replace')
-    table = RENUMBER.get(kind) or {}
+    table = (RENUMBER.get(kind) or {}) if renumber else {}
     revalue = REVALUE.get(kind)
     rules = {}
     for number, wire, _, _, body, end in fields:
@@ -107,16 +108,18 @@ def _layer(data):
     return b''.join(pieces)
 
 
-def renumber_net(data):
+def renumber_net(data, renumber=True):
     """A binary NetParameter with fork fields moved to caffe.proto's numbers; `data` itself when
-    no layer needs it (or when the bytes are not a well-formed message: the parser reports that)."""
+    no layer needs it (or when the bytes are not a well-formed message: the parser reports that).
+    renumber=False gives the bytes to write: enum values in the fork's numbering (R-FCN's
+    PRE_FIXED 3), so that reading them back, here or in the fork, gives the same net."""
     view = memoryview(data)
     try:
         fields = message_fields(view)
         changed = {}
         for index, (number, wire, _, _, body, end) in enumerate(fields):
             if number == _LAYER and wire == _LEN:
-                new = _layer(view[body:end])
+                new = _layer(view[body:end], renumber)
                 if new is not None:
                     changed[index] = _length_delimited(_LAYER, new)
     except WireError:

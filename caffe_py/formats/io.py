@@ -282,10 +282,19 @@ def write_proto(path, msg, binary=None):
     if binary is None:
         binary = os.path.splitext(os.fspath(path))[1].lower() in BINARY_EXTENSIONS
     if binary:
-        payload = msg.SerializeToString()
+        payload = serialize(msg)
     else:
         payload = to_text(msg).encode("utf-8")
     _atomic_write(path, payload)
+
+
+def serialize(msg):
+    """Wire format of `msg`; a NetParameter's fork enum values in the forks' numbering (see
+    parse_binary)."""
+    data = msg.SerializeToString()
+    if msg.DESCRIPTOR.full_name == "caffe.NetParameter":
+        data = renumber_net(data, renumber=False)
+    return data
 
 
 def write_net(path, net_param, binary=None):

@@ -410,7 +410,7 @@ class Solver:
             kind, model_ext, state_ext = 'binary proto', '.caffemodel', '.solverstate'
 
             def write_model(path):
-                snapshots.write_bytes(path, self.net.to_proto(p.snapshot_diff).SerializeToString())
+                snapshots.write_bytes(path, formats.serialize(self.net.to_proto(p.snapshot_diff)))
         elif p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             kind, model_ext, state_ext = 'HDF5', '.caffemodel.h5', '.solverstate.h5'
 
