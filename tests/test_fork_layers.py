@@ -510,6 +510,7 @@ DEVICE_CASES = [
      'kernel_size: 3 stride: 2 pad: 1 %s }' % FILL, ()),
     ({'x': rand(2, 6, 3, 3)}, 'type: "ShuffleChannel" shuffle_channel_param { group: 2 }', ()),
     ({'x': rand(2, 6, 3, 3) * 5}, 'type: "ReLU6" relu6_param { negative_slope: 0.1 }', ()),
+    ({'x': rand(2, 3, 4, 5) * 30}, 'type: "Mish"', ()),
     ({'a': rand(2, 3, 1, 1), 'x': rand(2, 3, 2, 2, seed=1), 'z': rand(2, 3, 2, 2, seed=2)}, 'type: "Axpy"', ()),
     ({'x': rand(2, 3, 8, 7), 'rois': ROIS}, ROI_LAYER, ('rois',)),
     ({'x': rand(2, 18, 8, 9), 'rois': ROIS}, PSROI, ('rois',)),
@@ -654,3 +655,36 @@ def test_relu6_hand_case_gradient_and_opencv(tmp_path):
     x = rand(2, 3, 4, 5) * 5
     np.testing.assert_allclose(ours32({'x': x}, 'type: "ReLU6"'),
                                opencv_forward({'x': x}, 'type: "ReLU6"', tmp_path=tmp_path), rtol=1e-6)
+
+
+def test_mish_values_gradient_extremes_in_place_and_opencv(tmp_path):
+    x = np.array([[-1e4, -100, -30, -20.5, -1, 0, 0.5, 1, 20.5, 30, 100, 1e4]])
+    y = run({'x': x}, 'type: "Mish"').blobs['y'].data
+    with np.errstate(over='ignore'):
+        naive = x * np.tanh(np.log1p(np.exp(x)))       # exact where exp(x) does not overflow
+    small = np.abs(x) <= 30
+    np.testing.assert_allclose(y[small], naive[small], rtol=1e-14)
+    np.testing.assert_array_equal(y[x > 30], x[x > 30])
+    assert (y[x < -30] <= 0).all() and (y[x < -30] > -1e-30).all()
+    assert run({'x': x.astype(np.float32)}, 'type: "Mish"', dtype=np.float32).blobs['y'].data[0, 7] == \
+        pytest.approx(0.8650984, rel=1e-7)
+    net = run({'x': x}, 'type: "Mish"')
+    net.blobs['y'].diff[...] = 1
+    net.backward_from_to()
+    assert np.isfinite(net.blobs['x'].diff).all()
+    np.testing.assert_allclose(net.blobs['x'].diff[0, [0, 11]], [0, 1])
+    check({'x': rand(3, 4, 2) * 4}, 'type: "Mish"')
+    x = rand(2, 3, 4) * 4
+    dy = rand(2, 3, 4, seed=1)
+    outputs = []
+    for tops in (('y',), ('x',)):                       # in place keeps the input for backward
+        net = run({'x': x}, 'type: "Mish"', tops=tops)
+        out = net.blobs[tops[0]].data.copy()
+        net.blobs[tops[0]].diff[...] = dy
+        net.backward_from_to()
+        outputs.append((out, net.blobs['x'].diff.copy()))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+    x = rand(2, 3, 4, 5) * 5
+    np.testing.assert_allclose(ours32({'x': x}, 'type: "Mish"'),
+                               opencv_forward({'x': x}, 'type: "Mish"', tmp_path=tmp_path), rtol=1e-5, atol=1e-6)

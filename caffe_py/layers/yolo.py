@@ -1,11 +1,13 @@
 """Layers of the YOLO Caffe ports (eric612/MobileNet-YOLO and the caffe-yolo family): Reorg,
-YoloDetectionOutput (YOLOv2), Yolov3DetectionOutput and RegionLoss (YOLOv2 training).
+YoloDetectionOutput (YOLOv2), Yolov3DetectionOutput, RegionLoss (YOLOv2 training) and Mish
+(caffe-yolov3's YOLOv4).
 (Their Upsample shares its type name with SegNet's and lives in segmentation.py.)
 """
 import numpy as np
 
 from ..layer import Layer, register
 from .loss import LossLayer
+from .neuron import NeuronLayer
 
 
 @register('Reorg')
@@ -319,3 +321,47 @@ def _iou(a, b):
          - np.maximum(a[..., 1] - a[..., 3] / 2, b[..., 1] - b[..., 3] / 2))
     inter = np.where((w < 0) | (h < 0), 0, w * h)
     return inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
+
+
+def mish_parts(xp, x):
+    """(tanh(softplus(x)), sigmoid(x)) without overflow for any x: with u = exp(-|x|),
+    tanh(log(1 + e^x)) = (1 + 2u) / (1 + 2u + 2u^2) for x >= 0, u(u + 2) / (u(u + 2) + 2) below."""
+    u = xp.exp(-xp.abs(x))
+    positive = x >= 0
+    num = xp.where(positive, 1 + 2 * u, u * (u + 2))
+    den = num + xp.where(positive, 2 * u * u, 2)
+    num /= den
+    one = xp.ones((), x.dtype)
+    sigmoid = xp.where(positive, one, u) / (1 + u)
+    return num, sigmoid
+
+
+@register('Mish')
+class MishLayer(NeuronLayer):
+    """caffe-yolov3's Mish (YOLOv4): x * tanh(softplus(x)), computed stably for any |x| (the fork
+    switches softplus to x above 20 and to e^x below -20, the same values in float32).
+    Backward: the exact gradient tanh(sp) + x * (1 - tanh(sp)^2) * sigmoid(x) at the input. The
+    fork's backward evaluates that formula at its top data, the output, which is not Mish's
+    gradient; darknet, which trained YOLOv4, takes it at the input. In place, the input is kept."""
+
+    def setup(self, bottom, top):
+        self.input = None
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        self.input = x.copy() if top[0] is bottom[0] else None
+        t, _ = mish_parts(bottom[0].xp, x)
+        t *= x
+        top[0].data[...] = t
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        x = bottom[0].data if self.input is None else self.input
+        t, sigmoid = mish_parts(bottom[0].xp, x)
+        grad = 1 - t * t
+        grad *= x
+        grad *= sigmoid
+        grad += t
+        grad *= top[0].diff
+        bottom[0].diff[...] = grad
