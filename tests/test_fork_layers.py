@@ -595,6 +595,42 @@ def test_dense_image_data_keeps_labels_aligned_with_pixels(tmp_path):
         np.testing.assert_array_equal(label[:, 0], blue // 50)
 
 
+def dense_net(tmp_path, param, phase=TRAIN):
+    text = ('layer { name: "data" type: "DenseImageData" top: "data" top: "label" '
+            'dense_image_data_param { source: "%s" root_folder: "%s/" %s } }' % (tmp_path / 'list.txt', tmp_path, param))
+    return Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase)
+
+
+def test_enet_label_divide_factor(tmp_path):
+    """ENet's encoder training reads the label at new_height/f x new_width/f (nearest neighbour)."""
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 12, (32, 48)).astype(np.uint8) for _ in range(2)]
+    for i, label in enumerate(labels):
+        cv2.imwrite(str(tmp_path / ('im%d.png' % i)), rng.integers(0, 250, (32, 48, 3)).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / ('lab%d.png' % i)), label)
+        cv2.imwrite(str(tmp_path / ('small%d.png' % i)), label[::4, ::4])
+    (tmp_path / 'list.txt').write_text('im0.png lab0.png\nim1.png lab1.png\n')
+    net = dense_net(tmp_path, 'batch_size: 2 new_height: 16 new_width: 24 label_divide_factor: 4')
+    assert net.blobs['data'].shape == (2, 3, 16, 24) and net.blobs['label'].shape == (2, 1, 4, 6)
+    net.forward()
+    for i, label in enumerate(labels):       # 32x48 -> 4x6: OpenCV's nearest takes every 8th pixel
+        np.testing.assert_array_equal(net.blobs['label'].data[i, 0], label[::8, ::8])
+    assert dense_net(tmp_path, 'batch_size: 1 new_height: 16 new_width: 24').blobs['label'].shape == (1, 1, 16, 24)
+    # without new_height the label images must already be divided
+    (tmp_path / 'list.txt').write_text('im0.png small0.png\nim1.png small1.png\n')
+    net = dense_net(tmp_path, 'batch_size: 2 label_divide_factor: 4')
+    net.forward()
+    assert net.blobs['data'].shape == (2, 3, 32, 48)
+    np.testing.assert_array_equal(net.blobs['label'].data[:, 0], np.stack(labels)[:, ::4, ::4])
+    (tmp_path / 'list.txt').write_text('im0.png lab0.png\n')
+    with pytest.raises(Exception, match='label divided by label_divide_factor 4.*lab0.png'):
+        dense_net(tmp_path, 'batch_size: 1 label_divide_factor: 4').forward()
+    with pytest.raises(Exception, match='label_divide_factor must be at least 1'):
+        dense_net(tmp_path, 'batch_size: 1 label_divide_factor: 0')
+    with pytest.raises(Exception, match='label_divide_factor 2 with crop_height'):
+        dense_net(tmp_path, 'batch_size: 1 label_divide_factor: 2 crop_height: 8 crop_width: 8')
+
+
 def test_segnet_class_weighted_softmax_loss():
     x = rand(2, 3, 2, 2)
     label = np.array([[[0, 1], [2, 1]], [[1, 1], [0, 2]]], np.float64).reshape(2, 1, 2, 2)
