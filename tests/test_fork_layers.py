@@ -510,6 +510,7 @@ DEVICE_CASES = [
      'kernel_size: 3 stride: 2 pad: 1 %s }' % FILL, ()),
     ({'x': rand(2, 6, 3, 3)}, 'type: "ShuffleChannel" shuffle_channel_param { group: 2 }', ()),
     ({'x': rand(2, 6, 3, 3) * 5}, 'type: "ReLU6" relu6_param { negative_slope: 0.1 }', ()),
+    ({'x': rand(2, 3, 4, 5) * 30}, 'type: "Mish"', ()),
     ({'a': rand(2, 3, 1, 1), 'x': rand(2, 3, 2, 2, seed=1), 'z': rand(2, 3, 2, 2, seed=2)}, 'type: "Axpy"', ()),
     ({'x': rand(2, 3, 8, 7), 'rois': ROIS}, ROI_LAYER, ('rois',)),
     ({'x': rand(2, 18, 8, 9), 'rois': ROIS}, PSROI, ('rois',)),
@@ -594,6 +595,42 @@ def test_dense_image_data_keeps_labels_aligned_with_pixels(tmp_path):
         np.testing.assert_array_equal(label[:, 0], blue // 50)
 
 
+def dense_net(tmp_path, param, phase=TRAIN):
+    text = ('layer { name: "data" type: "DenseImageData" top: "data" top: "label" '
+            'dense_image_data_param { source: "%s" root_folder: "%s/" %s } }' % (tmp_path / 'list.txt', tmp_path, param))
+    return Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase)
+
+
+def test_enet_label_divide_factor(tmp_path):
+    """ENet's encoder training reads the label at new_height/f x new_width/f (nearest neighbour)."""
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 12, (32, 48)).astype(np.uint8) for _ in range(2)]
+    for i, label in enumerate(labels):
+        cv2.imwrite(str(tmp_path / ('im%d.png' % i)), rng.integers(0, 250, (32, 48, 3)).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / ('lab%d.png' % i)), label)
+        cv2.imwrite(str(tmp_path / ('small%d.png' % i)), label[::4, ::4])
+    (tmp_path / 'list.txt').write_text('im0.png lab0.png\nim1.png lab1.png\n')
+    net = dense_net(tmp_path, 'batch_size: 2 new_height: 16 new_width: 24 label_divide_factor: 4')
+    assert net.blobs['data'].shape == (2, 3, 16, 24) and net.blobs['label'].shape == (2, 1, 4, 6)
+    net.forward()
+    for i, label in enumerate(labels):       # 32x48 -> 4x6: OpenCV's nearest takes every 8th pixel
+        np.testing.assert_array_equal(net.blobs['label'].data[i, 0], label[::8, ::8])
+    assert dense_net(tmp_path, 'batch_size: 1 new_height: 16 new_width: 24').blobs['label'].shape == (1, 1, 16, 24)
+    # without new_height the label images must already be divided
+    (tmp_path / 'list.txt').write_text('im0.png small0.png\nim1.png small1.png\n')
+    net = dense_net(tmp_path, 'batch_size: 2 label_divide_factor: 4')
+    net.forward()
+    assert net.blobs['data'].shape == (2, 3, 32, 48)
+    np.testing.assert_array_equal(net.blobs['label'].data[:, 0], np.stack(labels)[:, ::4, ::4])
+    (tmp_path / 'list.txt').write_text('im0.png lab0.png\n')
+    with pytest.raises(Exception, match='label divided by label_divide_factor 4.*lab0.png'):
+        dense_net(tmp_path, 'batch_size: 1 label_divide_factor: 4').forward()
+    with pytest.raises(Exception, match='label_divide_factor must be at least 1'):
+        dense_net(tmp_path, 'batch_size: 1 label_divide_factor: 0')
+    with pytest.raises(Exception, match='label_divide_factor 2 with crop_height'):
+        dense_net(tmp_path, 'batch_size: 1 label_divide_factor: 2 crop_height: 8 crop_width: 8')
+
+
 def test_segnet_class_weighted_softmax_loss():
     x = rand(2, 3, 2, 2)
     label = np.array([[[0, 1], [2, 1]], [[1, 1], [0, 2]]], np.float64).reshape(2, 1, 2, 2)
@@ -654,3 +691,36 @@ def test_relu6_hand_case_gradient_and_opencv(tmp_path):
     x = rand(2, 3, 4, 5) * 5
     np.testing.assert_allclose(ours32({'x': x}, 'type: "ReLU6"'),
                                opencv_forward({'x': x}, 'type: "ReLU6"', tmp_path=tmp_path), rtol=1e-6)
+
+
+def test_mish_values_gradient_extremes_in_place_and_opencv(tmp_path):
+    x = np.array([[-1e4, -100, -30, -20.5, -1, 0, 0.5, 1, 20.5, 30, 100, 1e4]])
+    y = run({'x': x}, 'type: "Mish"').blobs['y'].data
+    with np.errstate(over='ignore'):
+        naive = x * np.tanh(np.log1p(np.exp(x)))       # exact where exp(x) does not overflow
+    small = np.abs(x) <= 30
+    np.testing.assert_allclose(y[small], naive[small], rtol=1e-14)
+    np.testing.assert_array_equal(y[x > 30], x[x > 30])
+    assert (y[x < -30] <= 0).all() and (y[x < -30] > -1e-30).all()
+    assert run({'x': x.astype(np.float32)}, 'type: "Mish"', dtype=np.float32).blobs['y'].data[0, 7] == \
+        pytest.approx(0.8650984, rel=1e-7)
+    net = run({'x': x}, 'type: "Mish"')
+    net.blobs['y'].diff[...] = 1
+    net.backward_from_to()
+    assert np.isfinite(net.blobs['x'].diff).all()
+    np.testing.assert_allclose(net.blobs['x'].diff[0, [0, 11]], [0, 1])
+    check({'x': rand(3, 4, 2) * 4}, 'type: "Mish"')
+    x = rand(2, 3, 4) * 4
+    dy = rand(2, 3, 4, seed=1)
+    outputs = []
+    for tops in (('y',), ('x',)):                       # in place keeps the input for backward
+        net = run({'x': x}, 'type: "Mish"', tops=tops)
+        out = net.blobs[tops[0]].data.copy()
+        net.blobs[tops[0]].diff[...] = dy
+        net.backward_from_to()
+        outputs.append((out, net.blobs['x'].diff.copy()))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+    x = rand(2, 3, 4, 5) * 5
+    np.testing.assert_allclose(ours32({'x': x}, 'type: "Mish"'),
+                               opencv_forward({'x': x}, 'type: "Mish"', tmp_path=tmp_path), rtol=1e-5, atol=1e-6)

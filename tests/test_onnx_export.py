@@ -149,6 +149,14 @@ def test_converter_matches_caffe_py(case):
     roundtrip(net, outputs=[b for b in net.blobs if b not in inputs])
 
 
+@pytest.mark.parametrize('opset', [13, 17, 18])
+def test_mish_exports_as_onnx_mish_or_its_definition(opset):
+    net = build(X4, 'layer { name: "m" type: "Mish" bottom: "x" top: "y" }')
+    x = np.random.default_rng(0).standard_normal(X4['x']).astype(np.float32) * 20
+    model, _ = roundtrip(net, feeds={'x': x}, opset=opset, outputs=['y'])
+    assert ('Mish' in [n.op_type for n in model.graph.node]) == (opset >= 18)
+
+
 def test_pooling_geometry_is_caffes_for_many_sizes():
     """Every (size, kernel, stride, pad) with pad < kernel: output shape and values equal Caffe's."""
     for pool in ('MAX', 'AVE'):

@@ -131,3 +131,92 @@ def test_rfcn_layers_on_the_cupy_stand_in_match_the_cpu():
             device = forward_backward(inputs, layer, tops)
         for a, e in zip(device[0] + device[1], host[0] + host[1]):
             np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12, err_msg=layer)
+
+
+SOFTMAX3 = ('type: "SoftmaxWithLoss" loss_weight: 1 loss_weight: 0 loss_weight: 0 '
+            'loss_param { ignore_label: -1 %s }')
+
+
+@pytest.mark.parametrize('norm, normalizer', [('', 3), ('normalization: BATCH_SIZE', 4), ('normalization: NONE', 1)])
+def test_softmax_loss_per_instance_top(norm, normalizer):
+    """R-FCN's third top: -log(max(prob, FLT_MIN)) per label, shaped as the labels, 0 where ignored,
+    not normalized; the loss and the gradient are those of the one-top layer."""
+    x = rand(4, 3, 1, 1) * 3
+    x[1, 0] = 200                           # prob of the label underflows: clamped at FLT_MIN
+    labels = np.array([2, 1, -1, 0], np.float64).reshape(4, 1, 1, 1)
+    layer = SOFTMAX3 % norm
+    net = run({'x': x, 'labels': labels}, layer, tops=('y', 'prob', 'per'))
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    picked = np.take_along_axis(p, np.maximum(labels, 0).astype(int), axis=1)
+    expected = np.where(labels == -1, 0, -np.log(np.maximum(picked, np.finfo(np.float32).tiny)))
+    assert net.blobs['per'].data.shape == labels.shape
+    np.testing.assert_allclose(net.blobs['per'].data, expected)
+    assert net.blobs['y'].data == pytest.approx(expected.sum() / normalizer)
+    np.testing.assert_allclose(net.blobs['prob'].data, p)
+    net.blobs['y'].diff[...] = 1
+    net.blobs['per'].diff[...] = 5          # no gradient from the per-instance top, as the fork's
+    net.blobs['prob'].diff[...] = 7
+    net.backward_from_to()
+    one_top = run({'x': x, 'labels': labels}, 'type: "SoftmaxWithLoss" loss_param { ignore_label: -1 %s }' % norm)
+    one_top.backward_from_to()
+    np.testing.assert_allclose(net.blobs['x'].diff, one_top.blobs['x'].diff)
+    x[1, 0] = 1                             # (the clamp has no gradient)
+    check({'x': x, 'labels': labels}, 'type: "SoftmaxWithLoss" loss_param { ignore_label: -1 %s }' % norm,
+          no_grad=('labels',))
+    with pytest.raises(Exception, match='at most 3 top'):
+        run({'x': x, 'labels': labels}, layer, tops=('y', 'prob', 'per', 'more'))
+
+
+def test_softmax_loss_per_instance_top_on_the_cupy_stand_in():
+    import fakecupy
+    inputs = {'x': rand(5, 4, 2, 1), 'labels': np.array([0, 3, -1, 2, 1, 1, 0, -1, 3, 2.0]).reshape(5, 1, 2, 1)}
+    layer = SOFTMAX3 % ''
+    host = forward_backward(inputs, layer, ('y', 'prob', 'per'))
+    with fakecupy.fake_gpu():
+        device = forward_backward(inputs, layer, ('y', 'prob', 'per'))
+    for a, e in zip(device[0] + device[1], host[0] + host[1]):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
+
+
+def test_ohem_ranks_regions_by_classification_and_box_losses():
+    """R-FCN's OHEM train_val: per-region softmax (third top) + per-region box loss, summed by
+    Eltwise, rank the regions; the classification loss over labels_ohem reaches the kept ones only."""
+    from caffe_py import TRAIN, Net, formats
+    from caffe_py.proto import caffe_pb2
+    rois = np.zeros((6, 5, 1, 1))
+    rois[3:, 0] = 1
+    score, pred, target = rand(6, 3, 1, 1) * 2, rand(6, 8, 1, 1, seed=1), rand(6, 8, 1, 1, seed=2)
+    labels = np.array([0, 1, 2, 2, 1, 0], np.float64).reshape(6, 1, 1, 1)
+    inside = np.ones((6, 8, 1, 1))
+    text = ''.join('layer { name: "%s" type: "Input" top: "%s" input_param { shape { %s } } }\n'
+                   % (n, n, ' '.join('dim: %d' % d for d in v.shape)) for n, v in (('rois', rois), ('score', score), ('pred', pred), ('target', target),
+                                ('labels', labels), ('inside', inside)))
+    text += '''
+layer { name: "per_roi_loss_cls" type: "SoftmaxWithLoss" bottom: "score" bottom: "labels"
+  top: "temp_loss_cls" top: "temp_prob_cls" top: "per_roi_loss_cls"
+  loss_weight: 0 loss_weight: 0 loss_weight: 0 propagate_down: false propagate_down: false }
+layer { name: "per_roi_loss_bbox" type: "SmoothL1Loss" bottom: "pred" bottom: "target" bottom: "inside"
+  top: "temp_loss_bbox" top: "per_roi_loss_bbox" loss_weight: 0 loss_weight: 0
+  propagate_down: false propagate_down: false propagate_down: false }
+layer { name: "per_roi_loss" type: "Eltwise" bottom: "per_roi_loss_cls" bottom: "per_roi_loss_bbox"
+  top: "per_roi_loss" propagate_down: false propagate_down: false }
+layer { name: "ohem" type: "BoxAnnotatorOHEM" bottom: "rois" bottom: "per_roi_loss" bottom: "labels"
+  bottom: "inside" top: "labels_ohem" top: "weights_ohem" box_annotator_ohem_param { roi_per_img: 2 ignore_label: -1 } }
+layer { name: "loss_cls" type: "SoftmaxWithLoss" bottom: "score" bottom: "labels_ohem" top: "loss_cls"
+  propagate_down: true propagate_down: false loss_param { ignore_label: -1 } }
+'''
+    param = formats.parse_text(text, caffe_pb2.NetParameter())
+    param.force_backward = True
+    net = Net(param, TRAIN)
+    net.forward(rois=rois, score=score, pred=pred, target=target, labels=labels, inside=inside)
+    net.backward()
+    p = np.exp(score.reshape(6, 3))
+    p /= p.sum(axis=1, keepdims=True)
+    per_roi = -np.log(p[np.arange(6), labels.reshape(-1).astype(int)]) + f(pred - target).sum(axis=1).reshape(-1)
+    np.testing.assert_allclose(net.blobs['per_roi_loss'].data.reshape(-1), per_roi)
+    kept = np.zeros(6, bool)
+    for image in (slice(0, 3), slice(3, 6)):
+        kept[np.arange(6)[image][np.argsort(-per_roi[image], kind='stable')[:2]]] = True
+    grad = net.blobs['score'].diff.reshape(6, 3)
+    assert (grad[~kept] == 0).all() and (np.abs(grad[kept]).sum(axis=1) > 0).all()

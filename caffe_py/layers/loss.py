@@ -147,7 +147,10 @@ class _SoftmaxLoss(LossLayer):
 class SoftmaxWithLossLayer(_SoftmaxLoss):
     """-log(max(softmax(x)[label], FLT_MIN)) summed over counted labels / normalizer.
     SegNet's weight_by_label_freqs weighs each term and its gradient by class_weighting[label]
-    (the normalizer still counts labels)."""
+    (the normalizer still counts labels). R-FCN's optional third top holds each label's term,
+    shaped as the labels, not normalized, 0 where ignored; as in that fork, no gradient flows
+    from it (OHEM ranks regions by it)."""
+    max_top = 3
 
     def setup(self, bottom, top):
         self.softmax_axis = self.layer_param.softmax_param.axis
@@ -165,6 +168,8 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         if self.class_weights is not None and len(self.class_weights) != self.classes:
             raise self.error('Number of class weight values (%d) does not match the number of classes (%d).'
                              % (len(self.class_weights), self.classes))
+        if len(top) > 2:
+            top[2].reshape(bottom[1].shape)
 
     def _weights(self, xp):
         """class_weighting[label] per position (outer, inner)."""
@@ -186,6 +191,13 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         labels.mask(logs)
         self.norm = self.normalizer(self.mode, self.outer, self.inner, labels.count)
         top[0].data[...] = -logs.sum() / self.norm
+        self._per_instance(top, logs)
+
+    @staticmethod
+    def _per_instance(top, logs):
+        """R-FCN's top[2]: each label's loss, -log(prob), before normalization."""
+        if len(top) > 2:
+            top[2].data[...] = -logs.reshape(top[2].shape)
 
     def backward(self, top, propagate_down, bottom):
         self.refuse_backward(propagate_down)
@@ -220,6 +232,7 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
             _Labels(self, bottom[1], self.outer, self.inner, self.classes, ignore)
         self.norm = self.normalizer(self.mode, self.outer, self.inner, int(valid))
         top[0].data[...] = -logs.sum() / self.norm
+        self._per_instance(top, logs)
 
 
 @register('InfogainLoss')

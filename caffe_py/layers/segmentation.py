@@ -315,7 +315,9 @@ class DenseImageDataLayer(Layer):
     root_folder); images read with OpenCV (BGR, or gray without is_color), label images as gray
     class ids; both resized to new_height x new_width (labels nearest-neighbour), flipped together
     (mirror) and cropped at one random place (crop_height x crop_width). Tops: data (N, C, H, W),
-    after transform_param's mean (mean_value or mean_file) and scale; label (N, 1, H, W)."""
+    after transform_param's mean (mean_value or mean_file) and scale; label (N, 1, H, W).
+    ENet's label_divide_factor f reads the label at (new_height/f, new_width/f) (nearest), or
+    expects label images of (H/f, W/f) without new_height; the label top is (N, 1, H/f, W/f)."""
     exact_num_bottom = 0
     exact_num_top = 2
 
@@ -329,6 +331,12 @@ class DenseImageDataLayer(Layer):
             raise self.error('Current implementation requires crop_height and crop_width to be set at the same time.')
         if (p.new_height > 0) != (p.new_width > 0):
             raise self.error('Current implementation requires new_height and new_width to be set at the same time.')
+        if p.label_divide_factor < 1:
+            raise self.error('dense_image_data_param.label_divide_factor must be at least 1, got %d'
+                             % p.label_divide_factor)
+        if p.label_divide_factor > 1 and p.crop_height:
+            raise self.error('dense_image_data_param.label_divide_factor %d with crop_height/crop_width: ENet crops '
+                             'the divided label at the image\'s place, which does not fit' % p.label_divide_factor)
         if t.mirror or t.crop_size:
             raise self.error('transform_param mirror and crop_size would transform images and labels differently; '
                              'use dense_image_data_param mirror, crop_height and crop_width')
@@ -357,7 +365,8 @@ class DenseImageDataLayer(Layer):
             self.mean = np.asarray(t.mean_value, np.float64).reshape(-1, 1, 1)
         self.scale = t.scale
         top[0].reshape(p.batch_size, channels, height, width)
-        top[1].reshape(p.batch_size, 1, height, width)
+        f = p.label_divide_factor
+        top[1].reshape(p.batch_size, 1, height // f, width // f)
 
     def reshape(self, bottom, top):
         pass
@@ -368,11 +377,13 @@ class DenseImageDataLayer(Layer):
         p = self.layer_param.dense_image_data_param
         image = read_image(p.root_folder + name, p.new_height, p.new_width, p.is_color)
         label = read_image(p.root_folder + label_name, 0, 0, False)
+        f = p.label_divide_factor
         if p.new_height > 0:
-            label = cv2.resize(label, (p.new_width, p.new_height), interpolation=cv2.INTER_NEAREST)
-        if label.shape[:2] != image.shape[:2]:
-            raise self.error('Input and label image heights and widths must match: %s %s, %s %s'
-                             % (name, image.shape[:2], label_name, label.shape[:2]))
+            label = cv2.resize(label, (p.new_width // f, p.new_height // f), interpolation=cv2.INTER_NEAREST)
+        if label.shape[:2] != (image.shape[0] // f, image.shape[1] // f):
+            raise self.error('Input and label image heights and widths must match%s: %s %s, %s %s'
+                             % (' (label divided by label_divide_factor %d)' % f if f > 1 else '',
+                                name, image.shape[:2], label_name, label.shape[:2]))
         if p.mirror and rand(self.rng, 2):
             image, label = image[:, ::-1], label[:, ::-1]
         if p.crop_height:
@@ -397,6 +408,7 @@ class DenseImageDataLayer(Layer):
                     self.rng.shuffle(self.lines)
         data = np.stack([d for d, _ in items])
         top[0].reshape(data.shape)
-        top[1].reshape(data.shape[:1] + (1,) + data.shape[2:])
+        labels = np.stack([lab for _, lab in items])[:, None]
+        top[1].reshape(labels.shape)
         top[0].data[...] = top[0].xp.asarray(data.astype(self.dtype))
-        top[1].data[...] = top[1].xp.asarray(np.stack([lab for _, lab in items])[:, None].astype(self.dtype))
+        top[1].data[...] = top[1].xp.asarray(labels.astype(self.dtype))

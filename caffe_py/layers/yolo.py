@@ -1,11 +1,15 @@
 """Layers of the YOLO Caffe ports (eric612/MobileNet-YOLO and the caffe-yolo family): Reorg,
-YoloDetectionOutput (YOLOv2), Yolov3DetectionOutput and RegionLoss (YOLOv2 training).
+YoloDetectionOutput (YOLOv2), Yolov3DetectionOutput, RegionLoss (YOLOv2 training) and Mish
+(caffe-yolov3's YOLOv4).
 (Their Upsample shares its type name with SegNet's and lives in segmentation.py.)
 """
 import numpy as np
 
+from ..backend import get_array_module
 from ..layer import Layer, register
+from .cores import split_apply
 from .loss import LossLayer
+from .neuron import NeuronLayer
 
 
 @register('Reorg')
@@ -328,3 +332,64 @@ def _iou(a, b):
          - np.maximum(a[..., 1] - a[..., 3] / 2, b[..., 1] - b[..., 3] / 2))
     inter = np.where((w < 0) | (h < 0), 0, w * h)
     return inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
+
+
+def _mish_terms(x):
+    """(tanh(softplus(x)), sigmoid(x)), finite for any x: with a = exp(min(x, 0)) and
+    b = exp(-max(x, 0)), tanh(log(1 + e^x)) = a(a + 2b) / (a(a + 2b) + 2b^2), sigmoid = a / (a + b)."""
+    xp = get_array_module(x)
+    a = xp.minimum(x, 0)
+    xp.exp(a, out=a)
+    b = xp.maximum(x, 0)
+    xp.negative(b, out=b)
+    xp.exp(b, out=b)
+    num = b + b
+    num += a
+    num *= a
+    t = b * b
+    t += t
+    t += num
+    xp.divide(num, t, out=t)
+    b += a
+    xp.divide(a, b, out=a)
+    return t, a
+
+
+def _mish(y, x):
+    """y = x tanh(softplus(x)) (y may be x)."""
+    t, _ = _mish_terms(x)
+    get_array_module(x).multiply(x, t, out=y)
+
+
+def _mish_grad(dx, x, dy):
+    """dx = dy (t + x (1 - t^2) sigmoid(x)), t = tanh(softplus(x)) (dx may be dy)."""
+    xp = get_array_module(x)
+    t, sigmoid = _mish_terms(x)
+    grad = t * t
+    xp.subtract(1, grad, out=grad)
+    grad *= x
+    grad *= sigmoid
+    grad += t
+    xp.multiply(dy, grad, out=dx)
+
+
+@register('Mish')
+class MishLayer(NeuronLayer):
+    """caffe-yolov3's Mish (YOLOv4): x * tanh(softplus(x)), computed stably for any |x| (the fork
+    switches softplus to x above 20 and to e^x below -20, the same values in float32), on the
+    cores in slices. Backward: the exact gradient tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x) at the
+    input. The fork's backward evaluates that formula at its top data, the output, which is not
+    Mish's gradient; darknet, which trained YOLOv4, takes it at the input. In place, the input is kept."""
+
+    def setup(self, bottom, top):
+        self.input = None
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        self.input = x.copy() if top[0] is bottom[0] else None
+        split_apply(_mish, top[0].data, x)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            x = bottom[0].data if self.input is None else self.input
+            split_apply(_mish_grad, bottom[0].diff, x, top[0].diff)

@@ -1,5 +1,5 @@
 """Element-wise layers: ReLU, Sigmoid, TanH, ELU, AbsVal, BNLL, Swish, Power, Exp, Log, Threshold,
-Clip and PReLU."""
+Clip, PReLU and the YOLO ports' Mish."""
 import math
 
 from .graph import converter
@@ -32,6 +32,16 @@ def swish(ctx):
     x, beta = ctx.bottoms[0], ctx.param.swish_param.beta
     scaled = x if beta == 1 else ctx.op('Mul', [x, ctx.const(beta, 'beta')])
     ctx.op('Mul', [x, ctx.op('Sigmoid', [scaled])], ctx.top(0))
+
+
+@converter('Mish')
+def mish(ctx):
+    """x * tanh(softplus(x)): ONNX's Mish from opset 18, its definition before."""
+    x = ctx.bottoms[0]
+    if ctx.opset >= 18:
+        ctx.op('Mish', [x], ctx.top(0))
+    else:
+        ctx.op('Mul', [x, ctx.op('Tanh', [ctx.op('Softplus', [x])])], ctx.top(0))
 
 
 def _affine(ctx, x, scale, shift, out=None):
