@@ -4,6 +4,9 @@ Data and diff are each a SyncedMemory, as in Caffe: a flat host (NumPy) buffer
 and, for a blob made in GPU mode, a flat device buffer, with a head telling
 which copy is current. The buffers only grow: reshaping to a count within the
 capacity keeps the memory (and its contents), as Caffe's Blob::Reshape does.
+The data is allocated (and its size checked against the machine's memory) at
+reshape; the diff, as in Caffe, on its first use (backward, a solver, a read of
+`.diff`), so a net only run forward takes no memory for diffs.
 
 A blob made in GPU mode faces the device: its `.data`/`.diff` are device
 arrays, which layers and solvers compute on. `host_view()` is its pycaffe
@@ -18,7 +21,7 @@ import numpy as np
 from . import backend, memory
 
 MAX_BLOB_AXES = 32
-HOST, DEVICE, SYNCED = 'host', 'device', 'synced'
+HOST, DEVICE, SYNCED, UNINITIALIZED = 'host', 'device', 'synced', 'uninitialized'
 
 
 def _count(shape):
@@ -34,16 +37,14 @@ class SyncedMemory:
 
     __slots__ = ('size', 'dtype', 'module', 'host', 'device', 'head')
 
-    def __init__(self, size, dtype, module=None):
-        """Zeros on the host, or on the device when `module` (CuPy or a stand-in) is given."""
+    def __init__(self, size, dtype, module=None, lazy=False):
+        """Zeros on the host, or on the device when `module` (CuPy or a stand-in) is given; with
+        `lazy`, nothing until the first `get` (Caffe's UNINITIALIZED head), zeros on its side."""
         self.size, self.dtype, self.module = size, dtype, module
         self.host = self.device = None
-        if module is None:
-            self.host = np.zeros(size, dtype)
-            self.head = HOST
-        else:
-            self.device = module.zeros(size, dtype)
-            self.head = DEVICE
+        self.head = UNINITIALIZED
+        if not lazy:
+            self.get(HOST if module is None else DEVICE)
 
     def buffer(self, side):
         """The flat buffer of `side`, allocated if missing; its values may be stale (see `get`)."""
@@ -59,6 +60,14 @@ class SyncedMemory:
     def get(self, side, write=True):
         """The current flat buffer of `side`: copied from the other side only if that one is
         ahead; `write` makes `side` the head (the other copy is stale from then on)."""
+        if self.head is UNINITIALIZED:
+            if side is HOST:
+                self.host = np.zeros(self.size, self.dtype)
+            else:
+                self.module = self.module or backend.device_module()
+                self.device = self.module.zeros(self.size, self.dtype)
+            self.head = side
+            return self.host if side is HOST else self.device
         buffer = self.buffer(side)
         if self.head is not side and self.head is not SYNCED:
             if side is HOST:
@@ -83,9 +92,9 @@ class Blob:
         self._shape = ()
         self._count = 0
         self._data_mem = SyncedMemory(0, self.dtype, self._module)
-        self._diff_mem = SyncedMemory(0, self.dtype, self._module)
-        self._data = self._shaped(self._data_mem, self._side)
-        self._diff = self._shaped(self._diff_mem, self._side)
+        self._diff_mem = SyncedMemory(0, self.dtype, self._module, lazy=True)
+        self._data = self._shaped(self._data_mem)
+        self._diff = None             # a view of the diff once it is allocated
         if shape is not None:
             self.reshape(shape)
 
@@ -100,28 +109,33 @@ class Blob:
         if any(s < 0 for s in shape):
             raise ValueError('blob shape %s has a negative dimension' % (shape,))
         count = _count(shape)
-        grow = (count > self._data_mem.size) + (count > self._diff_mem.size)
-        if grow and self._module is None:
-            try:
-                memory.check(count * self.dtype.itemsize * grow,
-                             'a blob of shape %s (data and diff)' % ' '.join(map(str, shape)))
-            except memory.OutOfMemoryError as exc:
-                exc.blob = self       # the net names it
-                raise
         if count > self._data_mem.size:
+            self._check_memory(count, 'the data of a blob of shape %s' % ' '.join(map(str, shape)))
             self._data_mem = SyncedMemory(count, self.dtype, self._module)
         if count > self._diff_mem.size:
-            self._diff_mem = SyncedMemory(count, self.dtype, self._module)
+            self._diff_mem = SyncedMemory(count, self.dtype, self._module, lazy=True)
         self._shape = shape
         self._count = count
-        self._data = self._shaped(self._data_mem, self._side)
-        self._diff = self._shaped(self._diff_mem, self._side)
+        self._data = self._shaped(self._data_mem)
+        self._diff = self._shaped(self._diff_mem)
+
+    def _check_memory(self, count, what):
+        """memory.check for `count` values of a host blob, the error naming this blob for the net."""
+        if self._module is None:
+            try:
+                memory.check(count * self.dtype.itemsize, what)
+            except memory.OutOfMemoryError as exc:
+                exc.blob = self
+                raise
 
     def reshape_like(self, other):
         self.reshape(other.shape)
 
-    def _shaped(self, mem, side):
-        return _view(mem.buffer(side), self._count, self._shape)
+    def _shaped(self, mem):
+        """A view of `mem` on this blob's side in its shape; None while `mem` is unallocated."""
+        if mem.head is UNINITIALIZED:
+            return None
+        return _view(mem.buffer(self._side), self._count, self._shape)
 
     @property
     def shape(self):
@@ -178,10 +192,11 @@ class Blob:
 
     @property
     def diff(self):
-        mem = self._diff_mem
-        if mem.head is not self._side:
-            mem.get(self._side)
-        return self._diff
+        diff = self._diff
+        if diff is None or self._diff_mem.head is not self._side:
+            self._diff_memory().get(self._side)
+            diff = self._diff = self._shaped(self._diff_mem)
+        return diff
 
     @diff.setter
     def diff(self, value):
@@ -206,7 +221,14 @@ class Blob:
 
     def read_diff(self):
         """A read-only host array of the diff, copied from the device only if it is ahead there."""
-        return self._read(self._diff_mem)
+        return self._read(self._diff_memory())
+
+    def _diff_memory(self):
+        """The diff's SyncedMemory, checked against the machine's memory before its first use."""
+        mem = self._diff_mem
+        if mem.head is UNINITIALIZED:
+            self._check_memory(mem.size, 'the diff of a blob of shape %s' % ' '.join(map(str, self._shape)))
+        return mem
 
     def _read(self, mem):
         view = _view(mem.get(HOST, write=False), self._count, self._shape)
@@ -218,14 +240,14 @@ class Blob:
         other = _blob(other)
         self._check_share(other)
         self._data_mem = other._data_mem
-        self._data = self._shaped(self._data_mem, self._side)
+        self._data = self._shaped(self._data_mem)
 
     def share_diff(self, other):
         """Use `other`'s diff memory (same count), as Caffe's ShareDiff."""
         other = _blob(other)
         self._check_share(other)
         self._diff_mem = other._diff_mem
-        self._diff = self._shaped(self._diff_mem, self._side)
+        self._diff = self._shaped(self._diff_mem)
 
     def _check_share(self, other):
         if other.count != self._count:
@@ -275,7 +297,7 @@ class HostView:
     @property
     def diff(self):
         blob = self.blob
-        return _view(blob._diff_mem.get(HOST), blob.count, blob.shape)
+        return _view(blob._diff_memory().get(HOST), blob.count, blob.shape)
 
     @diff.setter
     def diff(self, value):

@@ -120,7 +120,10 @@ class Layer:
         return loss
 
     def run_backward(self, top, propagate_down, bottom):
-        self.backward(top, propagate_down, bottom)
+        try:
+            self.backward(top, propagate_down, bottom)
+        except (memory.OutOfMemoryError, MemoryError) as exc:     # diffs are allocated on first use
+            raise self.memory_error(exc, top, bottom) from None
 
     def loss(self, top_index):
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
@@ -171,15 +174,16 @@ class Layer:
         """A LayerError naming this layer and its type."""
         return LayerError('%s layer "%s": %s' % (self.type, self.name, message))
 
-    def memory_error(self, exc, top):
+    def memory_error(self, exc, top, bottom=()):
         """A LayerError naming this layer, and the blob when `exc` says which, for a request too large
         (memory.OutOfMemoryError from the check before allocating, or a MemoryError from NumPy)."""
         blob = getattr(exc, 'blob', None)
         what = 'one of its weight or buffer blobs: ' if blob is not None else ''
-        for j, t in enumerate(top):
-            if t is blob:
-                names = self.layer_param.top
-                what = 'top blob "%s": ' % (names[j] if j < len(names) else j)
+        for side, blobs, names in (('bottom', bottom, self.layer_param.bottom),
+                                   ('top', top, self.layer_param.top)):
+            for j, b in enumerate(blobs):
+                if b is blob:
+                    what = '%s blob "%s": ' % (side, names[j] if j < len(names) else j)
         for k, param in enumerate(self.blobs):
             if param is blob:
                 what = 'param blob %d: ' % k

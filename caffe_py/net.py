@@ -271,14 +271,17 @@ class Net:
                     log.info('    with loss weight %s', log.fmt(layer.loss(j)))
                 memory_used += top.count
             log.info('Memory required for data: %d', memory_used * self.dtype.itemsize)
-            needed = 2 * memory_used * self.dtype.itemsize       # data and diff
+            # diffs are allocated on first use (Blob): counted for a TRAIN net, which its solver
+            # runs backward; a TEST net (deploy) is usually only run forward
+            needed = (1 + (self.phase == TRAIN)) * memory_used * self.dtype.itemsize
             if memory_free is not None and needed > max(memory_free, memory.CHECK_FROM):
-                raise NetError('%s layer "%s": the blobs up to its tops (%s) need %s for data and diffs; '
+                raise NetError('%s layer "%s": the blobs up to its tops (%s) need %s for %s; '
                                'this machine has %s available'
                                % (lp.type, lp.name, ', '.join(
                                    '"%s" %s' % (lp.top[j] if j < len(lp.top) else '(automatic)',
                                                 top.shape_string()) for j, top in enumerate(self.top_vecs[-1])),
-                                  memory.format_bytes(needed), memory.format_bytes(memory_free)))
+                                  memory.format_bytes(needed), 'data and diffs' if self.phase == TRAIN else 'data',
+                                  memory.format_bytes(memory_free)))
             if len(lp.param) > len(layer.blobs):
                 raise NetError('Too many params specified for layer %s' % lp.name)
             for k in range(len(layer.blobs)):
@@ -667,8 +670,13 @@ class Net:
             layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
 
     def clear_param_diffs(self):
-        for blob in self.learnable_params:
-            blob.diff[...] = 0
+        """Zero every learnable parameter's diff (allocated the first time, as in Caffe)."""
+        for i, blob in enumerate(self.learnable_params):
+            try:
+                blob.diff[...] = 0
+            except (memory.OutOfMemoryError, MemoryError) as exc:
+                owned = [ids for ids, owner in zip(self._param_layer_indices, self._param_owners) if owner < 0]
+                raise self.layers[owned[i][0]].memory_error(exc, ()) from None
 
     def update(self):
         """data -= diff for every learnable parameter (Caffe's Net::Update)."""

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from caffe_py import TEST, Net, formats
+from caffe_py import TEST, TRAIN, Net, formats
 from caffe_py.data.db import DBWriter, Reader
 from caffe_py.data.hdf5 import DataSourceError, load_hdf5_datasets
 from caffe_py.data.image import image_to_datum, read_image
@@ -143,7 +143,7 @@ def test_batch_size_2_31_is_refused_naming_layer_blob_and_bytes(tmp_path):
     with pytest.raises(NetError) as info:
         Net(_data_net(tmp_path, path, batch=2 ** 31 - 1), TEST)
     message = _one_line_error(info, 'layer "data"', 'top blob "data"', '2147483647', 'bytes', 'available')
-    assert str(2 * (2 ** 31 - 1) * 3 * 8 * 8 * 4) in message
+    assert str((2 ** 31 - 1) * 3 * 8 * 8 * 4) in message        # its data; the diff comes on first use
 
 
 def _conv_net(tmp_path, conv):
@@ -175,10 +175,12 @@ def test_pooling_kernel_larger_than_its_input_is_refused(tmp_path):
     _one_line_error(info, 'layer "pool"', 'does not fit the 8x8 input')
 
 
-def test_net_memory_is_compared_with_what_the_machine_has(tmp_path, monkeypatch):
-    """Each blob fits, their sum (Caffe's "Memory required for data", data and diff) does not."""
+@pytest.mark.parametrize('phase, available, what', [(TRAIN, 200, 'data and diffs'), (TEST, 100, 'data')])
+def test_net_memory_is_compared_with_what_the_machine_has(tmp_path, monkeypatch, phase, available, what):
+    """Each blob fits, their sum (Caffe's "Memory required for data", with diffs for a TRAIN net,
+    whose solver runs backward; a TEST net allocates diffs only if it is run backward) does not."""
     from caffe_py import memory
-    monkeypatch.setattr(memory, 'available_bytes', lambda: 200 << 20)
+    monkeypatch.setattr(memory, 'available_bytes', lambda: available << 20)
     layers = ['layer { name: "in" type: "Input" top: "x0" input_param { shape { dim: 1 dim: 1 '
               'dim: 2048 dim: 2048 } } }']                         # 16 MiB a blob
     for i in range(1, 8):
@@ -186,8 +188,8 @@ def test_net_memory_is_compared_with_what_the_machine_has(tmp_path, monkeypatch)
     path = tmp_path / 'chain.prototxt'
     path.write_text('\n'.join(layers))
     with pytest.raises(NetError) as info:
-        Net(str(path), TEST)
-    _one_line_error(info, 'layer "relu6"', '"x6"', 'bytes', 'available')
+        Net(str(path), phase)
+    _one_line_error(info, 'layer "relu6"', '"x6"', 'bytes', 'for %s;' % what, 'available')
 
 
 def test_huge_input_blob_names_the_blob(tmp_path):

@@ -191,6 +191,48 @@ def test_roi_pooling_backward_routes_to_first_maximum():
     np.testing.assert_array_equal(net.blobs['x'].diff.reshape(-1), [5, 0, 0, 0])
 
 
+def naive_roi_pool_backward(x, rois, dy, ph, pw, scale):
+    """The fork's forward loop recording max_idx (strict >: the first maximum), then its backward."""
+    dx = np.zeros(x.shape)
+    height, width = x.shape[2:]
+    f32 = np.float32
+    for n, roi in enumerate(rois):
+        b = int(roi[0])
+        x1, y1, x2, y2 = [int(np.sign(v) * np.floor(abs(v) + 0.5)) for v in f32(roi[1:]) * f32(scale)]
+        bh, bw = f32(max(y2 - y1 + 1, 1)) / f32(ph), f32(max(x2 - x1 + 1, 1)) / f32(pw)
+        for c in range(x.shape[1]):
+            for i in range(ph):
+                for j in range(pw):
+                    hs = min(max(int(np.floor(f32(i) * bh)) + y1, 0), height)
+                    he = min(max(int(np.ceil(f32(i + 1) * bh)) + y1, 0), height)
+                    ws = min(max(int(np.floor(f32(j) * bw)) + x1, 0), width)
+                    we = min(max(int(np.ceil(f32(j + 1) * bw)) + x1, 0), width)
+                    best, at = -np.inf, None
+                    for h in range(hs, he):
+                        for w in range(ws, we):
+                            if x[b, c, h, w] > best:
+                                best, at = x[b, c, h, w], (h, w)
+                    if at is not None:
+                        dx[b, c][at] += dy[n, c, i, j]
+    return dx
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_roi_pooling_backward_equals_the_forks_loops_with_ties(dtype):
+    """Ties everywhere (values rounded to halves, -0.0 next to 0.0), bins of 1 to 9 cells a side."""
+    x = np.round(rand(2, 3, 26, 11) * 2) / 2
+    x[0, 0] = 0.0
+    x[0, 0, :4] = -0.0                                   # the first maximum of bins across row 4
+    rois = np.vstack([ROIS, [[1, 0, 0, 25, 25], [0, 4, 2, 19, 9], [1, 0, 0, 2, 30], [0, 0, 0, 20, 60]]])
+    layer = 'type: "ROIPooling" roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 }'
+    net = run({'x': x.astype(dtype), 'rois': rois.astype(dtype)}, layer, dtype=dtype)
+    dy = rand(*net.blobs['y'].shape, seed=1).astype(dtype)
+    net.blobs['y'].diff[...] = dy
+    net.backward_from_to()
+    expected = naive_roi_pool_backward(x.astype(dtype), rois, dy.astype(np.float64), 3, 2, 0.5)
+    np.testing.assert_array_equal(net.blobs['x'].diff, expected.astype(dtype))
+
+
 def test_roi_pooling_against_opencv(tmp_path):
     x = rand(2, 4, 12, 10)
     expected = opencv_forward({'x': x, 'rois': ROIS}, ROI_LAYER, tmp_path=tmp_path)

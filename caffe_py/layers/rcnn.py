@@ -94,40 +94,26 @@ class ROIPoolingLayer(_RegionPooling):
         else:
             self.argmax = self._max_and_argmax(bottom[0].data, geometry, top[0].data)
 
-    def _max_reduce(self, x, geometry, out, with_argmax=False):
-        """Bin maxima of every region (and, with_argmax, their flat positions in the plane, -1 for
-        empty bins): per region, the maximum over each bin's columns, then over each bin's rows,
-        every channel at once; the first maximum in row-major order wins, as in the forks' loops.
-        The map is read as (N, W, H, C), so that the reductions run over whole channel vectors."""
+    def _max_reduce(self, x, geometry, out):
+        """Bin maxima of every region: per region, the maximum over each bin's columns, then over
+        each bin's rows, every channel at once. The map is read as (N, W, H, C), so that the
+        reductions run over whole channel vectors."""
         batch, hs, he, ws, we = geometry
         channels_last = np.ascontiguousarray(x.transpose(0, 3, 2, 1))
         ph, pw = self.pooled
-        channels, width = x.shape[1], x.shape[3]
-        cols = np.empty((pw, x.shape[2], channels), x.dtype)
-        col_arg = np.zeros((pw, x.shape[2], channels), np.int64)
-        best = np.empty((pw, ph, channels), x.dtype)
-        argmax = np.full(out.shape, -1, np.int64) if with_argmax else None
+        cols = np.empty((pw, x.shape[2], x.shape[1]), x.dtype)
+        best = np.empty((pw, ph, x.shape[1]), x.dtype)
         for r in range(len(batch)):       # one region at a time, every channel at once
             h0, h1 = hs[r].min(), he[r].max()
             plane = channels_last[batch[r]]
             for j in range(pw):
                 if we[r][j] > ws[r][j] and h1 > h0:
-                    window = plane[ws[r][j]:we[r][j], h0:h1]
-                    window.max(axis=0, out=cols[j, h0:h1])
-                    if with_argmax:
-                        col_arg[j, h0:h1] = window.argmax(axis=0) + ws[r][j]
+                    plane[ws[r][j]:we[r][j], h0:h1].max(axis=0, out=cols[j, h0:h1])
             for i in range(ph):
                 if he[r][i] > hs[r][i]:
                     cols[:, hs[r][i]:he[r][i]].max(axis=1, out=best[:, i])
-                    if with_argmax:
-                        h = cols[:, hs[r][i]:he[r][i]].argmax(axis=1) + hs[r][i]          # (PW, C)
-                        w = np.take_along_axis(col_arg, h[:, None], axis=1)[:, 0]
-                        argmax[r, :, i] = (h * width + w).T
             empty = (he[r] <= hs[r])[:, None] | (we[r] <= ws[r])[None, :]
             out[r] = np.where(empty, 0, best.transpose(2, 1, 0))
-            if with_argmax:
-                argmax[r][:, empty] = -1
-        return argmax
 
     def _max_and_argmax(self, x, geometry, out):
         """_max_reduce on the device: per region, each bin's columns masked, then its rows."""
@@ -162,8 +148,7 @@ class ROIPoolingLayer(_RegionPooling):
             return
         xp = bottom[0].xp
         if self.argmax is None:
-            geometry = [_host(a) for a in self._geometry(bottom)]
-            self.argmax = self._max_reduce(bottom[0].data, geometry, np.empty(top[0].shape, self.dtype), True)
+            self.argmax = _bin_argmax(bottom[0].data, *[_host(a) for a in self._geometry(bottom)])
         num, channels, height, width = bottom[0].shape
         batch = bottom[1].data.reshape(-1, 5)[:, 0].astype(np.int64)
         plane = (batch[:, None] * channels + xp.arange(channels)[None, :]) * (height * width)
@@ -174,6 +159,59 @@ class ROIPoolingLayer(_RegionPooling):
             index, weights = index[keep], weights[keep]
         grad = xp.bincount(index, weights=weights, minlength=bottom[0].count)
         bottom[0].diff[...] = grad.reshape(bottom[0].shape)
+
+
+def _value_order(values):
+    """int64 numbers ordered as `values` are, equal where they are equal (-0.0 and 0.0 too): float32
+    bits with the negatives' magnitude bits flipped; other dtypes their rank among the distinct values."""
+    if values.dtype == np.float32:
+        bits = (values + np.float32(0)).view(np.int32)          # + 0: -0.0 becomes 0.0
+        return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
+    return np.unique(values, return_inverse=True)[1].reshape(values.shape).astype(np.int64)
+
+
+def _bin_argmax(x, batch, hs, he, ws, we):
+    """Flat position h * W + w in its plane of the first maximum (row-major, as the forks' loops
+    find it) of every channel over every bin [hs, he) x [ws, we) of every region on the map x
+    (N, C, H, W); -1 for empty bins. (R, C, PH, PW), as the forks' max_idx.
+
+    Each cell is a key, its value's order in the high 32 bits and 2^32 - 1 - its position in the
+    low ones, so that the largest key is the first maximum. A bin is covered by four windows of
+    2^kh x 2^kw cells at its corners, whose largest keys come from range-maximum tables built one
+    power of two at a time, each only as far as some bin needs it."""
+    num, channels, height, width = x.shape
+    rois, ph, pw = len(batch), hs.shape[1], ws.shape[1]
+    tall = np.broadcast_to((he - hs)[:, :, None], (rois, ph, pw))
+    wide = np.broadcast_to((we - ws)[:, None, :], (rois, ph, pw))
+    empty = (tall <= 0) | (wide <= 0)
+    level_h = np.frexp(np.maximum(tall, 1))[1] - 1          # floor(log2(size)), exact
+    level_w = np.frexp(np.maximum(wide, 1))[1] - 1
+    argmax = np.full((rois, ph, pw, channels), -1, np.int32)
+    position = (np.arange(height)[:, None] * width + np.arange(width))[None, :, :, None]
+    row_key = (_value_order(np.ascontiguousarray(x.transpose(0, 2, 3, 1))) << 32) | (0xFFFFFFFF - position)
+    for kw in range(int(level_w[~empty].max(initial=-1)) + 1):
+        if kw:                        # (N, H, W', C): windows of 2^kw columns, from two of 2^(kw-1)
+            half = 1 << (kw - 1)
+            row_key = np.maximum(row_key[:, :, :-half], row_key[:, :, half:])
+        wanted = ~empty & (level_w == kw)
+        key = row_key
+        for kh in range(int(level_h[wanted].max(initial=-1)) + 1):
+            if kh:                    # (N, H', W', C): and of 2^kh rows
+                half = 1 << (kh - 1)
+                key = np.maximum(key[:, :-half], key[:, half:])
+            r, i, j = np.nonzero(wanted & (level_h == kh))
+            if not len(r):
+                continue
+            _, rows, cols, _ = key.shape
+            flat = key.reshape(-1, channels)
+            upper = (batch[r] * rows + hs[r, i]) * cols
+            lower = (batch[r] * rows + he[r, i] - (1 << kh)) * cols
+            left, right = ws[r, j], we[r, j] - (1 << kw)
+            best = flat.take(upper + left, 0)
+            for corner in (upper + right, lower + left, lower + right):
+                np.maximum(best, flat.take(corner, 0), out=best)
+            argmax[r, i, j] = 0xFFFFFFFF - (best & 0xFFFFFFFF)
+    return np.ascontiguousarray(argmax.transpose(0, 3, 1, 2))
 
 
 def _channels(blob):
