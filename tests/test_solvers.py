@@ -113,7 +113,8 @@ def test_plateau_snapshot_and_resume_continue_the_sequence(workdir, captured_log
     assert resumed.minimum_loss == np.float32(3.4028235e38) and resumed.iter_last_event == 0
     resumed.restore('p_iter_12' + suffix)
     state = (resumed.current_step, resumed.iter_last_event, resumed.minimum_loss)
-    captured_log.truncate(0)
+    captured_log.seek(0)
+    captured_log.truncate()
     resumed.solve()
     assert lines(captured_log, ', lr = ') == rates[12:]
     # the restored minimum and event decide when the next steps come
