@@ -71,5 +71,7 @@ def mean_average_precision(results, ap_version='Integral'):
         if label in found:
             scores, hits = zip(*found[label])
             per_class[label] = average_precision(scores, hits, positives, ap_version)
-    mean_ap = sum(per_class.values()) / len(num_pos) if num_pos else 0.0
-    return mean_ap, per_class
+    mean_ap = np.float32(0)           # summed in float in label order, as the fork sums
+    for ap in per_class.values():
+        mean_ap += np.float32(ap)
+    return (float(mean_ap / np.float32(len(num_pos))) if num_pos else 0.0), per_class

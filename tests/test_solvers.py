@@ -74,6 +74,78 @@ def test_lr_errors():
         rate('lr_policy: "step" base_lr: 0.1 gamma: 0.1', 0)
 
 
+def test_lr_plateau_by_hand(captured_log):
+    """SSD's plateau: a step when the loss made no new minimum for plateau_winsize[step] iterations."""
+    param = solver_param('lr_policy: "plateau" base_lr: 1 gamma: 0.1 display: 4 '
+                         'plateau_winsize: 3 plateau_winsize: 2')
+    state = type('State', (), {})()
+    state.minimum_loss, state.iter_last_event, step = np.float32(3.4028235e38), 0, 0
+    losses = [5, 4, 3, 3, 3, 3, 2, 2, 2, 2, 2, 1]
+    seen = []
+    for it, loss in enumerate(losses):
+        state.smoothed_loss = np.float32(loss)
+        value, step = learning_rate(param, it, step, state)
+        seen.append(float(value))
+    # new minima at 0, 1, 2; plateau of 3 ends at 5 (step 1); minimum 2 at 6; plateau of 2 ends at 8
+    # (step 2, the last window); the minimum 1 at 11 changes no more
+    assert seen == pytest.approx([1, 1, 1, 1, 1, .1, .1, .1, .01, .01, .01, .01])
+    assert (step, state.iter_last_event, state.minimum_loss) == (2, 11, 1)
+    # at display iterations with an event in the last `display` iterations: the minimum so far
+    assert lines(captured_log, 'Plateau Status') == [
+        'Plateau Status: Iteration 0, current minimum_loss = 5',
+        'Plateau Status: Iteration 4, current minimum_loss = 3',
+        'Plateau Status: Iteration 5, step = 1', 'Plateau Status: Iteration 8, step = 2',
+        'Plateau Status: Iteration 8, current minimum_loss = 2']
+
+
+@pytest.mark.parametrize('snapshot_format', ['BINARYPROTO', 'HDF5'])
+def test_plateau_snapshot_and_resume_continue_the_sequence(workdir, captured_log, snapshot_format):
+    path = write_solver(workdir, 'display: 1\nmax_iter: 20\nsnapshot: 12\nsnapshot_prefix: "p"\n'
+                                 'lr_policy: "plateau"\ngamma: 0.5\nplateau_winsize: 2\n'
+                                 'plateau_winsize: 2\nplateau_winsize: 3\nplateau_winsize: 3\n'
+                                 'base_lr: 0.3\nsnapshot_format: %s\n' % snapshot_format)
+    straight = get_solver(path)
+    straight.solve()
+    rates = lines(captured_log, ', lr = ')
+    losses = [np.float32(x.rsplit('= ', 1)[1]) for x in lines(captured_log, 'loss = ') if 'iter/s' in x]
+    suffix = '.solverstate.h5' if snapshot_format == 'HDF5' else '.solverstate'
+    resumed = get_solver(path)
+    assert resumed.minimum_loss == np.float32(3.4028235e38) and resumed.iter_last_event == 0
+    resumed.restore('p_iter_12' + suffix)
+    state = (resumed.current_step, resumed.iter_last_event, resumed.minimum_loss)
+    captured_log.seek(0)
+    captured_log.truncate()
+    resumed.solve()
+    assert lines(captured_log, ', lr = ') == rates[12:]
+    # the restored minimum and event decide when the next steps come
+    assert state[1] > 0 and state[2] == pytest.approx(min(losses[:12]), rel=1e-5)
+    assert (resumed.current_step, resumed.iter_last_event) == (straight.current_step, straight.iter_last_event)
+    # the smoothed loss is a running sum restarted by each solve (as in Caffe): equal up to rounding
+    assert resumed.minimum_loss == pytest.approx(straight.minimum_loss, rel=1e-4)
+    for name, blobs in weights(straight.net).items():
+        for a, b in zip(blobs, weights(resumed.net)[name]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_plateau_state_is_written_only_for_the_plateau_policy(workdir):
+    get_solver(write_solver(workdir, 'display: 0\nmax_iter: 2\nsnapshot_prefix: "f"\n')).solve()
+    state = caffe.formats.read_solverstate('f_iter_2.solverstate')
+    assert not state.HasField('minimum_loss') and not state.HasField('iter_last_event')
+    get_solver(write_solver(workdir, 'display: 0\nmax_iter: 2\nsnapshot_prefix: "q"\n'
+                                     'lr_policy: "plateau"\nplateau_winsize: 1\ngamma: 0.1\n')).solve()
+    state = caffe.formats.read_solverstate('q_iter_2.solverstate')
+    assert state.HasField('minimum_loss') and state.iter_last_event == 1 and state.minimum_loss < 2
+
+
+def test_plateau_refused_with_several_ranks(workdir):
+    caffe.set_solver_count(2)
+    try:
+        with pytest.raises(SolverError, match='"plateau" is not supported with several solver ranks'):
+            get_solver(write_solver(workdir, 'lr_policy: "plateau"\nplateau_winsize: 1\n'))
+    finally:
+        caffe.set_solver_count(1)
+
+
 # -- update rules on a one-layer net, against formulas written out here -----------------------
 
 UPDATE_NET = '''

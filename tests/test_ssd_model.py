@@ -2,6 +2,7 @@
 scene, they find the scene's shapes, and the example runs end to end."""
 import importlib.util
 import os
+import re
 
 import cv2
 import numpy as np
@@ -36,8 +37,7 @@ def detect():
 
 
 def test_committed_nets_are_what_the_script_writes(make):
-    for name, text in (('deploy.prototxt', make.net_text(True)), ('train.prototxt', make.net_text(False)),
-                       ('train_lmdb.prototxt', make.lmdb_net_text()), ('solver.prototxt', make.SOLVER)):
+    for name, text in make.prototxt_files():
         with open(os.path.join(TINY, name)) as f:
             assert f.read() == text, name + ' is stale: run make_tiny_ssd.py --nets'
 
@@ -144,6 +144,26 @@ def test_caffe_py_train_runs_the_ssd_recipe(make, tmp_path):
                       .replace('max_iter: 2000', 'max_iter: 2').replace('snapshot: 1000', 'snapshot: 0')
                       + 'snapshot_after_train: false\n')
     assert cli.main(['train', '-solver', str(solver)]) == 0
+
+
+def test_caffe_py_train_tests_the_tiny_ssd_as_ssd_does(make, tmp_path, capfd):
+    """solver_detection.prototxt (SSD's solver fields) through `caffe-py train`: the test net's
+    DetectionEvaluate rows give the mAP line, high for the trained weights on unseen scenes."""
+    from caffe_py.tools import cli
+    make.write_lmdb(str(tmp_path / 'train_lmdb'), 2)
+    make.write_lmdb(str(tmp_path / 'test_lmdb'), 16, seed=99)
+    for name, lmdb in (('train_lmdb.prototxt', make.LMDB), ('test_lmdb.prototxt', make.TEST_LMDB)):
+        with open(os.path.join(TINY, name)) as f:
+            (tmp_path / name).write_text(f.read().replace(lmdb, str(tmp_path / name.split('.')[0])))
+    solver = tmp_path / 'solver.prototxt'
+    solver.write_text(make.SOLVER_DETECTION.replace('models/tiny_ssd', str(tmp_path))
+                      .replace('test_iter: 8', 'test_iter: 2').replace('max_iter: 2000', 'max_iter: 0')
+                      .replace('snapshot: 1000', 'snapshot: 0')
+                      + 'snapshot_after_train: false\n')
+    assert cli.main(['train', '-solver', str(solver), '-weights', WEIGHTS]) == 0
+    err = capfd.readouterr().err
+    found = re.findall(r'\] {5}Test net output #0: detection_eval = ([0-9.]+)\n', err)
+    assert len(found) == 1 and float(found[0]) > 0.75, err[-2000:]
 
 
 def test_tiny_ssd_mean_average_precision_on_new_scenes(make):

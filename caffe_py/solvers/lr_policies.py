@@ -11,6 +11,11 @@ multistep policies keep in the solver state.
     multistep  base_lr * gamma ^ (number of stepvalues passed)
     poly       base_lr * (1 - iter / max_iter) ^ power
     sigmoid    base_lr / (1 + exp(-gamma * (iter - stepsize)))
+    plateau    base_lr * gamma ^ (number of plateaus so far; SSD's weiliu89/caffe): a plateau ends
+               when the smoothed loss has made no new minimum for plateau_winsize[step] iterations
+
+The plateau policy reads and updates a `state` holding smoothed_loss, minimum_loss and
+iter_last_event (the solver, which snapshots the last two).
 
 The arithmetic keeps Caffe's types: parameters are floats, powers with an
 integer exponent run in double precision, the others in float.
@@ -79,17 +84,37 @@ def _sigmoid(param, it, step):
     return float(f32(param.base_lr) * (f32(1) / denominator)), step
 
 
+def _plateau(param, it, step, state):
+    _need(state is not None, 'lr_policy "plateau" needs the solver\'s loss history')
+    _need(param.gamma >= 0, 'lr_policy "plateau" needs gamma >= 0 (got %s)' % log.fmt(param.gamma))
+    loss = f32(state.smoothed_loss)
+    if loss < f32(state.minimum_loss):
+        state.minimum_loss = loss
+        state.iter_last_event = it
+    if step < len(param.plateau_winsize) and it >= state.iter_last_event + param.plateau_winsize[step]:
+        step += 1
+        state.iter_last_event = it
+        log.info('Plateau Status: Iteration %d, step = %d', it, step)
+    if param.display and it % param.display == 0 and state.iter_last_event > it - param.display:
+        log.info('Plateau Status: Iteration %d, current minimum_loss = %s', it,
+                 log.fmt(f32(state.minimum_loss)))
+    return float(f32(param.base_lr)) * float(f32(param.gamma)) ** step, step
+
+
 POLICIES = {
     'fixed': _fixed, 'step': _step, 'exp': _exp, 'inv': _inv,
-    'multistep': _multistep, 'poly': _poly, 'sigmoid': _sigmoid,
+    'multistep': _multistep, 'poly': _poly, 'sigmoid': _sigmoid, 'plateau': _plateau,
 }
 
 
-def learning_rate(param, iteration, current_step=0):
-    """(rate, current_step) for SolverParameter `param` at `iteration`."""
+def learning_rate(param, iteration, current_step=0, state=None):
+    """(rate, current_step) for SolverParameter `param` at `iteration`; `state` for "plateau"."""
     policy = POLICIES.get(param.lr_policy)
     if policy is None:
         raise LearningRateError('Unknown learning rate policy: "%s" (known: %s)'
                                 % (param.lr_policy, ', '.join(POLICIES)))
-    rate, step = policy(param, iteration, current_step)
+    if policy is _plateau:
+        rate, step = policy(param, iteration, current_step, state)
+    else:
+        rate, step = policy(param, iteration, current_step)
     return f32(rate), step

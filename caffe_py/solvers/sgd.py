@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .. import backend, formats, gpu, log
+from .. import backend, formats, gpu, log, parallel
 from ..proto import caffe_pb2
 from . import snapshots
 from .lr_policies import learning_rate
@@ -34,12 +34,18 @@ class SGDSolver(Solver):
         if self.param.regularization_type not in ('L2', 'L1') and self.param.weight_decay:
             raise SolverError('Unknown regularization type: %s (known: L2, L1)'
                               % self.param.regularization_type)
+        if self._plateau() and parallel.solver_count() > 1:   # each rank would follow its own loss
+            raise SolverError('lr_policy "plateau" is not supported with several solver ranks (%d)'
+                              % parallel.solver_count())
 
     def pre_solve(self):
         params = self.net.learnable_params
         self.history = [blob.xp.zeros(blob.shape, blob.dtype)
                         for _ in range(self.histories_per_param) for blob in params]
         self._scratch = {}
+        # lr_policy "plateau" (SSD): the smallest smoothed loss so far and when it or the rate last changed
+        self.minimum_loss = f32(np.finfo(np.float32).max)
+        self.iter_last_event = 0
 
     def buffer(self, kind, param_id):
         """A scratch array shaped like parameter `param_id` (Caffe's update_ / temp_ blobs)."""
@@ -52,7 +58,7 @@ class SGDSolver(Solver):
     # -- one update ----------------------------------------------------------------
     def get_learning_rate(self):
         try:
-            rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+            rate, self.current_step = learning_rate(self.param, self.iter, self.current_step, self)
         except ValueError as exc:      # LearningRateError: name the solver file that holds the setting
             if not self.source:
                 raise
@@ -139,6 +145,9 @@ class SGDSolver(Solver):
             return
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_filename,
                                       current_step=self.current_step)
+        if self._plateau():
+            state.minimum_loss = self.minimum_loss
+            state.iter_last_event = self.iter_last_event
         for history in self.history:
             formats.array_to_blob(backend.to_numpy(history), blob=state.history.add())
         snapshots.write_bytes(path, state.SerializeToString())
@@ -147,6 +156,9 @@ class SGDSolver(Solver):
         f.create_dataset('iter', data=np.array([self.iter], np.int32))
         _hdf5_string(f, 'learned_net', model_filename)
         f.create_dataset('current_step', data=np.array([self.current_step], np.int32))
+        if self._plateau():
+            f.create_dataset('iter_last_event', data=np.array([self.iter_last_event], np.int32))
+            f.create_dataset('minimum_loss', data=np.array([self.minimum_loss], np.float32))
         group = f.create_group('history')
         for i, history in enumerate(self.history):
             group.create_dataset(str(i), data=backend.to_numpy(history))
@@ -157,6 +169,8 @@ class SGDSolver(Solver):
         if state.HasField('learned_net'):
             self._restore_weights(state.learned_net, path)
         self.current_step = state.current_step
+        self.minimum_loss = f32(state.minimum_loss)
+        self.iter_last_event = state.iter_last_event
         self._check_history_count(len(state.history), path)
         log.info('SGDSolver: restoring history')
         for i, proto in enumerate(state.history):
@@ -178,12 +192,22 @@ class SGDSolver(Solver):
                 self._restore_weights(learned_net.decode() if isinstance(learned_net, bytes)
                                       else str(learned_net), path)
             self.current_step = int(np.asarray(f['current_step']).ravel()[0])
+            # SSD's plateau state; Caffe's files lack it: the defaults of the binary SolverState
+            default = caffe_pb2.SolverState()
+            self.minimum_loss = f32(np.asarray(f['minimum_loss']).ravel()[0] if 'minimum_loss' in f
+                                    else default.minimum_loss)
+            self.iter_last_event = int(np.asarray(f['iter_last_event']).ravel()[0] if 'iter_last_event' in f
+                                       else default.iter_last_event)
             group = f['history']
             self._check_history_count(len(group), path)
             for i in range(len(self.history)):
                 if str(i) not in group:
                     raise SolverError('%s: history/%d is missing' % (path, i))
                 self._set_history(i, np.asarray(group[str(i)]), path)
+
+    def _plateau(self):
+        """Whether snapshots hold the plateau state (SSD writes it always; Caffe's files lack it)."""
+        return self.param.lr_policy == 'plateau'
 
     def _restore_weights(self, learned_net, state_path):
         if not os.path.isfile(learned_net):

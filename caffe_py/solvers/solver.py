@@ -9,9 +9,10 @@ import os
 import numpy as np
 
 from .. import backend, formats, log, parallel
+from ..detection_eval import AP_VERSIONS
 from ..net import Net
 from ..proto import caffe_pb2
-from . import nan_check, snapshots
+from . import detection_test, nan_check, snapshots
 from .timer import Timer
 
 f32 = np.float32
@@ -195,6 +196,12 @@ class Solver:
         if sources and p.test_interval <= 0:
             raise SolverError('test_interval must be > 0 when there are test nets (got %d)'
                               % p.test_interval)
+        if sources and p.eval_type not in detection_test.EVAL_TYPES:   # the fork stops at the first test
+            raise SolverError('Unknown evaluation type: %s (eval_type; known: %s)'
+                              % (p.eval_type, ', '.join(detection_test.EVAL_TYPES)))
+        if sources and p.eval_type == 'detection' and p.ap_version not in AP_VERSIONS:
+            raise SolverError('Unknown ap_version: %s (known: %s)'
+                              % (p.ap_version, ', '.join(AP_VERSIONS)))
         nets = []
         for i, (description, source) in enumerate(sources):
             net_param = caffe_pb2.NetParameter()
@@ -350,12 +357,14 @@ class Solver:
             self.test(test_net_id)
 
     def test(self, test_net_id=0):
-        """Mean outputs of test net `test_net_id` over test_iter batches, logged as Caffe logs them."""
+        """Mean outputs of test net `test_net_id` over test_iter batches, logged as Caffe logs them;
+        with eval_type "detection", their mean average precision (SSD's TestDetection)."""
         p = self.param
         log.info('Iteration %d, Testing net (#%d)', self.iter, test_net_id)
         test_net = self.test_nets[test_net_id]
         test_net.share_with(self.net)
         test_iter = p.test_iter[test_net_id]
+        detections = detection_test.DetectionRows(test_net) if p.eval_type == 'detection' else None
         scores = None
         loss = f32(0)
         for _ in range(test_iter):
@@ -371,6 +380,9 @@ class Solver:
             iter_loss = test_net.forward_from_to()
             if p.test_compute_loss:
                 loss += f32(iter_loss)
+            if detections is not None:
+                detections.add()
+                continue
             values = [test_net.blobs[name].read_data().ravel() for name in test_net.outputs]
             batch = np.concatenate(values).astype(f32) if values else np.zeros(0, f32)
             if scores is None:
@@ -383,6 +395,9 @@ class Solver:
         if p.test_compute_loss and test_iter:
             loss /= f32(test_iter)
             log.info('Test loss: %s', fmt(loss))
+        if detections is not None:
+            detections.report(p.ap_version, p.show_per_class_result)
+            return
         if scores is None:
             return
         names = [name for name in test_net.outputs for _ in range(test_net.blobs[name].count)]

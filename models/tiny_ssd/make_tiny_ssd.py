@@ -3,11 +3,14 @@ circles and squares on 300 x 300 scenes, trained here with caffe-py.
 
     python models/tiny_ssd/make_tiny_ssd.py            # nets, scenes, training, weights (~8 min)
     python models/tiny_ssd/make_tiny_ssd.py --nets     # only rewrite the prototxt files
-    python models/tiny_ssd/make_tiny_ssd.py --lmdb 500 # scenes as an AnnotatedDatum LMDB, then
+    python models/tiny_ssd/make_tiny_ssd.py --lmdb 500 # scenes as AnnotatedDatum LMDBs (train + test), then
     caffe-py train -solver models/tiny_ssd/solver.prototxt     # SSD's recipe: AnnotatedData + augmentation
+    caffe-py train -solver models/tiny_ssd/solver_detection.prototxt   # the same, testing mAP as SSD does
 
 Writes deploy.prototxt, train.prototxt (fed from Python, as the weights were trained),
-train_lmdb.prototxt + solver.prototxt (AnnotatedData reading examples/ssd_detect/scenes_lmdb) and
+train_lmdb.prototxt + solver.prototxt (AnnotatedData reading examples/ssd_detect/scenes_lmdb),
+test_lmdb.prototxt + solver_detection.prototxt (SSD's test net and solver: DetectionEvaluate on
+examples/ssd_detect/scenes_test_lmdb, eval_type "detection", ap_version "11point") and
 tiny_ssd.caffemodel beside this file, and the demo scene examples/ssd_detect/scene.jpg. Scenes: a noisy background with 1 to 4 filled shapes, class 1
 circle, class 2 square, sides 40 to 150 pixels. Input: BGR pixels, (x - 127.5) / 127.5.
 """
@@ -140,6 +143,31 @@ random_seed: 0
 """
 
 
+TEST_LMDB = 'examples/ssd_detect/scenes_test_lmdb'
+TEST_SCENES = 64
+SOLVER_DETECTION = SOLVER.replace(
+    'net: "models/tiny_ssd/train_lmdb.prototxt"\n',
+    'train_net: "models/tiny_ssd/train_lmdb.prototxt"\ntest_net: "models/tiny_ssd/test_lmdb.prototxt"\n'
+    'test_iter: %d\ntest_interval: 500\n' % (TEST_SCENES // BATCH))
+SOLVER_DETECTION += 'eval_type: "detection"\nap_version: "11point"\n'
+
+
+def lmdb_test_net_text():
+    """The deploy net fed by AnnotatedData (TEST: resize only), its detections (confidence 0.01, as SSD's
+    test nets) evaluated against the labels by DetectionEvaluate."""
+    text = net_text(deploy=True).replace('confidence_threshold: 0.25', 'confidence_threshold: 0.01')
+    start = text.index('layer { name: "data"')
+    data = ('layer { name: "data" type: "AnnotatedData" top: "data" top: "label" include { phase: TEST }\n'
+            '  data_param { source: "%s" backend: LMDB batch_size: %d }\n'
+            '  transform_param { mean_value: 127.5 mean_value: 127.5 mean_value: 127.5 scale: 0.007843\n'
+            '    resize_param { prob: 1 resize_mode: WARP height: %d width: %d interp_mode: LINEAR } } }\n'
+            % (TEST_LMDB, BATCH, SIZE, SIZE))
+    return (text[:start] + data + text[text.index('\n', start) + 1:]
+            + 'layer { name: "detection_eval" type: "DetectionEvaluate" bottom: "detection_out" bottom: "label" '
+            'top: "detection_eval" include { phase: TEST }\n  detection_evaluate_param { num_classes: %d '
+            'background_label_id: 0 overlap_threshold: 0.5 evaluate_difficult_gt: false } }\n' % len(CLASSES))
+
+
 def lmdb_net_text():
     """The training net fed by AnnotatedData with SSD's augmentations (ssd_pascal.py's recipe)."""
     text = net_text(deploy=False)
@@ -233,17 +261,27 @@ def train(iterations, seed=0):
     return solver.net
 
 
+def prototxt_files():
+    """(file name beside this script, text) of every prototxt it writes."""
+    return (('deploy.prototxt', net_text(True)), ('train.prototxt', net_text(False)),
+            ('train_lmdb.prototxt', lmdb_net_text()), ('solver.prototxt', SOLVER),
+            ('test_lmdb.prototxt', lmdb_test_net_text()), ('solver_detection.prototxt', SOLVER_DETECTION))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--nets', action='store_true', help='only write the prototxt files')
-    parser.add_argument('--lmdb', type=int, metavar='N', help='only write N scenes to ' + LMDB)
+    parser.add_argument('--lmdb', type=int, metavar='N', help='only write N scenes to %s and %d to %s '
+                        '(and make the solvers\' snapshot folder)' % (LMDB, TEST_SCENES, TEST_LMDB))
     parser.add_argument('--iterations', type=int, default=2000)
     args = parser.parse_args(argv)
     if args.lmdb:
         write_lmdb(os.path.join(ROOT, LMDB), args.lmdb)
+        write_lmdb(os.path.join(ROOT, TEST_LMDB), TEST_SCENES, seed=99)
+        # the folder of the solvers' snapshot_prefix
+        os.makedirs(os.path.join(ROOT, 'examples', 'ssd_detect', 'snapshots'), exist_ok=True)
         return 0
-    for name, text in (('deploy.prototxt', net_text(True)), ('train.prototxt', net_text(False)),
-                       ('train_lmdb.prototxt', lmdb_net_text()), ('solver.prototxt', SOLVER)):
+    for name, text in prototxt_files():
         with open(os.path.join(HERE, name), 'w') as f:
             f.write(text)
     if args.nets:
