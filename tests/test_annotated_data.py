@@ -127,7 +127,8 @@ def test_samplers_drawn_as_arrays_match_trial_by_trial_draws():
     objects = np.array([[0.1, 0.1, 0.4, 0.5], [0.6, 0.6, 0.9, 0.9]], np.float32)
     samplers = [_sampler(1, 1, scale=(1, 1), aspect=(1, 1)), _sampler(50, 1, min_jaccard_overlap=0.5),
                 _sampler(30, 3, max_jaccard_overlap=0.2), _sampler(20, None, min_sample_coverage=0.5),
-                _sampler(40, 2, min_object_coverage=0.9), _sampler(10, 0), _sampler(25, 1, scale=(0.95, 1.0))]
+                _sampler(40, 2, min_object_coverage=0.9), _sampler(10, 0), _sampler(25, 1, scale=(0.95, 1.0)),
+                _sampler(50, None, scale=(1, 1), aspect=(1, 1))]       # redraws in every draw of a trial
     for seed in range(6):
         fast, slow = rng.CaffeStream(seed), rng.CaffeStream(seed)
         windows = annotated_boxes.generate_samples(objects, samplers, fast)
@@ -135,6 +136,30 @@ def test_samplers_drawn_as_arrays_match_trial_by_trial_draws():
         np.testing.assert_array_equal(np.reshape(windows, (-1, 4)), np.reshape(expected, (-1, 4)))
         assert fast.words(1) == slow.words(1)
     assert len(windows) > 3
+
+
+def test_a_rare_redraw_in_an_offset_is_followed(monkeypatch):
+    """An offset's word whose value rounds up to the range's end: boost redraws it, the samplers go one
+    trial at a time."""
+    sequential = []
+    original = annotated_boxes._sequential_trials
+    monkeypatch.setattr(annotated_boxes, '_sequential_trials', lambda *a: sequential.append(1) or original(*a))
+    objects = np.array([[0.1, 0.1, 0.4, 0.5]], np.float32)
+    samplers = [_sampler(5, None, scale=(0.5, 0.5), aspect=(1, 1))]
+    fast, slow = rng.CaffeStream(1), rng.CaffeStream(1)
+    for stream in (fast, slow):
+        stream.unread(np.array([7, 8, 0xffffffff], np.uint32))
+    windows = annotated_boxes.generate_samples(objects, samplers, fast)
+    np.testing.assert_array_equal(windows, original(samplers[0], objects, slow))
+    assert sequential == [1] and fast.words(1) == slow.words(1)
+
+
+def test_draw_uniform_is_caffe_rng_uniform():
+    for low, high in [(0, 1), (0.3, 1.0), (1, 1), (0, 0), (-18, 18), (0.5, 0.5000001)]:
+        stream, reference = rng.CaffeStream(9), rng.CaffeStream(9)
+        values = [annotated_boxes.draw_uniform(stream, low, high) for _ in range(200)]
+        np.testing.assert_array_equal(values, reference.uniform(200, low, high))
+        assert stream.words(1) == reference.words(1)
 
 
 def test_batch_samplers_keep_crops_that_meet_the_constraint():

@@ -56,9 +56,7 @@ def parse_annotated(value, flag, what):
     return image, anno, record
 
 
-def _uniform(stream, low, high):
-    """caffe_rng_uniform(1, low, high) in float."""
-    return stream.uniform(1, low, high, np.float32)[0]
+_uniform = boxes.draw_uniform
 
 
 def plan_distortion(param, stream, c_rand):

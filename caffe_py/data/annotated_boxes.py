@@ -121,28 +121,80 @@ def extrapolated_boxes(box, param, height, width, window):
 
 
 # -- batch samplers ---------------------------------------------------------------------------------
-def _uniform_from(words, low, high):
-    """boost::uniform_real(low, nextafter(high)) in float32 on given 32-bit words, element-wise:
-    (values, accepted); a value that rounds up to nextafter(high) is one Caffe would redraw."""
+def uniform_from(words, low, high):
+    """boost::uniform_real(low, nextafter(high)) in float32 on given 32-bit words, element-wise
+    (caffe_rng_uniform's arithmetic): (values, accepted); a value that rounds up to nextafter(high)
+    is one boost redraws."""
     low, top = F32(low) + np.zeros(len(words), F32), np.nextafter(np.asarray(high, F32), F32(np.inf))
     values = words.astype(F32) / F32(2.0 ** 32) * (top - low) + low
     return values, values < top
 
 
-def _trial_windows(sampler, take):
-    """The windows of SampleBBox for trials whose four uniforms come from `take(low, high, row)` (one
-    column of draws each: scale, aspect ratio, x, y), with the fork's float arithmetic. The aspect ratio
-    is clamped to [scale^2, 1 / scale^2] (in double, as std::pow); an offset's range 1 - width that
-    rounds below 0 is taken as 0 (the fork's uniform draw would fail its a <= b check)."""
-    scale = take(sampler.min_scale, sampler.max_scale, 0)
-    ratio = take(sampler.min_aspect_ratio, sampler.max_aspect_ratio, 1)
+def draw_uniform(stream, low, high):
+    """caffe_rng_uniform(1, low, high) in float on the words of `stream`."""
+    low, top = F32(low), np.nextafter(F32(high), F32(np.inf))
+    while True:
+        value = F32(stream.words(1)[0]) / F32(2.0 ** 32) * (top - low) + low
+        if value < top:
+            return value
+
+
+def _window_shape(sampler, scale, ratio):
+    """SampleBBox's width and height: the aspect ratio clamped to [scale^2, 1 / scale^2] (in double,
+    as std::pow), float arithmetic."""
     square = scale.astype(np.float64) ** 2
     ratio = np.minimum(np.maximum(ratio, square.astype(F32)), (1 / square).astype(F32))
     root = np.sqrt(ratio)
-    width, height = scale * root, scale / root
-    x = take(0, np.maximum(F32(1) - width, F32(0)), 2)
-    y = take(0, np.maximum(F32(1) - height, F32(0)), 3)
-    return np.stack([x, y, x + width, y + height], 1).astype(F32)
+    return scale * root, scale / root
+
+
+def _offset_range(extent):
+    """The range 1 - extent of an offset draw; where it rounds below 0 it is taken as 0 (the fork's
+    uniform draw would fail its a <= b check there)."""
+    return np.maximum(F32(1) - extent, F32(0))
+
+
+def _next_accepted(ok):
+    """For each position, the first position at or after it whose word is accepted (len(ok): none)."""
+    index = np.where(ok, np.arange(len(ok)), len(ok))
+    return np.append(np.minimum.accumulate(index[::-1])[::-1], len(ok))
+
+
+def _trial_chain(sampler, words, trials):
+    """SampleBBox's draws for `trials` trials from the start of `words`: (trial start positions plus the
+    end, windows (trials, 4)); None when the words run out, 'redraw' on a rare redraw it does not
+    follow. Every position is tried as a trial's start: the scale and aspect-ratio draws take the
+    first accepted word from there (their ranges are fixed); an offset whose range is 0 takes the first
+    word U(0, 0) accepts (boost redraws about half of them), any other offset one word. Chaining the
+    starts then gives the trials Caffe made."""
+    n = len(words)
+    scale, scale_ok = uniform_from(words, sampler.min_scale, sampler.max_scale)
+    ratio, ratio_ok = uniform_from(words, sampler.min_aspect_ratio, sampler.max_aspect_ratio)
+    next_scale, next_ratio = _next_accepted(scale_ok), _next_accepted(ratio_ok)
+    next_zero = _next_accepted(uniform_from(words, 0, 0)[1])
+    at_scale = next_scale[:n]
+    at_ratio = next_ratio[np.minimum(at_scale + 1, n)]
+    width, height = _window_shape(sampler, scale[np.minimum(at_scale, n - 1)], ratio[np.minimum(at_ratio, n - 1)])
+    offsets, ends, fine = [], at_ratio, np.ones(n, bool)
+    for extent in (width, height):
+        span = _offset_range(extent)
+        start = np.minimum(ends + 1, n)
+        ends = np.where(span > 0, start, next_zero[start])
+        value, ok = uniform_from(words[np.minimum(ends, n - 1)], 0, span)
+        offsets.append(np.where(span > 0, value, F32(0)))
+        fine &= ok | (span == 0)
+    follow = (ends + 1).tolist()
+    starts, position = [], 0
+    for _ in range(trials):
+        if position >= n or follow[position] > n:
+            return None
+        starts.append(position)
+        position = follow[position]
+    starts = np.array(starts)
+    if not fine[starts].all():
+        return 'redraw'
+    x, y, width, height = offsets[0][starts], offsets[1][starts], width[starts], height[starts]
+    return np.append(starts, position), np.stack([x, y, x + width, y + height], 1).astype(F32)
 
 
 def satisfied(windows, objects, constraint):
@@ -174,47 +226,51 @@ def check_sampler(sampler):
 
 def generate_samples(objects, samplers, stream):
     """GenerateBatchSamples: for each sampler (use_original_image) up to max_trials windows, stopping
-    at max_sample accepted ones, four uniforms of `stream` per trial; the accepted windows in order.
-    Each sampler's trials are drawn and tested as arrays; the words past its last trial go back."""
+    at max_sample accepted ones, four uniforms of `stream` a trial (and boost's redraws); the accepted
+    windows in order. A sampler's trials are drawn and tested as arrays (_trial_chain); the words past
+    its last trial go back to the stream."""
     windows = []
     for sampler in samplers:
-        if not sampler.use_original_image:
-            continue
         trials = sampler.max_trials
-        if sampler.HasField('max_sample') and sampler.max_sample <= 0:
+        if not sampler.use_original_image or (sampler.HasField('max_sample') and sampler.max_sample <= 0):
             trials = 0
+        extra = 16
+        while trials:
+            words = stream.words(4 * trials + extra)
+            chain = _trial_chain(sampler.sampler, words, trials)
+            if chain is not None:
+                break
+            stream.unread(words)
+            extra *= 4
         if not trials:
             continue
-        words = stream.words(4 * trials).reshape(trials, 4)
-        accepted = [True]
-
-        def take(low, high, column):
-            values, ok = _uniform_from(words[:, column], low, high)
-            accepted[0] &= bool(ok.all())
-            return values
-        found = _trial_windows(sampler.sampler, take)
-        if not accepted[0]:                      # a redraw somewhere (about 1 in 2^25): one trial at a time
-            stream.unread(words.ravel())
+        if isinstance(chain, str):               # about 1 draw in 2^25: one trial at a time
+            stream.unread(words)
             windows.extend(_sequential_trials(sampler, objects, stream))
             continue
+        bounds, found = chain
         passed = satisfied(found, objects, sampler.sample_constraint)
         used = trials
         if sampler.HasField('max_sample'):
             count = np.cumsum(passed)
             if count[-1] >= sampler.max_sample:
                 used = int(np.argmax(count >= sampler.max_sample)) + 1
-        stream.unread(words[used:].ravel())
+        stream.unread(words[bounds[used]:])
         windows.extend(found[:used][passed[:used]])
     return windows
 
 
 def _sequential_trials(sampler, objects, stream):
     """generate_samples for one sampler, trial by trial through stream.uniform."""
-    found = []
+    found, s = [], sampler.sampler
     for _ in range(sampler.max_trials):
         if sampler.HasField('max_sample') and len(found) >= sampler.max_sample:
             break
-        window = _trial_windows(sampler.sampler, lambda low, high, _: stream.uniform(1, low, np.ravel(high)[0]))
+        scale = stream.uniform(1, s.min_scale, s.max_scale)
+        width, height = _window_shape(s, scale, stream.uniform(1, s.min_aspect_ratio, s.max_aspect_ratio))
+        x = stream.uniform(1, 0, _offset_range(width)[0])
+        y = stream.uniform(1, 0, _offset_range(height)[0])
+        window = np.stack([x, y, x + width, y + height], 1).astype(F32)
         if satisfied(window, objects, sampler.sample_constraint)[0]:
             found.append(window[0])
     return found

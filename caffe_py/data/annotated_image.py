@@ -52,10 +52,11 @@ def distort(image, steps):
 
 def expand(image, height, width, top, left, fill):
     """ExpandImage: `image` at (top, left) of a height x width canvas filled with `fill` per channel."""
-    canvas = np.empty((height, width, image.shape[2]), np.uint8)
-    canvas[...] = fill
-    canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
-    return canvas
+    h, w, channels = image.shape
+    fill = [float(v) for v in np.broadcast_to(fill, (channels,))] + [0.0] * (4 - channels)
+    canvas = cv2.copyMakeBorder(image, top, height - h - top, left, width - w - left, cv2.BORDER_CONSTANT,
+                                value=fill)
+    return canvas.reshape(height, width, channels)
 
 
 def resize(image, param, interp):
