@@ -1,4 +1,4 @@
-"""Images per second of the ImageData, Data (LMDB, encoded JPEG) and AnnotatedData layers, next to bare cv2.imdecode.
+"""Images per second of the ImageData, Data (LMDB, encoded JPEG) and AnnotatedData layers, next to cv2.imdecode.
 
     python benchmarks/bench_data.py [--images 300] [--batches 30] [--threads 1,2] [--repeat 3]
 
