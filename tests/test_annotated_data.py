@@ -455,3 +455,36 @@ def test_raw_records_take_the_forks_raw_path(tmp_path):
     net = _layer(path, batch=1, transform='resize_param { height: 20 width: 30 }')
     with pytest.raises(ValueError, match='transformed image is 3x40x60, the batch is 3x20x30'):
         net.forward()
+
+
+def test_mean_file_is_subtracted_where_the_fork_subtracts_it(tmp_path):
+    """Encoded records: at the output pixel (after mirroring); raw records: under the source pixel
+    (cropped and mirrored with it); an expansion canvas is filled from it."""
+    from caffe_py import formats
+    image, boxes = _scenes(1)[0]
+    mean = np.random.default_rng(8).uniform(0, 200, (1, 3, 40, 60)).astype(np.float32)
+    formats.write_binaryproto(str(tmp_path / 'mean.binaryproto'), mean)
+    mean_file = 'mean_file: "%s" ' % (tmp_path / 'mean.binaryproto')
+    for name, put in (('png', _record), ('raw', _raw_record)):
+        path = str(tmp_path / name)
+        with DBWriter(path, 'lmdb') as db:
+            db.put('0', put(image, boxes))
+        net = _layer(path, batch=8, transform=mean_file + 'mirror: true scale: 0.5')
+        net.forward()
+        flipped = [k for k in range(8) if net.blobs['label'].data[0, 0, 2 * k, 3] != np.float32(boxes[0][1])]
+        assert 0 < len(flipped) < 8
+        for k in range(8):
+            pixels = image.transpose(2, 0, 1).astype(np.float32)
+            if name == 'raw':
+                expected = pixels - mean[0]
+                expected = expected[:, :, ::-1] if k in flipped else expected
+            else:
+                expected = (pixels[:, :, ::-1] if k in flipped else pixels) - mean[0]
+            np.testing.assert_allclose(net.blobs['data'].data[k], expected * 0.5, rtol=1e-6, atol=1e-5)
+    fill = (mean[0].transpose(1, 2, 0).astype(np.int64) & 0xff).astype(np.uint8)    # static_cast<char>
+    canvas = annotated_image.expand(image[:20, :30], 40, 60, 5, 7, fill)
+    np.testing.assert_array_equal(canvas[5:25, 7:37], image[:20, :30])
+    np.testing.assert_array_equal(canvas[:5], np.floor(mean[0, :, :5].transpose(1, 2, 0)))
+    net = _layer(str(tmp_path / 'png'), transform=mean_file + 'expand_param { prob: 1 max_expand_ratio: 2 }')
+    with pytest.raises(ValueError, match=r'expanded to \d+x\d+, which the mean file \(40x60\) must match'):
+        net.forward()

@@ -104,8 +104,6 @@ def roll_weighted_die(count, stream):
 
 def _check_params(p, phase):
     """The fork's CHECKs on the transformation parameters, as one-line errors."""
-    if p.mean_file:
-        raise DataSourceError('transform_param.mean_file is not supported with AnnotatedData; use mean_value')
     if p.force_color and p.force_gray:
         raise DataSourceError('cannot set both force_color and force_gray')
     if p.HasField('resize_param') and not (p.resize_param.height > 0 and p.resize_param.width > 0):
@@ -146,6 +144,7 @@ class AnnotatedSource:
         self.batch_size = batch_size
         self.phase = phase
         self.transformer = transformer
+        self.mean_file = transformer.mean if p.mean_file else None     # C x H x W
         self.stream = None
         _check_params(p, phase)
         self.fit_small = p.HasField('resize_param') and p.resize_param.resize_mode == _RESIZE.FIT_SMALL_SIZE
@@ -211,6 +210,9 @@ class AnnotatedSource:
             plan['expand'] = plan_expand(self.param.expand_param, height, width, self.stream)
             if plan['expand'] is not None:
                 new_h, new_w, top, left = plan['expand']
+                if self.mean_file is not None and not raw and self.mean_file.shape[1:] != (new_h, new_w):
+                    raise DataSourceError('%s: expanded to %dx%d, which the mean file (%dx%d) must match, as the '
+                                          "fork's check" % ((what, new_h, new_w) + self.mean_file.shape[1:]))
                 window = np.array([-left / F32(width), -top / F32(height), (new_w - left) / F32(width),
                                    (new_h - top) / F32(height)], F32)
                 anno = boxes.project(window, anno, self.emit)
@@ -261,12 +263,27 @@ class AnnotatedSource:
             out_h, out_w = height, width
         plan['crop'] = (slice(top, top + out_h), slice(left, left + out_w))
         plan['shape'] = (channels, out_h, out_w)
+        self._check_mean_file(plan, (channels, height, width), what)
         window = np.array([left / F32(width), top / F32(height), (left + out_w) / F32(width),
                            (top + out_h) / F32(height)], F32)
         anno = boxes.project(window, dict(anno, box=box), self.emit, plan['mirror'])
         if p.HasField('resize_param'):
             anno['box'] = boxes.extrapolated_boxes(anno['box'], p.resize_param, *before, window)
         return anno
+
+    def _check_mean_file(self, plan, before_crop, what):
+        """The fork's checks on the mean file: the image's shape (raw records, before the crop), or the
+        cropped image's with no crop offset (encoded records: the fork indexes the mean with the uncropped
+        image's strides, past its end otherwise)."""
+        if self.mean_file is None:
+            return
+        mean = self.mean_file.shape
+        if plan['raw'] and mean != before_crop:
+            raise DataSourceError('%s: a raw image of %dx%dx%d, the mean file is %dx%dx%d'
+                                  % ((what,) + before_crop + mean))
+        if not plan['raw'] and (mean != plan['shape'] or before_crop != plan['shape']):
+            raise DataSourceError('%s: the mean file (%dx%dx%d) must match the image (%dx%dx%d) uncropped, as in '
+                                  "the fork's Transform" % ((what,) + mean + before_crop))
 
     # -- the pixels of one item ------------------------------------------------------------------
     def render(self, image, plan, out):
@@ -277,6 +294,8 @@ class AnnotatedSource:
         if plan['expand'] is not None:
             mean = plan['mean']
             fill = 32 if plan['raw'] else 0 if mean is None else np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+            if self.mean_file is not None and not plan['raw']:      # static_cast<char> of each value
+                fill = (self.mean_file.transpose(1, 2, 0).astype(np.int64) & 0xff).astype(np.uint8)
             image = image_ops.expand(image, *plan['expand'], fill)
         if plan['window'] is not None:
             x, y, w, h = plan['window']
@@ -289,6 +308,9 @@ class AnnotatedSource:
         out[...] = pixels.transpose(2, 0, 1)
         if plan['mean'] is not None:
             out -= plan['mean'].astype(out.dtype)[:, None, None]
+        elif self.mean_file is not None:        # raw records: the mean under the source pixels
+            mean = self.mean_file[(slice(None),) + plan['crop']] if plan['raw'] else self.mean_file
+            out -= mean[:, :, ::-1] if plan['raw'] and plan['mirror'] else mean
         out *= out.dtype.type(p.scale)
 
     def load_batch(self, batch):

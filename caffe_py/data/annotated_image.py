@@ -51,8 +51,13 @@ def distort(image, steps):
 
 
 def expand(image, height, width, top, left, fill):
-    """ExpandImage: `image` at (top, left) of a height x width canvas filled with `fill` per channel."""
+    """ExpandImage: `image` at (top, left) of a height x width canvas filled with `fill` per channel
+    (or, an HWC array, copied from it)."""
     h, w, channels = image.shape
+    if np.ndim(fill) == 3:
+        canvas = fill.copy()
+        canvas[top:top + h, left:left + w] = image
+        return canvas
     fill = [float(v) for v in np.broadcast_to(fill, (channels,))] + [0.0] * (4 - channels)
     canvas = cv2.copyMakeBorder(image, top, height - h - top, left, width - w - left, cv2.BORDER_CONSTANT,
                                 value=fill)
