@@ -488,3 +488,20 @@ def test_mean_file_is_subtracted_where_the_fork_subtracts_it(tmp_path):
     net = _layer(str(tmp_path / 'png'), transform=mean_file + 'expand_param { prob: 1 max_expand_ratio: 2 }')
     with pytest.raises(ValueError, match=r'expanded to \d+x\d+, which the mean file \(40x60\) must match'):
         net.forward()
+
+
+@pytest.mark.parametrize('mode', ['CONSTANT', 'MIRRORED', 'REPEAT_NEAREST'])
+def test_fit_large_size_and_pad_modes(mode):
+    image = np.random.default_rng(9).integers(0, 256, (20, 40, 3)).astype(np.uint8)
+    param = caffe_pb2.ResizeParameter(resize_mode=caffe_pb2.ResizeParameter.FIT_LARGE_SIZE_AND_PAD, height=30,
+                                      width=40, pad_mode=getattr(caffe_pb2.ResizeParameter, mode), pad_value=[1, 2, 3])
+    out = annotated_image.resize(image, param, cv2.INTER_NEAREST)
+    assert out.shape == (30, 40, 3)
+    np.testing.assert_array_equal(out[5:25], image)                # 20 rows centred: 5 above, 5 below
+    above = {'CONSTANT': np.broadcast_to([1, 2, 3], (5, 40, 3)), 'MIRRORED': image[5:0:-1],
+             'REPEAT_NEAREST': np.broadcast_to(image[:1], (5, 40, 3))}[mode]
+    np.testing.assert_array_equal(out[:5], above)
+    with pytest.raises(ValueError, match='Specify either 1 pad_value or as many as channels: 3'):
+        annotated_image.resize(image, caffe_pb2.ResizeParameter(
+            resize_mode=caffe_pb2.ResizeParameter.FIT_LARGE_SIZE_AND_PAD, height=30, width=40, pad_value=[1, 2]),
+            cv2.INTER_NEAREST)
