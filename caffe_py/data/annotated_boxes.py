@@ -139,9 +139,9 @@ def draw_uniform(stream, low, high):
             return value
 
 
-def _window_shape(sampler, scale, ratio):
+def _window_shape(scale, ratio):
     """SampleBBox's width and height: the aspect ratio clamped to [scale^2, 1 / scale^2] (in double,
-    as std::pow), float arithmetic."""
+    as std::pow), then float arithmetic (sqrt of a float in float, as C++ builds since GCC 6 take it)."""
     square = scale.astype(np.float64) ** 2
     ratio = np.minimum(np.maximum(ratio, square.astype(F32)), (1 / square).astype(F32))
     root = np.sqrt(ratio)
@@ -156,6 +156,8 @@ def _offset_range(extent):
 
 def _next_accepted(ok):
     """For each position, the first position at or after it whose word is accepted (len(ok): none)."""
+    if ok.all():
+        return np.arange(len(ok) + 1)
     index = np.where(ok, np.arange(len(ok)), len(ok))
     return np.append(np.minimum.accumulate(index[::-1])[::-1], len(ok))
 
@@ -174,7 +176,7 @@ def _trial_chain(sampler, words, trials):
     next_zero = _next_accepted(uniform_from(words, 0, 0)[1])
     at_scale = next_scale[:n]
     at_ratio = next_ratio[np.minimum(at_scale + 1, n)]
-    width, height = _window_shape(sampler, scale[np.minimum(at_scale, n - 1)], ratio[np.minimum(at_ratio, n - 1)])
+    width, height = _window_shape(scale[np.minimum(at_scale, n - 1)], ratio[np.minimum(at_ratio, n - 1)])
     offsets, ends, fine = [], at_ratio, np.ones(n, bool)
     for extent in (width, height):
         span = _offset_range(extent)
@@ -267,7 +269,7 @@ def _sequential_trials(sampler, objects, stream):
         if sampler.HasField('max_sample') and len(found) >= sampler.max_sample:
             break
         scale = stream.uniform(1, s.min_scale, s.max_scale)
-        width, height = _window_shape(s, scale, stream.uniform(1, s.min_aspect_ratio, s.max_aspect_ratio))
+        width, height = _window_shape(scale, stream.uniform(1, s.min_aspect_ratio, s.max_aspect_ratio))
         x = stream.uniform(1, 0, _offset_range(width)[0])
         y = stream.uniform(1, 0, _offset_range(height)[0])
         window = np.stack([x, y, x + width, y + height], 1).astype(F32)
