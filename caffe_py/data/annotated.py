@@ -11,8 +11,9 @@ Rand(n) for the mirror and the crop offsets; glibc's rand() shuffles the channel
 depend only on the image sizes and boxes, so a batch is decoded on the item pool, its draws made in
 item order, and its pixels transformed on the pool again.
 
-The one difference from the fork: intermediate images stay decoded (the fork re-encodes each
-distorted, expanded or cropped image as JPEG, quality 95, before the next step).
+What differs from the fork: intermediate images stay decoded (the fork re-encodes each distorted,
+expanded or cropped image as JPEG, quality 95, before the next step), and where the fork aborts
+(its CHECKs, an offset range below 0) this stops with a one-line error or takes the range as 0.
 """
 import cv2
 import numpy as np
