@@ -1,4 +1,4 @@
-"""Images per second of the ImageData and Data (LMDB, encoded JPEG) layers, next to bare cv2.imdecode.
+"""Images per second of the ImageData, Data (LMDB, encoded JPEG) and AnnotatedData layers, next to cv2.imdecode.
 
     python benchmarks/bench_data.py [--images 300] [--batches 30] [--threads 1,2] [--repeat 3]
 
@@ -7,7 +7,10 @@ folder, converts them to an encoded LMDB with convert_imageset (file bytes
 kept), then measures in the same run:
   - bare decode: cv2.imdecode of the same JPEG bytes, one thread, files in memory;
   - ImageData and Data, batch 50, TRAIN, crop_size 227 + mirror + mean_value,
-    forward passes after the prefetch queue has drained once (steady state).
+    forward passes after the prefetch queue has drained once (steady state);
+  - AnnotatedData (SSD, weiliu89/caffe) on the same JPEGs with two boxes each, batch 50,
+    TRAIN, with ssd_pascal.py's augmentation: distortion, expansion up to 4x, its seven
+    batch samplers, resize to 300x300 with a random interpolation, mirror, mean_value.
 --threads lists the decoding-thread counts per layer to measure
 (CAFFE_PY_DATA_THREADS; the library's default is half the CPUs, 1 to 4). Wall-clock rates depend on what else runs on the
 machine; the CPU milliseconds per image (all threads of the process) do much
@@ -57,7 +60,37 @@ def bare_decode_rate(blobs, rounds):
     return n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
 
 
-def layer_rate(text, batches):
+SSD_TRANSFORM = (
+    'transform_param { mirror: true mean_value: 104 mean_value: 117 mean_value: 123 '
+    'resize_param { prob: 1 resize_mode: WARP height: 300 width: 300 interp_mode: LINEAR interp_mode: AREA '
+    'interp_mode: NEAREST interp_mode: CUBIC interp_mode: LANCZOS4 } emit_constraint { emit_type: CENTER } '
+    'distort_param { brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5 contrast_lower: 0.5 '
+    'contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 saturation_lower: 0.5 '
+    'saturation_upper: 1.5 random_order_prob: 0.0 } expand_param { prob: 0.5 max_expand_ratio: 4.0 } }')
+SSD_SAMPLERS = 'batch_sampler { max_sample: 1 max_trials: 1 } ' + ' '.join(
+    'batch_sampler { sampler { min_scale: 0.3 max_scale: 1.0 min_aspect_ratio: 0.5 max_aspect_ratio: 2.0 } '
+    'sample_constraint { %s_jaccard_overlap: %s } max_sample: 1 max_trials: 50 }' % constraint
+    for constraint in [('min', 0.1), ('min', 0.3), ('min', 0.5), ('min', 0.7), ('min', 0.9), ('max', 1.0)])
+
+
+def make_annotated_lmdb(blobs, path, seed=1):
+    """The JPEG bytes as AnnotatedDatum records with two random boxes each."""
+    from caffe_py.data.db import DBWriter
+    from caffe_py.proto import caffe_pb2
+    rng = np.random.default_rng(seed)
+    with DBWriter(path, 'lmdb') as db:
+        for i, data in enumerate(blobs):
+            record = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
+            record.datum.encoded, record.datum.data = True, data.tobytes()
+            for label in (1, 2):
+                x0, y0 = rng.uniform(0, 0.6, 2)
+                w, h = rng.uniform(0.1, 0.4, 2)
+                record.annotation_group.add(group_label=label).annotation.add(
+                    instance_id=0, bbox=caffe_pb2.NormalizedBBox(xmin=x0, ymin=y0, xmax=x0 + w, ymax=y0 + h))
+            db.put('%08d' % i, record.SerializeToString())
+
+
+def layer_rate(text, batches, size=227):
     caffe_py.set_random_seed(0)
     net = caffe_py.Net(_param(text), caffe_py.TRAIN)
     try:
@@ -68,7 +101,7 @@ def layer_rate(text, batches):
         for _ in range(batches):
             net.forward()
         elapsed = time.perf_counter() - start
-        assert net.blobs['data'].shape == (BATCH, 3, 227, 227)
+        assert net.blobs['data'].shape == (BATCH, 3, size, size)
         n = batches * BATCH
         return n / elapsed, 1000 * (time.process_time() - cpu) / n
     finally:
@@ -96,12 +129,16 @@ def main():
         make_images(folder, args.images)
         convert_imageset('./', 'list.txt', 'lmdb_jpeg', encoded=True)
         blobs = [np.fromfile(name.split()[0], np.uint8) for name in open('list.txt')]
+        make_annotated_lmdb(blobs, 'lmdb_annotated')
         rounds = max(1, args.batches * BATCH // len(blobs))
         bare_decode_rate(blobs[:20], 1)                     # warm up
         image_text = ('layer { name: "d" type: "ImageData" top: "data" top: "label" %s image_data_param '
                       '{ source: "list.txt" root_folder: "./" batch_size: %d } }' % (TRANSFORM, BATCH))
         data_text = ('layer { name: "d" type: "Data" top: "data" top: "label" %s data_param '
                      '{ source: "lmdb_jpeg" backend: LMDB batch_size: %d } }' % (TRANSFORM, BATCH))
+        annotated_text = ('layer { name: "d" type: "AnnotatedData" top: "data" top: "label" %s data_param '
+                          '{ source: "lmdb_annotated" backend: LMDB batch_size: %d } annotated_data_param { %s } }'
+                          % (SSD_TRANSFORM, BATCH, SSD_SAMPLERS))
         rates = {'bare': []}
         for _ in range(args.repeat):          # interleaved, so that load from elsewhere hits all alike
             rates['bare'].append(bare_decode_rate(blobs, rounds))
@@ -109,18 +146,21 @@ def main():
                 os.environ['CAFFE_PY_DATA_THREADS'] = str(n)
                 rates.setdefault(('ImageData', n), []).append(layer_rate(image_text, args.batches))
                 rates.setdefault(('Data (LMDB, encoded JPEG)', n), []).append(layer_rate(data_text, args.batches))
+                rates.setdefault(('AnnotatedData (SSD augmentation)', n), []).append(
+                    layer_rate(annotated_text, args.batches, 300))
         medians = {key: np.median(values, axis=0) for key, values in rates.items()}
     finally:
         os.chdir(old)
         shutil.rmtree(folder, ignore_errors=True)
-    print('%d JPEGs 256x256, batch %d, crop 227 + mirror + mean, %d CPU(s), median of %d rounds'
+    print('%d JPEGs 256x256, batch %d, crop 227 + mirror + mean (SSD: its augmentation to 300x300), %d CPU(s), '
+          'median of %d rounds'
           % (args.images, BATCH, os.cpu_count(), args.repeat))
-    print('%-40s %8s %8s %15s' % ('', 'images/s', 'x bare', 'CPU ms / image'))
+    print('%-46s %8s %8s %15s' % ('', 'images/s', 'x bare', 'CPU ms / image'))
     bare = medians.pop('bare')
-    print('%-40s %8.0f %8.2f %15.2f' % ('bare cv2.imdecode (1 thread)', bare[0], 1.0, bare[1]))
+    print('%-46s %8.0f %8.2f %15.2f' % ('bare cv2.imdecode (1 thread)', bare[0], 1.0, bare[1]))
     for (name, n), (rate, cpu) in medians.items():
         label = '%s, %d thread%s' % (name, n, 's' if n > 1 else '')
-        print('%-40s %8.0f %8.2f %15.2f' % (label, rate, rate / bare[0], cpu))
+        print('%-46s %8.0f %8.2f %15.2f' % (label, rate, rate / bare[0], cpu))
     if os.path.exists('/proc/loadavg'):
         print('load average after measuring: %s' % ' '.join(open('/proc/loadavg').read().split()[:3]))
 

@@ -502,9 +502,15 @@ class NumpyStream:
     def __init__(self, seed=None):
         self.seed = seed
         self._gen = np.random.default_rng(seed)
+        self._back = np.empty(0, np.uint32)
 
     def words(self, n):
-        return self._gen.integers(0, _WORD, size=int(n), dtype=np.uint32)
+        n = int(n)
+        head, self._back = self._back[:n], self._back[n:]
+        rest = self._gen.integers(0, _WORD, size=n - len(head), dtype=np.uint32)
+        return np.concatenate([head, rest]) if len(head) else rest
+
+    unread = CaffeStream.unread
 
     def uniform(self, n, a, b, dtype=np.float32):
         t = np.dtype(dtype).type

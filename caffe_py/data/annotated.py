@@ -1,26 +1,37 @@
-"""SSD's annotated-image pipeline (weiliu89/caffe: AnnotatedDataLayer::load_batch, the data
-transformer's DistortImage / ExpandImage / CropImage / TransformAnnotation, sampler.cpp,
-im_transforms.cpp), on decoded OpenCV images.
+"""SSD's annotated-image pipeline (weiliu89/caffe: AnnotatedDataLayer::load_batch with the data
+transformer's DistortImage, ExpandImage, CropImage, Transform and TransformAnnotation), on decoded
+OpenCV images.
 
-An annotation set is a dict of arrays: `label` (K,), `instance` (K,), `box` (K, 4) relative
-(xmin, ymin, xmax, ymax) and `difficult` (K,), in the record's group and annotation order.
-Differences from the fork: intermediate images stay decoded (the fork re-encodes each distorted,
-expanded or cropped image as JPEG), and the random streams are NumPy's.
+Random streams, as the fork's: the prefetch thread's own Caffe engine (seeded with a word of
+Caffe's stream when the thread starts) gives every caffe_rng_uniform / caffe_rng_rand of an item, in
+the fork's order: distortion (order, then each step's probability and value), expansion
+(probability, ratio, top, left), the batch samplers (four uniforms a trial), the pick among the
+sampled windows, the resize interpolation, salt-and-pepper pixels; the transformer's engine gives
+Rand(n) for the mirror and the crop offsets; glibc's rand() shuffles the channels. An item's draws
+depend only on the image sizes and boxes, so a batch is decoded on the item pool, its draws made in
+item order, and its pixels transformed on the pool again.
+
+What differs from the fork: intermediate images stay decoded (the fork re-encodes each distorted,
+expanded or cropped image as JPEG, quality 95, before the next step), and where the fork aborts
+(its CHECKs, an offset range below 0) this stops with a one-line error or takes the range as 0.
 """
 import cv2
 import numpy as np
 
+from .. import log, rng as caffe_rng
 from ..proto import caffe_pb2
+from . import annotated_boxes as boxes
+from . import annotated_image as image_ops
+from .annotated_boxes import F32
 from .image import DataSourceError, decode_image
+from .prefetch import ItemPool
 from .sources import RecordCursor
 
 _RESIZE = caffe_pb2.ResizeParameter
-_INTERP = {_RESIZE.LINEAR: cv2.INTER_LINEAR, _RESIZE.AREA: cv2.INTER_AREA, _RESIZE.NEAREST: cv2.INTER_NEAREST,
-           _RESIZE.CUBIC: cv2.INTER_CUBIC, _RESIZE.LANCZOS4: cv2.INTER_LANCZOS4}
 
 
 def parse_annotated(value, flag, what):
-    """(HWC uint8 image, annotations) of an AnnotatedDatum record."""
+    """(HWC uint8 image, annotations, record) of an AnnotatedDatum record."""
     record = caffe_pb2.AnnotatedDatum()
     try:
         record.ParseFromString(value)
@@ -36,333 +47,141 @@ def parse_annotated(value, flag, what):
                                   % (what, len(datum.data), datum.channels, datum.height, datum.width, size))
         image = np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
         image = np.ascontiguousarray(image.transpose(1, 2, 0))
+    if image.ndim == 2:
+        image = image[..., None]
     rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin, a.bbox.xmax, a.bbox.ymax, a.bbox.difficult)
             for g in record.annotation_group for a in g.annotation]
     table = np.array(rows, np.float64).reshape(-1, 7)
-    return image, {'label': table[:, 0].astype(np.int64), 'instance': table[:, 1].astype(np.int64),
-                   'box': table[:, 2:6].astype(np.float32), 'difficult': table[:, 6].astype(bool)}
+    anno = {'label': table[:, 0].astype(np.int64), 'instance': table[:, 1].astype(np.int64),
+            'box': table[:, 2:6].astype(F32), 'difficult': table[:, 6].astype(bool)}
+    return image, anno, record
 
 
-def _select(anno, keep):
-    return {k: v[keep] for k, v in anno.items()}
+_uniform = boxes.draw_uniform
 
 
-# -- boxes ---------------------------------------------------------------------------------------
-def _area(box):
-    w, h = box[..., 2] - box[..., 0], box[..., 3] - box[..., 1]
-    return np.where((w < 0) | (h < 0), 0, w * h)
-
-
-def _intersection(a, b):
-    w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
-    h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
-    return np.where((w > 0) & (h > 0), w * h, 0)
-
-
-def _jaccard(a, b):
-    inter = _intersection(a, b)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        return np.where(inter > 0, inter / (_area(a) + _area(b) - inter), 0)
-
-
-def _coverage(a, b):
-    """Share of box(es) `a` covered by `b` (BBoxCoverage)."""
-    inter = _intersection(a, b)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        return np.where(inter > 0, inter / _area(a), 0)
-
-
-def project(crop, anno, emit=None, mirror=False):
-    """The annotations seen through the window `crop` (relative coordinates): those meeting the
-    emit constraint and overlapping the window, re-expressed in it and clipped (TransformAnnotation)."""
-    box = anno['box']
-    keep = np.ones(len(box), bool)
-    if emit is not None:
-        if emit.emit_type == caffe_pb2.EmitConstraint.CENTER:
-            cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
-            keep &= (cx >= crop[0]) & (cx <= crop[2]) & (cy >= crop[1]) & (cy <= crop[3])
-        else:
-            keep &= _coverage(box, crop) > emit.emit_overlap
-    keep &= ~((box[:, 0] >= crop[2]) | (box[:, 2] <= crop[0]) | (box[:, 1] >= crop[3]) | (box[:, 3] <= crop[1]))
-    size = np.array([crop[2] - crop[0], crop[3] - crop[1]] * 2, np.float32)
-    moved = np.clip((box - np.array([crop[0], crop[1]] * 2, np.float32)) / size, 0, 1)
-    keep &= _area(moved) > 0
-    out = _select(anno, keep)
-    out['box'] = moved[keep].astype(np.float32)
-    if mirror:
-        out['box'] = np.stack([1 - out['box'][:, 2], out['box'][:, 1], 1 - out['box'][:, 0], out['box'][:, 3]], 1)
-    return out
-
-
-# -- batch samplers --------------------------------------------------------------------------------
-def sample_box(sampler, rng):
-    """A window of random scale and aspect ratio inside the unit square (SampleBBox)."""
-    scale = np.float32(rng.uniform(sampler.min_scale, sampler.max_scale))
-    ratio = np.float32(rng.uniform(sampler.min_aspect_ratio, sampler.max_aspect_ratio))
-    ratio = min(max(ratio, scale ** 2), 1 / scale ** 2)
-    width, height = scale * np.sqrt(ratio), scale / np.sqrt(ratio)
-    x, y = rng.uniform(0, max(0, 1 - width)), rng.uniform(0, max(0, 1 - height))   # ulps past 1
-    return np.array([x, y, x + width, y + height], np.float32)
-
-
-def satisfies(window, objects, constraint):
-    """SatisfySampleConstraint, object by object, as the fork decides it."""
-    c = constraint
-    checks = [(c.HasField('min_jaccard_overlap') or c.HasField('max_jaccard_overlap'), _jaccard(objects, window),
-               'min_jaccard_overlap', 'max_jaccard_overlap'),
-              (c.HasField('min_sample_coverage') or c.HasField('max_sample_coverage'), _coverage(window, objects),
-               'min_sample_coverage', 'max_sample_coverage'),
-              (c.HasField('min_object_coverage') or c.HasField('max_object_coverage'), _coverage(objects, window),
-               'min_object_coverage', 'max_object_coverage')]
-    if not any(active for active, *_ in checks):
-        return True
-    found = False
-    for i in range(len(objects)):
-        for active, values, low, high in checks:
-            if not active:
+def plan_distortion(param, stream, c_rand):
+    """ApplyDistort's draws: the steps it takes, in its order ((kind, value) pairs)."""
+    a_first = _uniform(stream, 0, 1) > 0.5
+    order = ('brightness', 'contrast', 'saturation', 'hue') if a_first else \
+        ('brightness', 'saturation', 'hue', 'contrast')
+    ranges = {'brightness': (param.brightness_prob, -param.brightness_delta, param.brightness_delta),
+              'contrast': (param.contrast_prob, param.contrast_lower, param.contrast_upper),
+              'saturation': (param.saturation_prob, param.saturation_lower, param.saturation_upper),
+              'hue': (param.hue_prob, -param.hue_delta, param.hue_delta)}
+    steps = []
+    for kind in order:
+        prob, low, high = ranges[kind]
+        if _uniform(stream, 0, 1) < F32(prob):
+            value = _uniform(stream, low, high)
+            if kind in ('brightness', 'hue') and not abs(value) > 0:
                 continue
-            value = np.float32(values[i])
-            if (c.HasField(low) and value < getattr(c, low)) or (c.HasField(high) and value > getattr(c, high)):
-                break
-            found = True
-        else:
-            if found:
-                return True
-    return found
+            if kind == 'contrast' and not abs(value - F32(1)) > 1e-3:
+                continue
+            steps.append((kind, value))
+    if _uniform(stream, 0, 1) < F32(param.random_order_prob):
+        channels = [0, 1, 2]
+        c_rand.random_shuffle(channels)
+        steps.append(('order', channels))
+    return steps
 
 
-def generate_samples(anno, samplers, rng):
-    """Every window the batch samplers accept (GenerateBatchSamples)."""
-    windows = []
-    for sampler in samplers:
-        if not sampler.use_original_image:
-            continue
-        s = sampler.sampler
-        if not 0 < s.min_scale <= s.max_scale <= 1 or not 0 < s.min_aspect_ratio <= s.max_aspect_ratio:
-            raise DataSourceError('batch_sampler: need 0 < min_scale <= max_scale <= 1 and '
-                                  '0 < min_aspect_ratio <= max_aspect_ratio')
-        found = 0
-        for _ in range(sampler.max_trials):
-            if sampler.HasField('max_sample') and found >= sampler.max_sample:
-                break
-            window = sample_box(s, rng)
-            if satisfies(window, anno['box'], sampler.sample_constraint):
-                found += 1
-                windows.append(window)
-    return windows
+def plan_expand(param, height, width, stream):
+    """ExpandImage's draws: (canvas height, width, top, left), or None."""
+    if _uniform(stream, 0, 1) > F32(param.prob) or abs(param.max_expand_ratio - 1) < 1e-2:
+        return None
+    ratio = _uniform(stream, 1, param.max_expand_ratio)
+    new_h, new_w = int(F32(height) * ratio), int(F32(width) * ratio)
+    top = np.floor(_uniform(stream, 0, F32(new_h - height)))
+    left = np.floor(_uniform(stream, 0, F32(new_w - width)))
+    return new_h, new_w, int(top), int(left)
 
 
-# -- image operations --------------------------------------------------------------------------------
-def _saturate(values):
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+def roll_weighted_die(count, stream):
+    """roll_weighted_die over `count` equal probabilities: a uniform up to their float running sum."""
+    cumulative = np.cumsum(np.full(count, F32(1) / F32(count), F32), dtype=F32)
+    return int(np.searchsorted(cumulative, _uniform(stream, 0, cumulative[-1]), side='left'))
 
 
-def distort(image, param, rng):
-    """Brightness, contrast, saturation, hue and channel order, each with its probability, in one of
-    the fork's two orders (ApplyDistort)."""
-    def brightness(img):
-        if rng.uniform() < param.brightness_prob:
-            delta = rng.uniform(-param.brightness_delta, param.brightness_delta)
-            if abs(delta) > 0:
-                return _saturate(img.astype(np.float32) + np.float32(delta))
-        return img
-
-    def contrast(img):
-        if rng.uniform() < param.contrast_prob:
-            alpha = rng.uniform(param.contrast_lower, param.contrast_upper)
-            if abs(alpha - 1) > 1e-3:
-                return _saturate(img.astype(np.float32) * np.float32(alpha))
-        return img
-
-    def hsv(img, channel, prob, draw):
-        if rng.uniform() < prob:
-            alpha, beta = draw()
-            hsv_img = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
-            hsv_img[..., channel] = _saturate(hsv_img[..., channel].astype(np.float32) * np.float32(alpha)
-                                              + np.float32(beta))
-            return cv2.cvtColor(hsv_img, cv2.COLOR_HSV2BGR)
-        return img
-
-    def saturation(img):
-        return hsv(img, 1, param.saturation_prob,
-                   lambda: (rng.uniform(param.saturation_lower, param.saturation_upper), 0))
-
-    def hue(img):
-        return hsv(img, 0, param.hue_prob, lambda: (1, rng.uniform(-param.hue_delta, param.hue_delta)))
-
-    def order(img):
-        if rng.uniform() < param.random_order_prob:
-            return np.ascontiguousarray(img[..., rng.permutation(img.shape[2])])
-        return img
-
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise DataSourceError('distort_param needs color (3-channel) images')
-    steps = (brightness, contrast, saturation, hue, order) if rng.uniform() > 0.5 else \
-        (brightness, saturation, hue, contrast, order)
-    for step in steps:
-        image = step(image)
-    return image
-
-
-def expand(image, anno, param, mean, rng, emit=None):
-    """Zoom out: the image at a random place on a canvas up to max_expand_ratio times larger, filled
-    with the mean (ExpandImage)."""
-    if rng.uniform() > param.prob or abs(param.max_expand_ratio - 1) < 1e-2:
-        return image, anno
-    ratio = np.float32(rng.uniform(1, param.max_expand_ratio))
-    h, w = image.shape[:2]
-    height, width = int(h * ratio), int(w * ratio)
-    top, left = np.floor(rng.uniform(0, height - h)), np.floor(rng.uniform(0, width - w))
-    canvas = np.empty((height, width) + image.shape[2:], np.uint8)
-    canvas[...] = np.asarray(mean, np.float32).astype(np.uint8) if mean is not None else 0
-    canvas[int(top):int(top) + h, int(left):int(left) + w] = image
-    window = np.array([-left / w, -top / h, (width - left) / w, (height - top) / h], np.float32)
-    return canvas, project(window, anno, emit)
-
-
-def crop(image, anno, window, emit):
-    """The part of the image under `window` (clipped to the image) and its annotations (CropImage)."""
-    window = np.clip(window, 0, 1)
-    h, w = image.shape[:2]
-    x0, y0 = int(window[0] * w), int(window[1] * h)
-    width, height = int(window[2] * w - window[0] * w), int(window[3] * h - window[1] * h)
-    return image[y0:y0 + height, x0:x0 + width], project(window, anno, emit)
-
-
-def _on_luma(image, apply):
-    """`apply` to the Y plane of a BGR image (YCrCb), or to a gray image itself."""
-    if image.shape[2] == 1:
-        return apply(image[..., 0])[..., None]
-    ycrcb = cv2.cvtColor(image, cv2.COLOR_BGR2YCrCb)
-    ycrcb[..., 0] = apply(ycrcb[..., 0])
-    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
-
-
-def noise(image, param, rng):
-    """The fork's ApplyNoise, each enabled effect in its order (its `prob` is not consulted there
-    either): decolorize, gauss_blur, hist_eq, clahe, jpeg, erode, posterize, inverse, saltpepper,
-    convert_to_hsv."""
-    if param.convert_to_lab:
-        raise DataSourceError('noise_param.convert_to_lab is not supported by caffe-py')
-    color = image.shape[2] == 3
-    if param.decolorize and color:
-        image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-    if param.gauss_blur:
-        image = cv2.GaussianBlur(image, (7, 7), 1.5).reshape(image.shape)
-    if param.hist_eq:
-        image = _on_luma(image, cv2.equalizeHist)
-    if param.clahe:
-        image = _on_luma(image, cv2.createCLAHE(clipLimit=4).apply)
-    if param.jpeg > 0:
-        encoded = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, int(param.jpeg)])[1]
-        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE).reshape(image.shape)
-    if param.erode:
-        image = cv2.erode(image, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3), (1, 1))).reshape(image.shape)
-    if param.posterize:
-        image = (image // 64 * 64 + 32).astype(np.uint8)
-    if param.inverse:
-        image = 255 - image
-    if param.saltpepper:
-        values = list(param.saltpepper_param.value) or [0]
-        values = values * image.shape[2] if len(values) == 1 else values
-        count = int(np.floor(np.float32(param.saltpepper_param.fraction) * image.shape[0] * image.shape[1]))
-        image = image.copy()
-        image[rng.integers(0, image.shape[0], count), rng.integers(0, image.shape[1], count)] = \
-            np.asarray(values, np.uint8)
-    if param.convert_to_hsv and color:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
-    return image
-
-
-_PAD = {_RESIZE.CONSTANT: cv2.BORDER_CONSTANT, _RESIZE.MIRRORED: cv2.BORDER_REFLECT_101,
-        _RESIZE.REPEAT_NEAREST: cv2.BORDER_REPLICATE}
-
-
-def resize(image, anno, param, rng):
-    """Resize to height x width (ApplyResize) with one of interp_mode drawn at random: WARP, or
-    FIT_LARGE_SIZE_AND_PAD (aspect kept, centred, padded with pad_mode / pad_value); the boxes follow
-    (UpdateBBoxByResizePolicy)."""
-    mode = param.resize_mode
-    if mode not in (_RESIZE.WARP, _RESIZE.FIT_LARGE_SIZE_AND_PAD):
-        raise DataSourceError('resize_param.resize_mode %s is not supported by caffe-py (WARP and '
-                              'FIT_LARGE_SIZE_AND_PAD are)' % _RESIZE.Resize_mode.Name(mode))
-    modes = list(param.interp_mode)
-    interp = _INTERP[modes[rng.integers(len(modes))]] if modes else cv2.INTER_LINEAR
-    h, w = image.shape[:2]
-    new_h, new_w = param.height, param.width
-    f32 = np.float32
-    box = anno['box'] * np.array([w, h, w, h], f32)
-    x_band = y_band = f32(0)                     # the padding bands, as the fork's box update sees them
-    x_span, y_span = f32(new_w), f32(new_h)
-    if mode == _RESIZE.WARP:
-        out = cv2.resize(image, (new_w, new_h), interpolation=interp)
-    else:
-        channels = image.shape[2] if image.ndim == 3 else 1
-        pad = list(param.pad_value) or [0.0]
-        pad = (pad * channels if len(pad) == 1 else pad) + [0] * (4 - channels)
-        aspect, new_aspect = f32(w) / f32(h), f32(new_w) / f32(new_h)
-        if aspect > new_aspect:                                  # full width, bands above and below
-            rows = int(np.floor(f32(new_w) / aspect))
-            out = cv2.resize(image, (new_w, rows), interpolation=interp)
-            top = int(np.floor((new_h - rows) / 2.0))
-            out = cv2.copyMakeBorder(out, top, new_h - rows - top, 0, 0, _PAD[param.pad_mode], value=pad[:4])
-            y_band = (f32(new_h) - f32(new_w) / aspect) / 2
-            y_span = f32(new_h) - 2 * y_band
-        else:
-            cols = int(np.floor(aspect * f32(new_h)))
-            out = cv2.resize(image, (cols, new_h), interpolation=interp)
-            left = int(np.floor((new_w - cols) / 2.0))
-            out = cv2.copyMakeBorder(out, 0, 0, left, new_w - cols - left, _PAD[param.pad_mode], value=pad[:4])
-            x_band = (f32(new_w) - aspect * f32(new_h)) / 2
-            x_span = f32(new_w) - 2 * x_band
-    box = np.stack([x_band + np.maximum(f32(0), box[:, 0] * x_span / w),
-                    y_band + np.maximum(f32(0), box[:, 1] * y_span / h),
-                    x_band + np.minimum(f32(new_w), box[:, 2] * x_span / w),
-                    y_band + np.minimum(f32(new_h), box[:, 3] * y_span / h)], 1)
-    box = box / np.array([new_w, new_h] * 2, f32)
-    return (out if out.ndim == image.ndim else out[..., None]), dict(anno, box=box.astype(f32))
+def _check_params(p, phase):
+    """The fork's CHECKs on the transformation parameters, as one-line errors."""
+    if p.force_color and p.force_gray:
+        raise DataSourceError('cannot set both force_color and force_gray')
+    if p.HasField('resize_param') and not (p.resize_param.height > 0 and p.resize_param.width > 0):
+        raise DataSourceError('resize_param needs height > 0 and width > 0')
+    if p.HasField('expand_param') and not p.expand_param.max_expand_ratio > 1:
+        raise DataSourceError('expand_param.max_expand_ratio must be > 1')
+    d = p.distort_param
+    for name, prob, low, high in (('brightness_delta', d.brightness_prob, -d.brightness_delta, d.brightness_delta),
+                                  ('contrast_lower/upper', d.contrast_prob, d.contrast_lower, d.contrast_upper),
+                                  ('saturation_lower/upper', d.saturation_prob, d.saturation_lower,
+                                   d.saturation_upper),
+                                  ('hue_delta', d.hue_prob, -d.hue_delta, d.hue_delta)):
+        if p.HasField('distort_param') and prob > 0 and (low > high or name.endswith('upper') and low < 0):
+            raise DataSourceError('distort_param.%s: need 0 <= lower <= upper (a delta >= 0)' % name)
+    if p.crop_h and p.crop_w and phase == caffe_pb2.TRAIN and not (p.crop_size or p.mirror):
+        raise DataSourceError('crop_h / crop_w in TRAIN need crop_size or mirror: the fork draws the random '
+                              'crop from a transformer engine it only makes for those')
 
 
 class AnnotatedSource:
     """AnnotatedDatum records of an LMDB/LevelDB in key order, wrapping around: each item distorted,
-    expanded, cropped by a batch sampler's window, resized, cropped / mirrored and normalized as the
-    fork's AnnotatedDataLayer does. Labels: (1, 1, boxes, 8) rows (item, label, instance, xmin,
-    ymin, xmax, ymax, difficult); one row of -1 when the batch has none."""
+    expanded, cropped by a batch sampler's window, resized, noised, cropped / mirrored and normalized
+    as the fork's AnnotatedDataLayer does. Labels: (1, 1, boxes, 8) rows (item, label, instance,
+    xmin, ymin, xmax, ymax, difficult), one row of -1 when the batch has none; records without an
+    annotation type (and no anno_type) give their datum labels instead, as in the fork.
 
-    def __init__(self, reader, layer_param, phase, batch_size, seed, deal=(0, 1)):
+    `transformer` (caffe_py.data.transformer.DataTransformer) holds the engine of Rand(n);
+    `seed_thread(seed)` gives the prefetch thread's engine before the first batch."""
+
+    def __init__(self, reader, layer_param, phase, batch_size, transformer, deal=(0, 1), workers=None):
         self.reader = reader
         self.cursor = RecordCursor(reader, deal)
-        self.param = layer_param.transform_param
-        self.samplers = list(layer_param.annotated_data_param.batch_sampler)
+        self.param = p = layer_param.transform_param
+        anno_param = layer_param.annotated_data_param
+        self.samplers = list(anno_param.batch_sampler)
+        for sampler in self.samplers:
+            boxes.check_sampler(sampler)
         self.batch_size = batch_size
         self.phase = phase
-        self.rng = np.random.default_rng(seed)
-        p = self.param
-        if p.mean_file:
-            raise DataSourceError('transform_param.mean_file is not supported with AnnotatedData; '
-                                  'use mean_value')
-        if p.force_color and p.force_gray:
-            raise DataSourceError('cannot set both force_color and force_gray')
+        self.transformer = transformer
+        self.mean_file = transformer.mean if p.mean_file else None     # C x H x W
+        self.stream = None
+        _check_params(p, phase)
+        self.fit_small = p.HasField('resize_param') and p.resize_param.resize_mode == _RESIZE.FIT_SMALL_SIZE
+        if self.fit_small and batch_size != 1:
+            raise DataSourceError('resize_param FIT_SMALL_SIZE needs batch_size 1 (images differ in size)')
         self.flag = cv2.IMREAD_COLOR if p.force_color else cv2.IMREAD_GRAYSCALE if p.force_gray \
             else cv2.IMREAD_UNCHANGED
         self.emit = p.emit_constraint if p.HasField('emit_constraint') else None
         self.crop_h = p.crop_size or p.crop_h
         self.crop_w = p.crop_size or p.crop_w
+        self.pool = ItemPool(workers)
+        self._warned_raw = False
         if not self.reader.valid:
             raise DataSourceError('database %s is empty' % reader.source)
-        image, _ = self._read(self.reader.key(), self.reader.value())
+        image, _, record = self._read(self.reader.key(), self.reader.value())
+        self.typed = record.HasField('type') or anno_param.HasField('anno_type')
         self.shape = self._output_shape(image)
+
+    def seed_thread(self, seed):
+        """The prefetch thread's engine (Caffe::set_random_seed in the new thread)."""
+        self.stream = caffe_rng.new_stream(seed)
 
     def _read(self, key, value):
         return parse_annotated(value, self.flag, 'record %s of %s' % (key.decode(errors='replace'),
                                                                       self.reader.source))
 
     def _output_shape(self, image):
-        channels = image.shape[2] if image.ndim == 3 else 1
-        height, width = image.shape[:2]
+        """InferBlobShape: (C, H, W) after resizing and cropping."""
+        height, width, channels = image.shape
         if self.param.HasField('resize_param'):
-            height, width = self.param.resize_param.height, self.param.resize_param.width
+            r = self.param.resize_param
+            height, width = boxes.small_side_size(r, height, width) if self.fit_small else (r.height, r.width)
         if self.crop_h and self.crop_w:
+            if height < self.crop_h or width < self.crop_w:
+                raise DataSourceError('image of %dx%d is smaller than the crop %dx%d'
+                                      % (height, width, self.crop_h, self.crop_w))
             height, width = self.crop_h, self.crop_w
         return channels, height, width
 
@@ -370,65 +189,167 @@ class AnnotatedSource:
         values = list(self.param.mean_value)
         if not values:
             return None
-        if len(values) == 1:
-            values *= channels
-        if len(values) != channels:
+        if len(values) not in (1, channels):
             raise DataSourceError('Specify either 1 mean_value or as many as channels: %d' % channels)
-        return values
+        return np.asarray(values * channels if len(values) == 1 else values, np.float32)
 
-    def item(self, image, anno, out):
-        """Transform one record into `out` (C, H, W); returns its annotations."""
-        p, rng = self.param, self.rng
-        if image.ndim == 2:
-            image = image[..., None]
-        mean = self._mean(image.shape[2])
-        if p.HasField('distort_param'):
-            image = distort(image, p.distort_param, rng)
-        if p.HasField('expand_param'):
-            image, anno = expand(image, anno, p.expand_param, mean, rng, self.emit)
+    # -- the draws of one item, in the fork's order -------------------------------------------------
+    def plan(self, image, anno, record, what):
+        """Every random choice for one item and its final annotations. Raw (non-encoded) records take
+        the fork's raw path: not distorted, expanded onto bytes of 32 (its buffer of spaces), neither
+        resized (their boxes are) nor noised, cropped by crop_size only."""
+        height, width, channels = image.shape
+        raw = not record.datum.encoded
+        plan = {'mean': self._mean(channels), 'raw': raw, 'distort': [], 'expand': None, 'window': None}
+        if self.param.HasField('distort_param'):
+            if not raw:
+                plan['distort'] = plan_distortion(self.param.distort_param, self.stream, caffe_rng.c_rand())
+            elif not self._warned_raw:
+                log.error('AnnotatedData: only encoded records are distorted (as in the fork)')
+                self._warned_raw = True
+        if self.param.HasField('expand_param'):
+            plan['expand'] = plan_expand(self.param.expand_param, height, width, self.stream)
+            if plan['expand'] is not None:
+                new_h, new_w, top, left = plan['expand']
+                if self.mean_file is not None and not raw and self.mean_file.shape[1:] != (new_h, new_w):
+                    raise DataSourceError('%s: expanded to %dx%d, which the mean file (%dx%d) must match, as the '
+                                          "fork's check" % ((what, new_h, new_w) + self.mean_file.shape[1:]))
+                window = np.array([-left / F32(width), -top / F32(height), (new_w - left) / F32(width),
+                                   (new_h - top) / F32(height)], F32)
+                anno = boxes.project(window, anno, self.emit)
+                height, width = new_h, new_w
         if self.samplers:
-            windows = generate_samples(anno, self.samplers, rng)
+            windows = boxes.generate_samples(anno['box'], self.samplers, self.stream)
             if windows:
-                image, anno = crop(image, anno, windows[rng.integers(len(windows))], self.emit)
+                window = windows[int(self.stream.words(1)[0]) % len(windows)]
+                rect, window = boxes.crop_rect(window, height, width)
+                if rect[2] <= 0 or rect[3] <= 0:
+                    raise DataSourceError('%s: the sampled window is empty at %dx%d' % (what, height, width))
+                plan['window'] = rect
+                anno = boxes.project(window, anno, self.emit)
+                width, height = rect[2:]
+        return plan, self._plan_transform(plan, anno, height, width, channels, what)
+
+    def _plan_transform(self, plan, anno, height, width, channels, what):
+        """The draws of the fork's Transform (mirror, interpolation, salt and pepper, crop) into `plan`;
+        the final annotations (TransformAnnotation)."""
+        p, stream, raw = self.param, self.stream, plan['raw']
+        plan['mirror'] = bool(p.mirror and int(self.transformer.rng.words(1)[0]) % 2)
+        box = anno['box']
+        before = height, width
         if p.HasField('resize_param'):
-            image, anno = resize(image, anno, p.resize_param, rng)
-        if p.HasField('noise_param'):
-            image = noise(image, p.noise_param, rng)
-        height, width = image.shape[:2]
-        mirror = bool(p.mirror and rng.integers(2))
+            r = p.resize_param
+            box = boxes.resized_boxes(box, r, *before)
+            if not raw:
+                modes = list(r.interp_mode)
+                plan['interp'] = image_ops.INTERP[modes[roll_weighted_die(len(modes), stream)]] if modes \
+                    else cv2.INTER_LINEAR
+                height, width = boxes.small_side_size(r, height, width) if self.fit_small else (r.height, r.width)
+        if p.HasField('noise_param') and p.noise_param.saltpepper and not raw:
+            count = int(np.floor(F32(p.noise_param.saltpepper_param.fraction) * F32(width) * F32(height)))
+            words = stream.words(2 * count).reshape(count, 2)
+            plan['salt'] = (words[:, 1] % height, words[:, 0] % width)
         top = left = 0
-        if self.crop_h and self.crop_w:
+        out_h, out_w = (p.crop_size, p.crop_size) if raw else (self.crop_h, self.crop_w)
+        if out_h and out_w:
+            if height < out_h or width < out_w:
+                raise DataSourceError('%s: image of %dx%d is smaller than the crop %dx%d'
+                                      % (what, height, width, out_h, out_w))
             if self.phase == caffe_pb2.TRAIN:
-                top, left = rng.integers(height - self.crop_h + 1), rng.integers(width - self.crop_w + 1)
+                row, column = self.transformer.rng.words(2).tolist()
+                top, left = row % (height - out_h + 1), column % (width - out_w + 1)
             else:
-                top, left = (height - self.crop_h) // 2, (width - self.crop_w) // 2
-            image = image[top:top + self.crop_h, left:left + self.crop_w]
-        if image.shape[:2] != out.shape[1:]:
-            raise DataSourceError('transformed image is %dx%d, the batch is %dx%d: give resize_param '
-                                  'for images of different sizes' % (image.shape[:2] + out.shape[1:]))
-        window = np.array([left / width, top / height, (left + out.shape[2]) / width,
-                           (top + out.shape[1]) / height], np.float32)
-        anno = project(window, anno, self.emit, mirror)
-        pixels = image[:, ::-1] if mirror else image
-        chw = pixels.transpose(2, 0, 1).astype(np.float32)
-        if mean is not None:
-            chw -= np.asarray(mean, np.float32)[:, None, None]
-        np.multiply(chw, np.float32(p.scale), out=out)
+                top, left = (height - out_h) // 2, (width - out_w) // 2
+        else:
+            out_h, out_w = height, width
+        plan['crop'] = (slice(top, top + out_h), slice(left, left + out_w))
+        plan['shape'] = (channels, out_h, out_w)
+        self._check_mean_file(plan, (channels, height, width), what)
+        window = np.array([left / F32(width), top / F32(height), (left + out_w) / F32(width),
+                           (top + out_h) / F32(height)], F32)
+        anno = boxes.project(window, dict(anno, box=box), self.emit, plan['mirror'])
+        if p.HasField('resize_param'):
+            anno['box'] = boxes.extrapolated_boxes(anno['box'], p.resize_param, *before, window)
         return anno
 
+    def _check_mean_file(self, plan, before_crop, what):
+        """The fork's checks on the mean file: the image's shape (raw records, before the crop), or the
+        cropped image's with no crop offset (encoded records: the fork indexes the mean with the uncropped
+        image's strides, past its end otherwise)."""
+        if self.mean_file is None:
+            return
+        mean = self.mean_file.shape
+        if plan['raw'] and mean != before_crop:
+            raise DataSourceError('%s: a raw image of %dx%dx%d, the mean file is %dx%dx%d'
+                                  % ((what,) + before_crop + mean))
+        if not plan['raw'] and (mean != plan['shape'] or before_crop != plan['shape']):
+            raise DataSourceError('%s: the mean file (%dx%dx%d) must match the image (%dx%dx%d) uncropped, as in '
+                                  "the fork's Transform" % ((what,) + mean + before_crop))
+
+    # -- the pixels of one item ------------------------------------------------------------------
+    def render(self, image, plan, out):
+        """Apply a plan's image steps and write the normalized item into `out` (C, H, W)."""
+        p = self.param
+        channels = image.shape[2]
+        image = image_ops.distort(image, plan['distort'])
+        if plan['expand'] is not None:
+            mean = plan['mean']
+            fill = 32 if plan['raw'] else 0 if mean is None else np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+            if self.mean_file is not None and not plan['raw']:      # static_cast<char> of each value
+                fill = (self.mean_file.transpose(1, 2, 0).astype(np.int64) & 0xff).astype(np.uint8)
+            image = image_ops.expand(image, *plan['expand'], fill)
+        if plan['window'] is not None:
+            x, y, w, h = plan['window']
+            image = image[y:y + h, x:x + w]
+        if p.HasField('resize_param') and not plan['raw']:
+            image = image_ops.resize(image, p.resize_param, plan['interp'])
+        if p.HasField('noise_param') and not plan['raw']:
+            image = image_ops.noise(image, p.noise_param, plan.get('salt'))
+        pixels = image_ops.read_as_fork(image, channels, *plan['crop'], plan['mirror'])
+        out[...] = pixels.transpose(2, 0, 1)
+        if plan['mean'] is not None:
+            out -= plan['mean'].astype(out.dtype)[:, None, None]
+        elif self.mean_file is not None:        # raw records: the mean under the source pixels
+            mean = self.mean_file[(slice(None),) + plan['crop']] if plan['raw'] else self.mean_file
+            out -= mean[:, :, ::-1] if plan['raw'] and plan['mirror'] else mean
+        out *= out.dtype.type(p.scale)
+
     def load_batch(self, batch):
+        if self.stream is None:
+            raise RuntimeError('AnnotatedSource.seed_thread was not called')
         records = self.cursor.take(self.batch_size)
-        batch.reshape((self.batch_size,) + self.shape)
-        rows = []
-        for i, record in enumerate(records):
-            anno = self.item(*self._read(*record), batch.data[i])
-            rows.append(np.column_stack([np.full(len(anno['label']), i), anno['label'], anno['instance'],
-                                         anno['box'], anno['difficult']]))
-        table = np.concatenate(rows) if rows else np.zeros((0, 8))
-        if not len(table):
-            table = np.full((1, 8), -1.0)
-        batch.reshape((self.batch_size,) + self.shape, (1, 1, len(table), 8))
-        batch.label[...] = table.reshape(1, 1, -1, 8)
+        items = [None] * len(records)
+
+        def decode(i):
+            items[i] = self._read(*records[i])
+        self.pool.run(len(records), decode)
+        shape = self._output_shape(items[0][0])     # the fork: the shape of the batch's first record
+        plans, annos = [], []
+        for i, (image, anno, record) in enumerate(items):
+            plan, anno = self.plan(image, anno, record, 'record %s' % records[i][0].decode(errors='replace'))
+            if self.fit_small:
+                shape = plan['shape']
+            elif plan['shape'] != shape:
+                raise DataSourceError('transformed image is %dx%dx%d, the batch is %dx%dx%d: give resize_param '
+                                      'for images of different sizes' % (plan['shape'] + shape))
+            plans.append(plan)
+            annos.append(anno)
+        rows = [np.column_stack([np.full(len(a['label']), i), a['label'], a['instance'], a['box'], a['difficult']])
+                for i, a in enumerate(annos)]
+        table = np.concatenate(rows)
+        if not self.typed:
+            label_shape = (self.batch_size,)
+        else:
+            label_shape = (1, 1, max(len(table), 1), 8)
+        batch.reshape((self.batch_size,) + shape, label_shape)
+        self.pool.run(len(records), lambda i: self.render(items[i][0], plans[i], batch.data[i]))
+        if not self.typed:
+            batch.label[...] = [record.datum.label for _, _, record in items]
+        elif len(table):
+            batch.label[...] = table.reshape(label_shape)
+        else:
+            batch.label[...] = -1
 
     def close(self):
+        self.pool.close()
         self.reader.close()

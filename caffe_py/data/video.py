@@ -11,8 +11,11 @@ import os
 import cv2
 import numpy as np
 
+from .. import rng as caffe_rng
 from ..proto import caffe_pb2
-from .annotated import noise, resize
+from .annotated import roll_weighted_die
+from .annotated_boxes import F32, small_side_size
+from .annotated_image import INTERP, noise, resize
 from .hdf5 import DataSourceError
 from .transformer import chw_shape
 
@@ -45,7 +48,7 @@ def open_capture(param):
 class VideoSource:
     """The prefetch loader of VideoData: batch_size frames per batch, a label of 0 each."""
 
-    def __init__(self, layer_param, transformer, batch_size, seed):
+    def __init__(self, layer_param, transformer, batch_size):
         param = layer_param.video_data_param
         self.transform_param = layer_param.transform_param
         if self.transform_param.crop_h or self.transform_param.crop_w:
@@ -53,7 +56,9 @@ class VideoSource:
         self.transformer = transformer
         self.batch_size = batch_size
         self.skip = param.skip_frames
-        self.rng = np.random.default_rng(seed)
+        self.stream = None
+        if self.transform_param.noise_param.convert_to_lab:
+            raise DataSourceError('noise_param.convert_to_lab is not supported in VideoData')
         self.capture, self.what = open_capture(param)
         self.is_file = param.video_type == _VIDEO.VIDEO
         self.total = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)) if self.is_file else None
@@ -61,7 +66,16 @@ class VideoSource:
         first = self._read()
         # the fork reads a frame for the shape, then seeks back to frame 0 (a webcam's is dropped)
         self.taken, self.pending = 0, (first if self.is_file else None)
-        self.shape = transformer.output_shape(chw_shape(self._prepare(first, self.rng)))
+        channels, height, width = chw_shape(first)
+        if self.transform_param.HasField('resize_param'):      # InferBlobShape: no draws
+            r = self.transform_param.resize_param
+            height, width = small_side_size(r, height, width) \
+                if r.resize_mode == caffe_pb2.ResizeParameter.FIT_SMALL_SIZE else (r.height, r.width)
+        self.shape = transformer.output_shape((channels, height, width))
+
+    def seed_thread(self, seed):
+        """The prefetch thread's engine: the resize interpolation and salt-and-pepper draws."""
+        self.stream = caffe_rng.new_stream(seed)
 
     def _read(self):
         if self.pending is not None:
@@ -80,13 +94,23 @@ class VideoSource:
                              % (self.what, self.total))
         return self._read()
 
-    def _prepare(self, frame, rng):
-        """The fork's resize_param and noise_param steps, before crop, mirror, mean and scale."""
+    def _prepare(self, frame):
+        """The fork's resize_param and noise_param steps (draws from the prefetch thread's engine),
+        before crop, mirror, mean and scale."""
         p = self.transform_param
+        frame = frame if frame.ndim == 3 else frame[..., None]
         if p.HasField('resize_param'):
-            frame, _ = resize(frame, {'box': np.zeros((0, 4), np.float32)}, p.resize_param, rng)
+            modes = list(p.resize_param.interp_mode)
+            interp = INTERP[modes[roll_weighted_die(len(modes), self.stream)]] if modes else cv2.INTER_LINEAR
+            frame = resize(frame, p.resize_param, interp)
         if p.HasField('noise_param'):
-            frame = noise(frame, p.noise_param, rng)
+            salt = None
+            if p.noise_param.saltpepper:
+                height, width = frame.shape[:2]
+                count = int(np.floor(F32(p.noise_param.saltpepper_param.fraction) * F32(width) * F32(height)))
+                words = self.stream.words(2 * count).reshape(count, 2)
+                salt = (words[:, 1] % height, words[:, 0] % width)
+            frame = noise(frame, p.noise_param, salt)
         return frame
 
     def load_batch(self, batch):
@@ -95,7 +119,7 @@ class VideoSource:
         for i in range(self.batch_size):
             for _ in range(self.skip):
                 self._next()
-            frame = self._prepare(self._next(), self.rng)
+            frame = self._prepare(self._next())
             self.transformer.transform(frame, batch.data[i], None if draws is None else draws[i],
                                        'frame %d of %s' % (self.taken - 1, self.what))
         batch.label[...] = 0

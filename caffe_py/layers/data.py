@@ -283,7 +283,9 @@ class PrefetchingDataLayer(Layer):
         except ValueError as exc:
             raise self.error(str(exc)) from None
         self.transformer.init_rand()
-        _draw_word()        # the seed of the prefetch thread's own engine, which Data layers never use
+        seed = _draw_word()     # the prefetch thread's own engine; only AnnotatedData's source draws from it
+        if hasattr(self.source, 'seed_thread'):
+            self.source.seed_thread(seed)
         top[0].reshape(shape)
         log.info('output data size: %s', ','.join(str(d) for d in shape))
         if self.output_labels:
@@ -573,6 +575,9 @@ class HDF5OutputLayer(Layer):
             self._file = None
 
 
+_ANNOTATED_READERS = weakref.WeakValueDictionary()
+
+
 @register('AnnotatedData')
 class AnnotatedDataLayer(PrefetchingDataLayer):
     """SSD's data layer (weiliu89/caffe): AnnotatedDatum records of an LMDB/LevelDB with the
@@ -584,11 +589,17 @@ class AnnotatedDataLayer(PrefetchingDataLayer):
 
         def build(reader):
             source = AnnotatedSource(reader, self.layer_param, self.phase, self.layer_param.data_param.batch_size,
-                                     _draw_word(), deal=parallel.deal(self.phase))
+                                     self.transformer, deal=parallel.deal(self.phase))
             return source, source.shape
         return _database_source(self, build)
 
     def setup(self, bottom, top):
+        # the fork's DataReader starts a thread (one word of Caffe's stream) when no live layer of the
+        # same name reads the same source
+        key = '%s:%s' % (self.name, self.layer_param.data_param.source)
+        if _ANNOTATED_READERS.get(key) is None:
+            _draw_word()
+        _ANNOTATED_READERS[key] = self
         super().setup(bottom, top)
-        if self.output_labels:
+        if self.output_labels and self.source.typed:
             top[1].reshape((1, 1, 1, 8))

@@ -1,6 +1,6 @@
 """SSD's VideoData layer (weiliu89/caffe, branch ssd): frames of a video file or a webcam."""
 from ..layer import register
-from .data import PrefetchingDataLayer, _draw_word
+from .data import PrefetchingDataLayer
 
 
 @register('VideoData')
@@ -19,7 +19,5 @@ class VideoDataLayer(PrefetchingDataLayer):
         batch_size = self.layer_param.data_param.batch_size
         if batch_size <= 0:
             raise self.error('data_param.batch_size must be positive')
-        t = self.layer_param.transform_param
-        random = t.HasField('noise_param') or len(t.resize_param.interp_mode) > 1
-        source = VideoSource(self.layer_param, self.transformer, batch_size, _draw_word() if random else 0)
+        source = VideoSource(self.layer_param, self.transformer, batch_size)
         return source, (batch_size,) + tuple(source.shape)
