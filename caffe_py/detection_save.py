@@ -161,6 +161,9 @@ class DetectionSaver:
             raise error('%snum_test_image %d must be in 1..%d, the images of name_size_file %s'
                         % (_SETTING, self.num_test_image, len(self.images), param.name_size_file))
         self.resize = param.resize_param if param.HasField('resize_param') else None
+        if self.resize is not None and not (self.resize.height > 0 and self.resize.width > 0):
+            raise error('%sresize_param needs height and width (got %d x %d)'
+                        % (_SETTING, self.resize.height, self.resize.width))
         self.background = background
         self.num_classes = num_classes
         self.count = 0

@@ -261,10 +261,12 @@ def test_gpu_mode_on_the_stand_in_writes_the_same_files(tmp_path, scenes):
     ('directory', 'cannot create {tmp}/file/out (detection_output_param.save_output_param.output_directory)'),
     ('format', 'output_format "PASCAL" is not one of VOC, COCO, ILSVRC'),
     ('label', 'Cannot find label: 2 in the label map {tmp}/labelmap.prototxt'),
+    ('resize', 'save_output_param.resize_param needs height and width (got 0 x 300)'),
 ])
 def test_errors_name_the_path_and_setting(tmp_path, case, message):
     save = _save_param(tmp_path, 'PASCAL' if case == 'format' else 'VOC',
-                       'num_test_image: 3' if case == 'num_test_image' else '')
+                       {'num_test_image': 'num_test_image: 3',
+                        'resize': 'resize_param { resize_mode: FIT_LARGE_SIZE_AND_PAD width: 300 }'}.get(case, ''))
     (tmp_path / 'file').write_text('')
     (tmp_path / 'bad.txt').write_text('a 1 2\nb 3\n')
     replace = {'label_map': ('labelmap.prototxt', 'missing.prototxt'), 'name_size': ('name_size.txt', 'missing.txt'),
