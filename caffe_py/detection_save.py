@@ -103,16 +103,16 @@ def _ptree_float(values):
 
 
 def _json_escape(text):
-    """boost property_tree's create_escapes."""
+    """boost property_tree's create_escapes (on UTF-8 bytes: every byte from 0x80 passes)."""
     out = []
     for ch in text:
         c = ord(ch)
-        if c in (0x20, 0x21) or 0x23 <= c <= 0x2E or 0x30 <= c <= 0x5B or 0x5D <= c <= 0xFF:
+        if c in (0x20, 0x21) or 0x23 <= c <= 0x2E or 0x30 <= c <= 0x5B or c >= 0x5D:
             out.append(ch)
         elif ch in '\b\f\n\r\t/"\\':
             out.append('\\' + {'\b': 'b', '\f': 'f', '\n': 'n', '\r': 'r', '\t': 't'}.get(ch, ch))
         else:
-            out.append('\\u%04X' % min(c, 0xFFFF))
+            out.append('\\u%04X' % c)
     return ''.join(out)
 
 

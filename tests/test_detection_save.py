@@ -89,6 +89,11 @@ def test_coco_json_by_hand(tmp_path):
                         'score': 0.600000024}
 
 
+def test_coco_names_are_escaped_as_boost_does():
+    from caffe_py.detection_save import _json_escape
+    assert _json_escape('val/img"1\\\u00e9\x01\t') == 'val\\/img\\"1\\\\\u00e9\\u0001\\t'
+
+
 def test_fit_large_size_and_pad_maps_boxes_back_to_the_original_image(tmp_path):
     """resize_param FIT_LARGE_SIZE_AND_PAD: a 100x200 image letterboxed into 300x300 fills rows
     75..225; a box over the image's part of the letterbox covers the whole original image."""
