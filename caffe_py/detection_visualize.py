@@ -15,8 +15,10 @@ import numpy as np
 from . import log
 from .data import annotated
 from .data.transformer import DataTransformer, TransformError
+from .proto import caffe_pb2
 
 f32 = np.float32
+_RESIZE = caffe_pb2.ResizeParameter
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -114,6 +116,10 @@ class Visualizer:
         except (TransformError, OSError, ValueError) as exc:
             raise error('transform_param: %s' % exc) from None
         self.resize = transform_param.resize_param if transform_param.HasField('resize_param') else None
+        if self.resize is not None and self.resize.resize_mode not in (_RESIZE.WARP, _RESIZE.FIT_LARGE_SIZE_AND_PAD):
+            raise error('transform_param.resize_param: resize_mode %s is not supported by caffe-py for '
+                        'visualize (WARP and FIT_LARGE_SIZE_AND_PAD are)'
+                        % _RESIZE.Resize_mode.Name(self.resize.resize_mode))
         self.rng = np.random.default_rng()
         self.display_names = display_names
         self.palette = colors(max([len(display_names), num_classes] + [k + 1 for k in display_names]))

@@ -377,3 +377,6 @@ def test_visualize_records_save_file_without_a_display(tmp_path, monkeypatch, ca
     assert np.abs(frames[0].astype(int) - scene).mean() > 1            # boxes drawn over the scene
     warnings = [r for r in caplog.records if 'no display' in r.getMessage()]
     assert len(warnings) == 1
+    small = text.replace('scale: 0.007843 }', 'scale: 0.007843 resize_param { resize_mode: FIT_SMALL_SIZE } }')
+    with pytest.raises(NetError, match='resize_mode FIT_SMALL_SIZE is not supported by caffe-py for visualize'):
+        _tiny_net(small)
