@@ -8,7 +8,7 @@ written through their host views. Box arithmetic is in caffe_py/bbox.py.
 """
 import numpy as np
 
-from .. import bbox, fillers, log
+from .. import bbox, detection_save, detection_visualize, fillers
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from .loss import FLT_MIN
@@ -241,8 +241,11 @@ class DetectionOutputLayer(Layer):
     """Decodes loc (N, priors * loc classes * 4) against the priors, keeps per class the boxes
     that survive NMS among those scoring above confidence_threshold in conf (N, priors *
     classes), then the keep_top_k best per image. Top (1, 1, kept, 7): image, label, score,
-    xmin, ymin, xmax, ymax; one row (i, -1, ...) per image when nothing is kept."""
-    exact_num_bottom = 3
+    xmin, ymin, xmax, ymax; one row (i, -1, ...) per image when nothing is kept. save_output_param
+    writes the detections to files (caffe_py/detection_save.py); visualize draws them on the
+    images of an optional fourth bottom, the data (caffe_py/detection_visualize.py)."""
+    min_bottom = 3
+    max_bottom = 4
     exact_num_top = 1
 
     def setup(self, bottom, top):
@@ -266,9 +269,14 @@ class DetectionOutputLayer(Layer):
         if not 0 < self.eta <= 1:
             raise self.error('nms_param.eta must be in (0, 1], got %g' % self.eta)
         self.top_k = nms.top_k if nms.HasField('top_k') else -1
-        if p.save_output_param.output_directory or p.visualize:
-            log.warning('DetectionOutput layer "%s": save_output_param and visualize are not '
-                        'supported by caffe-py; detections are only written to the top blob', self.name)
+        self.saver, display_names = detection_save.make_saver(
+            self.error, p.save_output_param, self.background, self.num_classes)
+        self.visualizer = None
+        if p.visualize:
+            if len(bottom) < 4:
+                raise self.error('visualize needs the data blob as a fourth bottom')
+            self.visualizer = detection_visualize.Visualizer(
+                self.error, p, self.layer_param.transform_param, self.phase, display_names, self.num_classes)
 
     def reshape(self, bottom, top):
         self.num_priors = _num_priors(self, bottom[0], bottom[1], bottom[2], self.loc_classes,
@@ -314,6 +322,16 @@ class DetectionOutputLayer(Layer):
             result[:, 0] = np.arange(num)
         top[0].reshape((1, 1, len(result), 7))
         _host(top[0]).data[0, 0] = result
+        result = _host(top[0]).data[0, 0]                                # in the top's precision
+        if self.saver is not None:
+            self.saver.add(result, num)
+        if self.visualizer is not None:
+            self.visualizer(_host(bottom[3]).data, result)
+
+    def close(self):
+        """Finish the visualize video, if any."""
+        if self.visualizer is not None:
+            self.visualizer.close()
 
     def allow_force_backward(self, bottom_index):
         return False

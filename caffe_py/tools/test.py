@@ -29,16 +29,24 @@ def main(command, argv):
         net.copy_from(name)
     iterations = flags['iterations']
     log.info('Running for %d iterations.', iterations)
-    names = [name for name in net.outputs for _ in range(net.blobs[name].count)]
-    scores = np.zeros(len(names), f32)
+    names, scores = [], np.zeros(0, f32)
     loss = f32(0)
     for i in range(iterations):
         loss += f32(net.forward_from_to())
         batch = [net.blobs[name].read_data().ravel() for name in net.outputs]
-        batch = np.concatenate(batch).astype(f32) if batch else scores[:0]
-        for name, score in zip(names, batch):
+        batch = np.concatenate(batch).astype(f32) if batch else np.zeros(0, f32)
+        batch_names = [name for name in net.outputs for _ in range(net.blobs[name].count)]
+        for name, score in zip(batch_names, batch):
             log.info('Batch %d, %s = %s', i, name, fmt(score))
-        scores += batch
+        if i == 0:                               # as Caffe, the first batch's outputs are averaged
+            names, scores = batch_names, batch.copy()
+        else:
+            if len(batch) != len(scores):        # detection rows: Caffe indexes past its vector here
+                log.warning('The outputs of batch %d hold %d values, the first batch\'s %d; the means '
+                            'below add up the first %d of each batch', i, len(batch), len(scores),
+                            min(len(batch), len(scores)))
+            common_len = min(len(batch), len(scores))
+            scores[:common_len] += batch[:common_len]
     loss /= f32(iterations)
     log.info('Loss: %s', fmt(loss))
     for name, score in zip(names, scores):
