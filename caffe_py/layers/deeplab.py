@@ -1,0 +1,81 @@
+"""DeepLab v2's layers (deeplab-public-ver2): SegAccuracy, UniqueLabel, SpatialProduct,
+BiasChannel, AdaptiveBiasChannel and WeightedSoftmaxWithLoss. Its MatRead/MatWrite are in
+mat_io.py, ImageSegData in image_seg_data.py and Interp in segmentation.py."""
+import numpy as np
+
+from .. import backend
+from ..layer import Layer, register
+
+
+def _int_labels(layer, blob, ignore, classes):
+    """Labels as C's int cast (toward zero) and the mask of those counted: labels in `ignore`
+    are not; any other outside [0, classes) fails, as the fork's LOG(FATAL)."""
+    xp = blob.xp
+    label = blob.data.astype(np.int64)
+    valid = ~xp.isin(label, xp.asarray(sorted(ignore), np.int64)) if ignore else xp.ones(label.shape, bool)
+    bad = valid & ((label < 0) | (label >= classes))
+    if bool(bad.any()):
+        where = tuple(int(i) for i in np.argwhere(backend.to_numpy(bad))[0])
+        raise layer.error('Unexpected label %d at %s (labels must be in [0, %d) or ignored)'
+                          % (int(label[where]), where, classes))
+    return label, valid
+
+
+@register('SegAccuracy')
+class SegAccuracyLayer(Layer):
+    """Pixel labelling scores: each pixel's prediction is its highest-scoring class (ties go to
+    the higher class index, as the fork's sort of (score, class) pairs), counted against its
+    label in a C x C confusion matrix; labels in seg_accuracy_param.ignore_label are skipped.
+    Top (1, 1, 1, 3): overall pixel accuracy, mean recall over the classes that have labels, and
+    mean intersection over union over all C classes (a class with neither labels nor predictions
+    counts 1). With reset false the matrix accumulates over every forward, as the fork's."""
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.seg_accuracy_param
+        self.ignore = set(param.ignore_label)
+        self.matrix = np.zeros((bottom[0].shape[1],) * 2, np.int64)
+
+    def reshape(self, bottom, top):
+        scores, label = bottom
+        if scores.num_axes != 4 or label.num_axes != 4:
+            raise self.error('bottoms must be (N, C, H, W) scores and (N, 1, H, W) labels, got %s and %s'
+                             % (scores.shape_string(), label.shape_string()))
+        if label.shape[0] != scores.shape[0] or label.shape[1] != 1 or label.shape[2:] != scores.shape[2:]:
+            raise self.error('the label %s must be (N, 1, H, W) of the scores %s'
+                             % (label.shape_string(), scores.shape_string()))
+        if scores.shape[1] != self.matrix.shape[0]:
+            raise self.error('the scores have %d channels, the confusion matrix was set up for %d'
+                             % (scores.shape[1], self.matrix.shape[0]))
+        top[0].reshape((1, 1, 1, 3))
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        classes = bottom[0].shape[1]
+        if self.layer_param.seg_accuracy_param.reset:
+            self.matrix[...] = 0
+        label, valid = _int_labels(self, bottom[1], self.ignore, classes)
+        label, valid = label[:, 0], valid[:, 0]
+        predicted = classes - 1 - xp.argmax(bottom[0].data[:, ::-1], axis=1)
+        pairs = label[valid] * classes + predicted[valid]
+        self.matrix += backend.to_numpy(xp.bincount(pairs, minlength=classes * classes)).reshape(classes, classes)
+        top[0].data[...] = xp.asarray(np.array(self.scores(self.matrix), self.dtype).reshape(1, 1, 1, 3))
+
+    @staticmethod
+    def scores(matrix):
+        """(accuracy, mean class recall, mean IoU) of a confusion matrix (rows: labels), as the
+        fork's ConfusionMatrix accuracy(), avgRecall(false) and avgJaccard()."""
+        matrix = matrix.astype(np.float64)
+        diag, rows, cols = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+        total = matrix.sum()
+        accuracy = diag.sum() / total if total else 0.0
+        present = rows > 0
+        recall = (diag[present] / rows[present]).mean() if present.any() else 0.0
+        union = rows + cols - diag
+        iou = np.where(union == diag, 1.0, diag / np.where(union > 0, union, 1))
+        return accuracy, recall, iou.mean()
+
+    def backward(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise self.error('SegAccuracy has no backward (the fork: not implemented)')

@@ -1,0 +1,137 @@
+"""DeepLab v2's layers: hand cases, the fork's loops written out, float64 gradient checks, and
+GPU mode (CuPy's stand-in) equal to the CPU."""
+import numpy as np
+import pytest
+
+from caffe_py import TRAIN
+from harness import layer_gradient_check, layer_net
+
+
+def run(inputs, layer, **kwargs):
+    net = layer_net(inputs, layer, **kwargs)
+    net.forward()
+    return net
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def labels(shape, high, seed=0):
+    return np.random.default_rng(seed).integers(0, high, shape).astype(np.float64)
+
+
+# -- SegAccuracy ---------------------------------------------------------------------------------
+
+def fork_confusion(scores, label, ignore):
+    """The fork's loops: per pixel, the greatest (score, class) pair; ignored labels skipped."""
+    classes = scores.shape[1]
+    matrix = np.zeros((classes, classes), np.int64)
+    for n in range(scores.shape[0]):
+        for h in range(scores.shape[2]):
+            for w in range(scores.shape[3]):
+                best = max((scores[n, c, h, w], c) for c in range(classes))[1]
+                truth = int(label[n, 0, h, w])
+                if truth not in ignore:
+                    matrix[truth, best] += 1
+    return matrix
+
+
+def fork_scores(m):
+    """ConfusionMatrix accuracy(), avgRecall(false), avgJaccard() written out."""
+    total = m.sum()
+    accuracy = np.trace(m) / total if total else 0.0
+    recalls = [m[i, i] / m[i].sum() for i in range(len(m)) if m[i].sum() > 0]
+    recall = sum(recalls) / len(recalls) if recalls else 0.0
+    jaccard = 0.0
+    for i in range(len(m)):
+        union = m[i].sum() + m[:, i].sum() - m[i, i]
+        jaccard += 1.0 if m[i, i] == union else m[i, i] / union
+    return [accuracy, recall, jaccard / len(m)]
+
+
+SEG_ACC = 'type: "SegAccuracy" seg_accuracy_param { ignore_label: 255 %s }'
+
+
+def test_seg_accuracy_hand_case():
+    # 1 image, 3 classes, 4 pixels: predictions 0, 1, 2 (a tie of 1 and 2: the higher class), 0
+    scores = np.zeros((1, 3, 1, 4))
+    scores[0, :, 0, 0] = [5, 1, 1]
+    scores[0, :, 0, 1] = [0, 2, 1]
+    scores[0, :, 0, 2] = [0, 3, 3]
+    scores[0, :, 0, 3] = [4, 0, 0]
+    label = np.array([0, 1, 1, 255], np.float64).reshape(1, 1, 1, 4)
+    out = run({'x': scores, 'label': label}, SEG_ACC % '').blobs['y'].data
+    # matrix rows 0: [1, 0, 0], 1: [0, 1, 1], 2: [0, 0, 0]; IoU: 1, 1/2, class 2 0/1
+    assert out.shape == (1, 1, 1, 3)
+    np.testing.assert_allclose(out.ravel(), [2 / 3, (1 + 0.5) / 2, (1 + 0.5 + 0) / 3])
+
+
+def test_seg_accuracy_against_the_forks_loops_and_reset():
+    scores = np.round(rand(2, 4, 3, 5), 1)          # rounding makes ties
+    label = labels((2, 1, 3, 5), 4)
+    label[0, 0, 0, :3] = [255, 7, 7]
+    ignore = {255, 7}
+    layer = 'type: "SegAccuracy" seg_accuracy_param { ignore_label: 255 ignore_label: 7 %s }'
+    once = fork_confusion(scores, label, ignore)
+    net = run({'x': scores, 'label': label}, layer % '')
+    net.forward()
+    np.testing.assert_allclose(net.blobs['y'].data.ravel(), fork_scores(once))
+    acc = run({'x': scores, 'label': label}, layer % 'reset: false')
+    acc.blobs['x'].data[...] = scores[::-1]
+    acc.blobs['label'].data[...] = label[::-1]
+    acc.forward()                                  # accumulates over forwards, as the fork's
+    both = once + fork_confusion(scores[::-1], label[::-1], ignore)
+    np.testing.assert_allclose(acc.blobs['y'].data.ravel(), fork_scores(both))
+
+
+def test_seg_accuracy_unexpected_label_and_shapes_fail_clearly():
+    label = np.zeros((1, 1, 2, 2))
+    label[0, 0, 1, 0] = 9
+    with pytest.raises(ValueError, match=r'SegAccuracy layer "L": Unexpected label 9 at \(0, 0, 1, 0\)'):
+        run({'x': rand(1, 3, 2, 2), 'label': label}, SEG_ACC % '')
+    with pytest.raises(ValueError, match='must be'):
+        run({'x': rand(1, 3, 2, 2), 'label': np.zeros((1, 1, 2, 3))}, SEG_ACC % '')
+
+
+# -- GPU mode: CuPy's stand-in, a real device in the `gpu` run ---------------------------------
+
+SEG_LABEL = labels((2, 1, 3, 4), 3, seed=5)
+SEG_LABEL[1, 0, 0] = 255
+# (inputs, layer, whether it has a backward)
+DEVICE_CASES = [
+    ({'x': np.round(rand(2, 3, 3, 4), 1), 'label': SEG_LABEL}, SEG_ACC % 'reset: false', False),
+]
+
+
+def forward_backward(inputs, layer, backward):
+    net = layer_net(inputs, layer, phase=TRAIN)
+    net.forward()
+    out = [np.array(net.blobs[n].data) for n in net.outputs]
+    if not backward:
+        return out
+    for name in net.outputs:
+        if not net.blob_loss_weights[name]:
+            net.blobs[name].diff[...] = rand(*net.blobs[name].shape, seed=9)
+    net.backward_from_to()
+    return out + [np.array(net.blobs[n].diff) for n in inputs]
+
+
+def compare_devices(mode):
+    for inputs, layer, backward in DEVICE_CASES:
+        host = forward_backward(inputs, layer, backward)
+        with mode():
+            device = forward_backward(inputs, layer, backward)
+        for a, e in zip(device, host):
+            np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12, err_msg=layer)
+
+
+def test_deeplab_layers_on_the_cupy_stand_in_match_the_cpu():
+    import fakecupy
+    compare_devices(fakecupy.fake_gpu)
+
+
+@pytest.mark.gpu
+def test_deeplab_layers_on_the_device_match_the_cpu():
+    import device_cases
+    compare_devices(device_cases.gpu_mode)
