@@ -101,6 +101,8 @@ SEG_LABEL[1, 0, 0] = 255
 # (inputs, layer, whether it has a backward)
 DEVICE_CASES = [
     ({'x': np.round(rand(2, 3, 3, 4), 1), 'label': SEG_LABEL}, SEG_ACC % 'reset: false', False),
+    ({'label': np.array([3, 3, 255, 1, 0, 2, 2, 2], np.float64).reshape(2, 1, 2, 2)},
+     'type: "UniqueLabel" unique_label_param { max_labels: 4 ignore_label: 255 force_label: 0 }', False),
 ]
 
 
@@ -135,3 +137,22 @@ def test_deeplab_layers_on_the_cupy_stand_in_match_the_cpu():
 def test_deeplab_layers_on_the_device_match_the_cpu():
     import device_cases
     compare_devices(device_cases.gpu_mode)
+
+
+# -- UniqueLabel ---------------------------------------------------------------------------------
+
+def test_unique_label_hand_case():
+    label = np.array([[3, 3, 255, 1], [0, 0, 0, 0]], np.float64).reshape(2, 1, 2, 2)
+    layer = 'type: "UniqueLabel" unique_label_param { max_labels: 4 ignore_label: 255 force_label: 0 }'
+    out = run({'label': label}, layer).blobs['y'].data
+    assert out.shape == (2, 4, 1, 1)
+    np.testing.assert_array_equal(out.reshape(2, 4), [[0, 1, 3, -1], [0, -1, -1, -1]])
+
+
+def test_unique_label_capacity_fails_clearly():
+    layer = 'type: "UniqueLabel" unique_label_param { max_labels: 2 }'
+    with pytest.raises(ValueError, match='Too many unique elements.*image 0 has 3, max_labels 2'):
+        run({'label': np.array([1, 2, 3.0]).reshape(1, 1, 1, 3)}, layer)
+    with pytest.raises(ValueError, match='At least one label more than the forced ones'):
+        run({'label': np.zeros((1, 1, 1, 1))}, 'type: "UniqueLabel" unique_label_param { max_labels: 1 force_label: 0 }')
+

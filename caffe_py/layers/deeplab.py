@@ -79,3 +79,48 @@ class SegAccuracyLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):
             raise self.error('SegAccuracy has no backward (the fork: not implemented)')
+
+
+@register('UniqueLabel')
+class UniqueLabelLayer(Layer):
+    """Each image's distinct label values (bottom (N, 1, H, W)) but ignore_label, with the
+    force_label values added, ascending in the top (N, max_labels, 1, 1), -1 after them."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.unique_label_param
+        if not param.HasField('max_labels'):
+            raise self.error('unique_label_param.max_labels is required')
+        self.ignore = sorted(set(param.ignore_label))
+        self.force = sorted(set(param.force_label))
+        self.max_labels = param.max_labels
+        if self.max_labels <= len(self.force):
+            raise self.error('At least one label more than the forced ones needs to fit (max_labels %d, '
+                             '%d force_label values)' % (self.max_labels, len(self.force)))
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes < 2 or bottom[0].shape[1] != 1:
+            raise self.error('Input must have one channel, got %s' % bottom[0].shape_string())
+        top[0].reshape((bottom[0].shape[0], self.max_labels, 1, 1))
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        out = top[0].data.reshape(top[0].shape[0], -1)
+        out[...] = -1
+        ignore = xp.asarray(self.ignore, self.dtype)
+        force = xp.asarray(self.force, self.dtype)
+        for n, image in enumerate(bottom[0].data.reshape(bottom[0].shape[0], -1)):
+            values = xp.unique(xp.concatenate([image[~xp.isin(image, ignore)], force]))
+            if values.size > self.max_labels:
+                raise self.error('Too many unique elements, increase capacity of UniqueLabelLayer: image %d has '
+                                 '%d, max_labels %d' % (n, values.size, self.max_labels))
+            out[n, :values.size] = values
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            raise self.error('Cannot propagate down to label input')
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
