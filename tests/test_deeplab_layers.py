@@ -103,6 +103,7 @@ DEVICE_CASES = [
     ({'x': np.round(rand(2, 3, 3, 4), 1), 'label': SEG_LABEL}, SEG_ACC % 'reset: false', False),
     ({'label': np.array([3, 3, 255, 1, 0, 2, 2, 2], np.float64).reshape(2, 1, 2, 2)},
      'type: "UniqueLabel" unique_label_param { max_labels: 4 ignore_label: 255 force_label: 0 }', False),
+    ({'x': rand(2, 3, 4, 5), 'm': rand(2, 1, 4, 5, seed=1)}, 'type: "SpatialProduct"', True),
 ]
 
 
@@ -156,3 +157,14 @@ def test_unique_label_capacity_fails_clearly():
     with pytest.raises(ValueError, match='At least one label more than the forced ones'):
         run({'label': np.zeros((1, 1, 1, 1))}, 'type: "UniqueLabel" unique_label_param { max_labels: 1 force_label: 0 }')
 
+
+# -- SpatialProduct ------------------------------------------------------------------------------
+
+def test_spatial_product_forward_and_gradient():
+    x, m = rand(2, 3, 4, 5), rand(2, 1, 4, 5, seed=1)
+    out = run({'x': x, 'm': m}, 'type: "SpatialProduct"').blobs['y'].data
+    for c in range(3):                       # the fork: channel by channel, caffe_mul
+        np.testing.assert_array_equal(out[:, c], x[:, c] * m[:, 0])
+    layer_gradient_check({'x': rand(2, 3, 2, 3), 'm': rand(2, 1, 2, 3, seed=1)}, 'type: "SpatialProduct"')
+    with pytest.raises(ValueError, match='must be \\(N, 1, ...\\)'):
+        run({'x': x, 'm': rand(2, 2, 4, 5)}, 'type: "SpatialProduct"')

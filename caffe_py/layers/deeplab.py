@@ -124,3 +124,29 @@ class UniqueLabelLayer(Layer):
     def allow_force_backward(self, bottom_index):
         return False
 
+
+@register('SpatialProduct')
+class SpatialProductLayer(Layer):
+    """Every channel of bottom 0 (N, C, ...) times the one-channel map bottom 1 (N, 1, ...),
+    position by position; both bottoms take a gradient."""
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        x, m = bottom
+        if x.num_axes < 2:
+            raise self.error('Number of axes of bottom blob must be >=2, got %s' % x.shape_string())
+        if m.shape != (x.shape[0], 1) + x.shape[2:]:
+            raise self.error('bottom 1 %s must be (N, 1, ...) of bottom 0 %s: one channel, the same num and '
+                             'spatial shape' % (m.shape_string(), x.shape_string()))
+        top[0].reshape(x.shape)
+
+    def forward(self, bottom, top):
+        bottom[0].xp.multiply(bottom[0].data, bottom[1].data, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        if propagate_down[0]:
+            bottom[0].xp.multiply(dy, bottom[1].data, out=bottom[0].diff)
+        if propagate_down[1]:
+            bottom[1].diff[...] = (dy * bottom[0].data).sum(axis=1, keepdims=True)
