@@ -104,6 +104,10 @@ DEVICE_CASES = [
     ({'label': np.array([3, 3, 255, 1, 0, 2, 2, 2], np.float64).reshape(2, 1, 2, 2)},
      'type: "UniqueLabel" unique_label_param { max_labels: 4 ignore_label: 255 force_label: 0 }', False),
     ({'x': rand(2, 3, 4, 5), 'm': rand(2, 1, 4, 5, seed=1)}, 'type: "SpatialProduct"', True),
+    ({'x': rand(2, 4, 2, 3), 'label': np.array([[0, 2, 2, -1], [3, 255, -1, -1]], np.float64).reshape(2, 4, 1, 1)},
+     'type: "BiasChannel" bias_channel_param { ignore_label: 255 }', True),
+    ({'x': rand(2, 3, 2, 3), 'label': SEG_LABEL[:, :, :2, :3]},
+     'type: "BiasChannel" bias_channel_param { label_type: PIXEL ignore_label: 255 bg_bias: 0.5 }', True),
 ]
 
 
@@ -168,3 +172,58 @@ def test_spatial_product_forward_and_gradient():
     layer_gradient_check({'x': rand(2, 3, 2, 3), 'm': rand(2, 1, 2, 3, seed=1)}, 'type: "SpatialProduct"')
     with pytest.raises(ValueError, match='must be \\(N, 1, ...\\)'):
         run({'x': x, 'm': rand(2, 2, 4, 5)}, 'type: "SpatialProduct"')
+
+
+# -- BiasChannel ---------------------------------------------------------------------------------
+
+def fork_bias_channel(x, label, pixel, bg, fg, ignore, background):
+    """The fork's loops (background: None when neither background_label nor bg_bias is given)."""
+    y = x.copy()
+    for n in range(x.shape[0]):
+        if not pixel:
+            for j in range(label.shape[1]):
+                lab = int(label[n, j, 0, 0])
+                if lab not in ignore:
+                    y[n, lab] += bg if lab == 0 else fg
+            continue
+        for h in range(x.shape[2]):
+            for w in range(x.shape[3]):
+                lab = int(label[n, 0, h, w])
+                if lab in ignore:
+                    continue
+                if background is not None:
+                    y[n, background, h, w] += bg
+                    if lab != background:
+                        y[n, lab, h, w] += fg
+                else:
+                    y[n, lab, h, w] += fg
+    return y
+
+
+def test_bias_channel_image_labels():
+    x = rand(2, 4, 2, 3)
+    label = np.array([[0, 2, 2, -1], [3, 255, -1, -1]], np.float64).reshape(2, 4, 1, 1)
+    layer = 'type: "BiasChannel" bias_channel_param { bg_bias: 1.5 fg_bias: 4 ignore_label: 255 }'
+    out = run({'x': x, 'label': label}, layer).blobs['y'].data
+    np.testing.assert_allclose(out, fork_bias_channel(x, label, False, 1.5, 4, {-1, 255}, 0))
+    np.testing.assert_allclose(out[0, 2] - x[0, 2], 8)       # listed twice: biased twice
+    layer_gradient_check({'x': x, 'label': label}, layer, no_grad=('label',))
+
+
+@pytest.mark.parametrize('param, background', [('bg_bias: 0.5 fg_bias: 3', 0), ('background_label: 2', 2),
+                                               ('fg_bias: 3', None)])
+def test_bias_channel_pixel_labels(param, background):
+    x = rand(2, 3, 3, 4)
+    label = labels((2, 1, 3, 4), 3, seed=2)
+    label[0, 0, 0, :2] = [255, -1]
+    layer = 'type: "BiasChannel" bias_channel_param { label_type: PIXEL ignore_label: 255 %s }' % param
+    out = run({'x': x, 'label': label}, layer).blobs['y'].data
+    bg = 0.5 if 'bg_bias' in param else 1.0
+    np.testing.assert_allclose(out, fork_bias_channel(x, label, True, bg, 3 if 'fg' in param else 2.0,
+                                                      {-1, 255}, background))
+
+
+def test_bias_channel_unexpected_label_fails_clearly():
+    label = np.array([0, 5.0]).reshape(1, 2, 1, 1)
+    with pytest.raises(ValueError, match=r'BiasChannel layer "L": Unexpected label 5 at \(0, 1, 0, 0\)'):
+        run({'x': rand(1, 3, 2, 2), 'label': label}, 'type: "BiasChannel"')

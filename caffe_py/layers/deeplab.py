@@ -150,3 +150,67 @@ class SpatialProductLayer(Layer):
             bottom[0].xp.multiply(dy, bottom[1].data, out=bottom[0].diff)
         if propagate_down[1]:
             bottom[1].diff[...] = (dy * bottom[0].data).sum(axis=1, keepdims=True)
+
+
+@register('BiasChannel')
+class BiasChannelLayer(Layer):
+    """Adds biases to the scores (N, C, H, W) of the classes an image holds (bottom 1; -1 and
+    ignore_label entries skipped). IMAGE labels (N, L, 1, 1): each listed class's whole channel
+    gets bg_bias if it is class 0, fg_bias otherwise (once per listing). PIXEL labels
+    (N, 1, H, W): at each pixel the labelled class gets fg_bias, and with a background (either
+    background_label or bg_bias given) the background channel gets bg_bias (the labelled class
+    only that, when it is the background). No gradient to the labels; scores pass it through."""
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.bias_channel_param
+        self.bg, self.fg = self.dtype.type(param.bg_bias), self.dtype.type(param.fg_bias)
+        if self.bg < 0 or self.fg < 0:
+            raise self.error('bg_bias and fg_bias must not be negative (got %g, %g)' % (self.bg, self.fg))
+        self.ignore = {-1} | set(param.ignore_label)
+        self.pixel = param.label_type == param.PIXEL
+        self.background = (param.background_label if param.HasField('background_label') or param.HasField('bg_bias')
+                           else None)
+
+    def reshape(self, bottom, top):
+        scores, label = bottom
+        if scores.num_axes != 4 or label.num_axes != 4:
+            raise self.error('bottoms must be (N, C, H, W) scores and 4-axis labels, got %s and %s'
+                             % (scores.shape_string(), label.shape_string()))
+        n, channels, height, width = scores.shape
+        want = (n, 1, height, width) if self.pixel else (n, label.shape[1], 1, 1)
+        if label.shape != want or label.shape[1] < 1:
+            raise self.error('%s labels must be %s for the scores %s, got %s' % (
+                'PIXEL' if self.pixel else 'IMAGE', '(N, 1, H, W)' if self.pixel else '(N, L >= 1, 1, 1)',
+                scores.shape_string(), label.shape_string()))
+        if self.pixel and self.background is not None and not 0 <= self.background < channels:
+            raise self.error('background_label %d is not a channel of the scores %s'
+                             % (self.background, scores.shape_string()))
+        top[0].reshape(scores.shape)
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        n, channels = bottom[0].shape[:2]
+        label, counted = _int_labels(self, bottom[1], self.ignore, channels)
+        label, counted = label.reshape(n, -1), counted.reshape(n, -1)
+        classes = xp.arange(channels)
+        if self.pixel:                  # (N, C, H*W)
+            fg = counted if self.background is None else counted & (label != self.background)
+            add = ((label[:, None, :] == classes[None, :, None]) & fg[:, None, :]) * self.fg
+            if self.background is not None:
+                add[:, self.background] += counted * self.bg
+        else:                           # (N, C, 1): each listing of a class adds its bias
+            bias = xp.where(label == 0, self.bg, self.fg) * counted
+            add = ((label[:, :, None] == classes[None, None, :]) * bias[:, :, None]).sum(axis=1)[:, :, None]
+        shape = (n, channels, -1)
+        xp.add(bottom[0].data.reshape(shape), add.astype(self.dtype), out=top[0].data.reshape(shape))
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise self.error('Cannot propagate down to label input')
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
