@@ -94,55 +94,6 @@ def test_seg_accuracy_unexpected_label_and_shapes_fail_clearly():
         run({'x': rand(1, 3, 2, 2), 'label': np.zeros((1, 1, 2, 3))}, SEG_ACC % '')
 
 
-# -- GPU mode: CuPy's stand-in, a real device in the `gpu` run ---------------------------------
-
-SEG_LABEL = labels((2, 1, 3, 4), 3, seed=5)
-SEG_LABEL[1, 0, 0] = 255
-# (inputs, layer, whether it has a backward)
-DEVICE_CASES = [
-    ({'x': np.round(rand(2, 3, 3, 4), 1), 'label': SEG_LABEL}, SEG_ACC % 'reset: false', False),
-    ({'label': np.array([3, 3, 255, 1, 0, 2, 2, 2], np.float64).reshape(2, 1, 2, 2)},
-     'type: "UniqueLabel" unique_label_param { max_labels: 4 ignore_label: 255 force_label: 0 }', False),
-    ({'x': rand(2, 3, 4, 5), 'm': rand(2, 1, 4, 5, seed=1)}, 'type: "SpatialProduct"', True),
-    ({'x': rand(2, 4, 2, 3), 'label': np.array([[0, 2, 2, -1], [3, 255, -1, -1]], np.float64).reshape(2, 4, 1, 1)},
-     'type: "BiasChannel" bias_channel_param { ignore_label: 255 }', True),
-    ({'x': rand(2, 3, 2, 3), 'label': SEG_LABEL[:, :, :2, :3]},
-     'type: "BiasChannel" bias_channel_param { label_type: PIXEL ignore_label: 255 bg_bias: 0.5 }', True),
-]
-
-
-def forward_backward(inputs, layer, backward):
-    net = layer_net(inputs, layer, phase=TRAIN)
-    net.forward()
-    out = [np.array(net.blobs[n].data) for n in net.outputs]
-    if not backward:
-        return out
-    for name in net.outputs:
-        if not net.blob_loss_weights[name]:
-            net.blobs[name].diff[...] = rand(*net.blobs[name].shape, seed=9)
-    net.backward_from_to()
-    return out + [np.array(net.blobs[n].diff) for n in inputs]
-
-
-def compare_devices(mode):
-    for inputs, layer, backward in DEVICE_CASES:
-        host = forward_backward(inputs, layer, backward)
-        with mode():
-            device = forward_backward(inputs, layer, backward)
-        for a, e in zip(device, host):
-            np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12, err_msg=layer)
-
-
-def test_deeplab_layers_on_the_cupy_stand_in_match_the_cpu():
-    import fakecupy
-    compare_devices(fakecupy.fake_gpu)
-
-
-@pytest.mark.gpu
-def test_deeplab_layers_on_the_device_match_the_cpu():
-    import device_cases
-    compare_devices(device_cases.gpu_mode)
-
 
 # -- UniqueLabel ---------------------------------------------------------------------------------
 
@@ -227,3 +178,128 @@ def test_bias_channel_unexpected_label_fails_clearly():
     label = np.array([0, 5.0]).reshape(1, 2, 1, 1)
     with pytest.raises(ValueError, match=r'BiasChannel layer "L": Unexpected label 5 at \(0, 1, 0, 0\)'):
         run({'x': rand(1, 3, 2, 2), 'label': label}, 'type: "BiasChannel"')
+
+
+# -- AdaptiveBiasChannel -------------------------------------------------------------------------
+
+def fork_adaptive_bias(x, label, num_iter, bg_portion, fg_portion, suppress, margin, shuffle):
+    """The fork's loops, in float32 as its float nets; `shuffle` is std::random_shuffle."""
+    f = np.float32
+    y = x.astype(f).copy()
+    num, channels, height, width = y.shape
+    spatial = height * width
+    for n in range(num):
+        labels = sorted(int(v) for v in label[n].ravel() if int(v) != -1)
+        if not labels:
+            continue
+        bgnd = 0 in labels
+        top = y[n].reshape(channels, spatial)
+        if suppress:
+            ext = np.full(spatial, np.finfo(f).max, f)
+            for c in range(channels):
+                if c in labels:
+                    for i in range(spatial):
+                        ext[i] = min(ext[i], top[c, i])
+            for c in range(channels):
+                if c not in labels:
+                    for i in range(spatial):
+                        if top[c, i] > ext[i]:
+                            top[c, i] = ext[i] - f(margin)
+        ext = top[labels[0]].copy()
+        for c in labels[1:]:
+            for i in range(spatial):
+                ext[i] = max(ext[i], top[c, i])
+        mean0 = sum(float(v) for v in ext) / spatial
+        for _ in range(num_iter):
+            tail = labels[int(bgnd):]
+            shuffle(tail)
+            labels[int(bgnd):] = tail
+            for c in labels:
+                nth = int(f(bg_portion if c == 0 else fg_portion) * f(spatial))
+                diff = np.sort(ext - top[c])
+                top[c] += diff[nth]
+                for i in range(spatial):
+                    ext[i] = max(ext[i], top[c, i])
+        mean1 = sum(float(v) for v in ext) / spatial
+        top += f(mean0 - mean1)
+    return y
+
+
+ABC = 'type: "AdaptiveBiasChannel" adaptive_bias_channel_param { num_iter: 3 bg_portion: 0.3 fg_portion: 0.25 %s }'
+
+
+@pytest.mark.parametrize('suppress', ['', 'suppress_others: false'])
+def test_adaptive_bias_channel_against_the_forks_loops(suppress):
+    from caffe_py import rng as caffe_rng
+    x = rand(2, 5, 4, 5).astype(np.float32)
+    label = np.array([[0, 2, 4, -1], [3, 1, -1, -1]], np.float32).reshape(2, 4, 1, 1)
+    caffe_rng.c_srand(7)
+    out = run({'x': x, 'label': label}, ABC % suppress, dtype=np.float32).blobs['y'].data
+    shuffle = caffe_rng.GlibcRand(7).random_shuffle
+    expected = fork_adaptive_bias(x, label, 3, 0.3, 0.25, not suppress, 1e-5, shuffle)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    # the listed classes win at least about their portion of the pixels
+    winners = out.argmax(axis=1)
+    assert (winners[0] == 0).mean() >= 0.25 and (winners[1] == 1).mean() > 0
+    if not suppress:
+        assert not np.isin(winners[0], [1, 3]).any()     # unlisted classes lose everywhere
+
+
+def test_adaptive_bias_channel_without_labels_copies_the_scores():
+    x = rand(1, 3, 2, 2)
+    out = run({'x': x, 'label': -np.ones((1, 2, 1, 1))}, ABC % '').blobs['y'].data
+    np.testing.assert_array_equal(out, x)
+
+
+# -- GPU mode: CuPy's stand-in, a real device in the `gpu` run ---------------------------------
+
+SEG_LABEL = labels((2, 1, 3, 4), 3, seed=5)
+SEG_LABEL[1, 0, 0] = 255
+# (inputs, layer, whether it has a backward)
+DEVICE_CASES = [
+    ({'x': np.round(rand(2, 3, 3, 4), 1), 'label': SEG_LABEL}, SEG_ACC % 'reset: false', False),
+    ({'label': np.array([3, 3, 255, 1, 0, 2, 2, 2], np.float64).reshape(2, 1, 2, 2)},
+     'type: "UniqueLabel" unique_label_param { max_labels: 4 ignore_label: 255 force_label: 0 }', False),
+    ({'x': rand(2, 3, 4, 5), 'm': rand(2, 1, 4, 5, seed=1)}, 'type: "SpatialProduct"', True),
+    ({'x': rand(2, 4, 2, 3), 'label': np.array([[0, 2, 2, -1], [3, 255, -1, -1]], np.float64).reshape(2, 4, 1, 1)},
+     'type: "BiasChannel" bias_channel_param { ignore_label: 255 }', True),
+    ({'x': rand(2, 3, 2, 3), 'label': SEG_LABEL[:, :, :2, :3]},
+     'type: "BiasChannel" bias_channel_param { label_type: PIXEL ignore_label: 255 bg_bias: 0.5 }', True),
+    ({'x': rand(2, 5, 4, 5), 'label': np.array([[0, 2, 4, -1], [3, 1, -1, -1]], np.float64).reshape(2, 4, 1, 1)},
+     ABC % '', False),
+]
+
+
+def forward_backward(inputs, layer, backward):
+    from caffe_py import rng as caffe_rng
+    caffe_rng.c_srand(3)                    # AdaptiveBiasChannel's shuffles
+    net = layer_net(inputs, layer, phase=TRAIN)
+    net.forward()
+    out = [np.array(net.blobs[n].data) for n in net.outputs]
+    if not backward:
+        return out
+    for name in net.outputs:
+        if not net.blob_loss_weights[name]:
+            net.blobs[name].diff[...] = rand(*net.blobs[name].shape, seed=9)
+    net.backward_from_to()
+    return out + [np.array(net.blobs[n].diff) for n in inputs]
+
+
+def compare_devices(mode):
+    for inputs, layer, backward in DEVICE_CASES:
+        host = forward_backward(inputs, layer, backward)
+        with mode():
+            device = forward_backward(inputs, layer, backward)
+        for a, e in zip(device, host):
+            np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12, err_msg=layer)
+
+
+def test_deeplab_layers_on_the_cupy_stand_in_match_the_cpu():
+    import fakecupy
+    compare_devices(fakecupy.fake_gpu)
+
+
+@pytest.mark.gpu
+def test_deeplab_layers_on_the_device_match_the_cpu():
+    import device_cases
+    compare_devices(device_cases.gpu_mode)

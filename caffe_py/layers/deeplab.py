@@ -214,3 +214,82 @@ class BiasChannelLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
+
+
+@register('AdaptiveBiasChannel')
+class AdaptiveBiasChannelLayer(Layer):
+    """Adds to the score channels (N, C, H, W) of the classes an image lists (bottom 1,
+    (N, L, 1, 1), -1 entries skipped) biases that make each class win at least a portion of
+    the pixels (bg_portion for class 0, fg_portion for the others), as the fork's: with
+    suppress_others the unlisted classes are first clipped to margin_others below the lowest
+    listed score; then num_iter times over the listed classes (background first, the others in
+    std::random_shuffle order over glibc's rand(), as HDF5Data's) a class's channel is raised by
+    the (portion * H * W)-th smallest gap to the pixelwise maximum, that maximum updated; last,
+    all channels shift so that the pixelwise maximum keeps its mean. No backward (the fork's
+    leaves the bottom's gradient untouched)."""
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.adaptive_bias_channel_param
+        if param.num_iter <= 0:
+            raise self.error('adaptive_bias_channel_param.num_iter must be positive (got %d)' % param.num_iter)
+        if param.margin_others < 0:
+            raise self.error('adaptive_bias_channel_param.margin_others must not be negative')
+        for name in ('bg_portion', 'fg_portion'):
+            if not 0 <= getattr(param, name) <= 1:
+                raise self.error('adaptive_bias_channel_param.%s needs to be in [0, 1] (got %g)'
+                                 % (name, getattr(param, name)))
+        self.portion = {True: self.dtype.type(param.bg_portion), False: self.dtype.type(param.fg_portion)}
+        self.margin = self.dtype.type(param.margin_others)
+
+    def reshape(self, bottom, top):
+        scores, label = bottom
+        if scores.num_axes != 4 or scores.shape[1] < 2:
+            raise self.error('scores must be (N, C > 1, H, W), got %s' % scores.shape_string())
+        if label.num_axes != 4 or label.shape[0] != scores.shape[0] or label.shape[2:] != (1, 1) or label.shape[1] < 1:
+            raise self.error('labels must be (N, L >= 1, 1, 1) for the scores %s, got %s'
+                             % (scores.shape_string(), label.shape_string()))
+        top[0].reshape(scores.shape)
+
+    def forward(self, bottom, top):
+        from .. import rng as caffe_rng
+        xp = bottom[0].xp
+        param = self.layer_param.adaptive_bias_channel_param
+        n, channels = bottom[0].shape[:2]
+        scores = top[0].data.reshape(n, channels, -1)
+        scores[...] = bottom[0].data.reshape(n, channels, -1)
+        spatial = scores.shape[2]
+        label, listed = _int_labels(self, bottom[1], {-1}, channels)
+        label, listed = backend.to_numpy(label).reshape(n, -1), backend.to_numpy(listed).reshape(n, -1)
+        for i in range(n):
+            labels = sorted(label[i][listed[i]].tolist())
+            if not labels:
+                continue
+            y = scores[i]
+            present = np.zeros(channels, bool)
+            present[labels] = True
+            if param.suppress_others:
+                lowest = y[xp.asarray(present)].min(axis=0)
+                others = y[xp.asarray(~present)]
+                y[xp.asarray(~present)] = xp.where(others > lowest, lowest - self.margin, others)
+            top_score = y[labels].max(axis=0)
+            mean0 = float(top_score.astype(np.float64).sum()) / spatial
+            first = 1 if labels[0] == 0 else 0
+            for _ in range(param.num_iter):
+                tail = labels[first:]
+                caffe_rng.c_rand().random_shuffle(tail)
+                labels[first:] = tail
+                for c in labels:
+                    nth = min(int(self.portion[c == 0] * self.dtype.type(spatial)), spatial - 1)
+                    gap = xp.partition(top_score - y[c], nth)[nth]
+                    y[c] += gap
+                    xp.maximum(top_score, y[c], out=top_score)
+            mean1 = float(top_score.astype(np.float64).sum()) / spatial
+            y += self.dtype.type(mean0 - mean1)
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    def allow_force_backward(self, bottom_index):
+        return False
