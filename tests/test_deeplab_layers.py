@@ -251,6 +251,50 @@ def test_adaptive_bias_channel_without_labels_copies_the_scores():
     np.testing.assert_array_equal(out, x)
 
 
+
+# -- WeightedSoftmaxWithLoss ---------------------------------------------------------------------
+
+WSL = 'type: "WeightedSoftmaxWithLoss" loss_param { ignore_label: 255 %s }'
+
+
+def weighted_loss_inputs():
+    x = rand(2, 3, 2, 3)
+    label = labels((2, 1, 2, 3), 3, seed=3)
+    label[0, 0, 0, 0] = 255
+    weight = np.abs(rand(2, 1, 2, 3, seed=4)) + 0.5
+    return {'x': x, 'label': label, 'w': weight}
+
+
+@pytest.mark.parametrize('norm', ['', 'normalization: FULL', 'normalization: BATCH_SIZE', 'normalization: NONE'])
+def test_weighted_softmax_loss_against_the_forks_sums_and_gradient(norm):
+    inputs = weighted_loss_inputs()
+    x, label, weight = inputs['x'], inputs['label'], inputs['w']
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    loss = weightsum = 0.0
+    for n in range(2):
+        for h in range(2):
+            for w in range(3):
+                if label[n, 0, h, w] != 255:
+                    loss -= weight[n, 0, h, w] * np.log(p[n, int(label[n, 0, h, w]), h, w])
+                    weightsum += weight[n, 0, h, w]
+    normalizer = {'': weightsum, 'normalization: FULL': 12, 'normalization: BATCH_SIZE': 2,
+                  'normalization: NONE': 1}[norm]
+    out = run(inputs, WSL % norm).blobs['y'].data
+    np.testing.assert_allclose(out, loss / max(1.0, normalizer))
+    layer_gradient_check(inputs, WSL % norm, no_grad=('label', 'w'))
+
+
+def test_weighted_softmax_loss_with_two_bottoms_is_softmax_with_loss():
+    inputs = weighted_loss_inputs()
+    del inputs['w']
+    ours = run(inputs, WSL % '').blobs['y'].data
+    bvlc = run(inputs, 'type: "SoftmaxWithLoss" loss_param { ignore_label: 255 }').blobs['y'].data
+    np.testing.assert_allclose(ours, bvlc)
+    layer_gradient_check(inputs, WSL % '', no_grad=('label',))
+    with pytest.raises(ValueError, match='one value per label'):
+        run(dict(inputs, w=np.ones((2, 1, 2, 2))), WSL % '')
+
+
 # -- GPU mode: CuPy's stand-in, a real device in the `gpu` run ---------------------------------
 
 SEG_LABEL = labels((2, 1, 3, 4), 3, seed=5)
@@ -267,6 +311,7 @@ DEVICE_CASES = [
      'type: "BiasChannel" bias_channel_param { label_type: PIXEL ignore_label: 255 bg_bias: 0.5 }', True),
     ({'x': rand(2, 5, 4, 5), 'label': np.array([[0, 2, 4, -1], [3, 1, -1, -1]], np.float64).reshape(2, 4, 1, 1)},
      ABC % '', False),
+    (weighted_loss_inputs(), WSL % '', True),
 ]
 
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import backend
 from ..layer import Layer, register
+from .loss import FLT_MIN, _NORM, _Labels, _SoftmaxLoss
 
 
 def _int_labels(layer, blob, ignore, classes):
@@ -293,3 +294,64 @@ class AdaptiveBiasChannelLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return False
+
+
+@register('WeightedSoftmaxWithLoss')
+class WeightedSoftmaxWithLossLayer(_SoftmaxLoss):
+    """SoftmaxWithLoss whose optional third bottom (as many values as labels) weighs each
+    position's term -log(max(p[label], FLT_MIN)) and its gradient; the VALID normalizer is then
+    the sum of the counted weights (at least 1, as every normalizer). With two bottoms it is
+    SoftmaxWithLoss (the fork's two-bottom branch, which reads a third bottom it lacks)."""
+    exact_num_bottom = None
+    min_bottom = 2
+    max_bottom = 3
+
+    def setup(self, bottom, top):
+        self.softmax_axis = self.layer_param.softmax_param.axis
+        param = self.layer_param.loss_param
+        if not param.HasField('normalization') and param.HasField('normalize'):
+            self.mode = _NORM.VALID if param.normalize else _NORM.BATCH_SIZE
+        else:
+            self.mode = param.normalization
+        super().setup(bottom, top)
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        if len(bottom) > 2 and bottom[2].count != self.outer * self.inner:
+            raise self.error('the weights %s must hold one value per label (%d, as the label %s)'
+                             % (bottom[2].shape_string(), self.outer * self.inner, bottom[1].shape_string()))
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        prob = self._prob_blob(top)
+        self.softmax.forward([bottom[0]], [prob])
+        param = self.layer_param.loss_param
+        self.labels = labels = _Labels(self, bottom[1], self.outer, self.inner, self.classes,
+                                       param.ignore_label if param.HasField('ignore_label') else None)
+        logs = xp.log(xp.maximum(prob.data.reshape(self.shape3())[labels.at], self.dtype.type(FLT_MIN)))
+        if len(bottom) > 2:
+            self.weights = bottom[2].data.reshape(self.outer, self.inner).copy()
+            labels.mask(self.weights)
+            logs *= self.weights
+            counted = self.weights.sum()
+        else:
+            self.weights = None
+            counted = labels.count
+        labels.mask(logs)
+        self.norm = self.normalizer(self.mode, self.outer, self.inner, float(counted))
+        top[0].data[...] = -logs.sum() / self.norm
+
+    def backward(self, top, propagate_down, bottom):
+        self.refuse_backward(propagate_down)
+        if not propagate_down[0]:
+            return
+        dx = bottom[0].diff.reshape(self.shape3())
+        dx[...] = self._prob_blob(top).data.reshape(self.shape3())
+        dx[self.labels.at] -= 1
+        if self.weights is not None:
+            dx *= self.weights[:, None, :]
+        self.labels.mask(dx)
+        dx *= top[0].diff.reshape(()) / self.norm
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
