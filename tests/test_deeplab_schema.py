@@ -47,3 +47,21 @@ def test_deeplab_prototxt_fields_parse_by_name():
         'layer { type: "DenseCRF" dense_crf_param { max_iter: 10 pos_xy_std: 3 bi_w: 4 } }',
         caffe_pb2.NetParameter())
     assert net.layer[0].seg_accuracy_param.reset and net.layer[1].mat_write_param.period == 1
+
+
+def test_build_fork_models_fills_deeplab_templates(tmp_path, capsys):
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location('build_fork_models',
+                                                  os.path.join(root, 'benchmarks', 'build_fork_models.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    path = tmp_path / 'test.prototxt'
+    path.write_text('name: "${NET_ID}"\ninput: "data" input_shape { dim: 1 dim: 3 dim: 4 dim: 4 }\n'
+                    'layer { name: "fc8" type: "Convolution" bottom: "data" top: "fc8" '
+                    'convolution_param { num_output: ${NUM_LABELS} kernel_size: 1 } }\n')
+    tool.main(['--shapes', '--define', 'NUM_LABELS=21', '--define', 'NET_ID=deeplab', str(path)])
+    assert 'fc8 (1, 21, 4, 4)' in capsys.readouterr().out
+    tool.main([str(path)])
+    assert 'PARSE FAIL' in capsys.readouterr().out
