@@ -110,7 +110,8 @@ def test_unique_label_capacity_fails_clearly():
     with pytest.raises(ValueError, match='Too many unique elements.*image 0 has 3, max_labels 2'):
         run({'label': np.array([1, 2, 3.0]).reshape(1, 1, 1, 3)}, layer)
     with pytest.raises(ValueError, match='At least one label more than the forced ones'):
-        run({'label': np.zeros((1, 1, 1, 1))}, 'type: "UniqueLabel" unique_label_param { max_labels: 1 force_label: 0 }')
+        run({'label': np.zeros((1, 1, 1, 1))},
+            'type: "UniqueLabel" unique_label_param { max_labels: 1 force_label: 0 }')
 
 
 # -- SpatialProduct ------------------------------------------------------------------------------
@@ -243,6 +244,13 @@ def test_adaptive_bias_channel_against_the_forks_loops(suppress):
     assert (winners[0] == 0).mean() >= 0.25 and (winners[1] == 1).mean() > 0
     if not suppress:
         assert not np.isin(winners[0], [1, 3]).any()     # unlisted classes lose everywhere
+
+
+def test_adaptive_bias_channel_portion_one_wins_everywhere():
+    layer = ('type: "AdaptiveBiasChannel" adaptive_bias_channel_param { bg_portion: 1 fg_portion: 0 '
+             'suppress_others: false }')
+    out = run({'x': rand(1, 3, 3, 3), 'label': np.array([0, 2.0]).reshape(1, 2, 1, 1)}, layer).blobs['y'].data
+    assert (out[0, 0] >= out[0].max(axis=0)).all()
 
 
 def test_adaptive_bias_channel_without_labels_copies_the_scores():

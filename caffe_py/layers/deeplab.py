@@ -4,6 +4,7 @@ mat_io.py, ImageSegData in image_seg_data.py and Interp in segmentation.py."""
 import numpy as np
 
 from .. import backend
+from .. import rng as caffe_rng
 from ..layer import Layer, register
 from .loss import FLT_MIN, _NORM, _Labels, _SoftmaxLoss
 
@@ -226,8 +227,9 @@ class AdaptiveBiasChannelLayer(Layer):
     listed score; then num_iter times over the listed classes (background first, the others in
     std::random_shuffle order over glibc's rand(), as HDF5Data's) a class's channel is raised by
     the (portion * H * W)-th smallest gap to the pixelwise maximum, that maximum updated; last,
-    all channels shift so that the pixelwise maximum keeps its mean. No backward (the fork's
-    leaves the bottom's gradient untouched)."""
+    all channels shift so that the pixelwise maximum keeps its mean. A portion of 1 takes the
+    largest gap (the fork reads one past its buffer). No backward (the fork's leaves the bottom's
+    gradient untouched)."""
     exact_num_bottom = 2
     exact_num_top = 1
 
@@ -254,7 +256,6 @@ class AdaptiveBiasChannelLayer(Layer):
         top[0].reshape(scores.shape)
 
     def forward(self, bottom, top):
-        from .. import rng as caffe_rng
         xp = bottom[0].xp
         param = self.layer_param.adaptive_bias_channel_param
         n, channels = bottom[0].shape[:2]
@@ -274,7 +275,7 @@ class AdaptiveBiasChannelLayer(Layer):
                 lowest = y[xp.asarray(present)].min(axis=0)
                 others = y[xp.asarray(~present)]
                 y[xp.asarray(~present)] = xp.where(others > lowest, lowest - self.margin, others)
-            top_score = y[labels].max(axis=0)
+            top_score = y[xp.asarray(labels)].max(axis=0)
             mean0 = float(top_score.astype(np.float64).sum()) / spatial
             first = 1 if labels[0] == 0 else 0
             for _ in range(param.num_iter):

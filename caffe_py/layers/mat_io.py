@@ -76,7 +76,8 @@ class MatWriteLayer(Layer):
         if self.iter % param.period == 0:
             if self.names is not None and self.iter >= len(self.names):
                 raise self.error('Test has run for more iterations than it was supposed to: forward %d, '
-                                 'mat_write_param.source %s lists %d files' % (self.iter, param.source, len(self.names)))
+                                 'mat_write_param.source %s lists %d files'
+                                 % (self.iter, param.source, len(self.names)))
             name = self.names[self.iter] if self.names is not None else 'iter_%d' % self.iter
             for i, blob in enumerate(bottom):
                 write_blob_mat('%s%s_blob_%d.mat' % (self.prefix, name, i), backend.to_numpy(blob.data), self)
