@@ -51,7 +51,10 @@ def test_deeplab_prototxt_fields_parse_by_name():
 
 def test_build_fork_models_fills_deeplab_templates(tmp_path, capsys):
     import importlib.util
+    import logging
     import os
+    logger = logging.getLogger('caffe_py')
+    level = logger.level      # the tool quiets caffe-py's log: other tests read it
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location('build_fork_models',
                                                   os.path.join(root, 'benchmarks', 'build_fork_models.py'))
@@ -61,7 +64,10 @@ def test_build_fork_models_fills_deeplab_templates(tmp_path, capsys):
     path.write_text('name: "${NET_ID}"\ninput: "data" input_shape { dim: 1 dim: 3 dim: 4 dim: 4 }\n'
                     'layer { name: "fc8" type: "Convolution" bottom: "data" top: "fc8" '
                     'convolution_param { num_output: ${NUM_LABELS} kernel_size: 1 } }\n')
-    tool.main(['--shapes', '--define', 'NUM_LABELS=21', '--define', 'NET_ID=deeplab', str(path)])
-    assert 'fc8 (1, 21, 4, 4)' in capsys.readouterr().out
-    tool.main([str(path)])
-    assert 'PARSE FAIL' in capsys.readouterr().out
+    try:
+        tool.main(['--shapes', '--define', 'NUM_LABELS=21', '--define', 'NET_ID=deeplab', str(path)])
+        assert 'fc8 (1, 21, 4, 4)' in capsys.readouterr().out
+        tool.main([str(path)])
+        assert 'PARSE FAIL' in capsys.readouterr().out
+    finally:
+        logger.setLevel(level)
