@@ -1,6 +1,7 @@
 """DeepLab v2's layers (deeplab-public-ver2): SegAccuracy, UniqueLabel, SpatialProduct,
 BiasChannel, AdaptiveBiasChannel and WeightedSoftmaxWithLoss. Its MatRead/MatWrite are in
-mat_io.py, ImageSegData in image_seg_data.py and Interp in segmentation.py."""
+mat_io.py, DomainTransform in domain_transform.py, ImageSegData in image_seg_data.py and Interp
+in segmentation.py."""
 import numpy as np
 
 from .. import backend
