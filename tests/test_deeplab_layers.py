@@ -1,5 +1,7 @@
 """DeepLab v2's layers: hand cases, the fork's loops written out, float64 gradient checks, and
 GPU mode (CuPy's stand-in) equal to the CPU."""
+import os
+
 import numpy as np
 import pytest
 
@@ -301,6 +303,48 @@ def test_weighted_softmax_loss_with_two_bottoms_is_softmax_with_loss():
     layer_gradient_check(inputs, WSL % '', no_grad=('label',))
     with pytest.raises(ValueError, match='one value per label'):
         run(dict(inputs, w=np.ones((2, 1, 2, 2))), WSL % '')
+
+
+
+# -- a weakly supervised DeepLab-style net (models/fork_styles/deeplab_weak_style.prototxt) -------
+
+STYLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models', 'fork_styles',
+                     'deeplab_weak_style.prototxt')
+
+
+def style_inputs():
+    rng = np.random.default_rng(0)
+    label = np.zeros((2, 1, 16, 16), np.float32)
+    label[0, 0, 4:10, 4:10] = 2
+    label[1, 0, :, 8:] = 3
+    label[1, 0, 0, :] = 255
+    return {'data': rng.standard_normal((2, 3, 32, 32)).astype(np.float32), 'label': label,
+            'weight': np.where(label == 0, 1, 3).astype(np.float32)}
+
+
+def test_deeplab_style_net_trains_from_image_labels_and_tests(tmp_path):
+    from caffe_py import TEST, Net, backend, formats
+    from caffe_py import rng as caffe_rng
+    backend.set_random_seed(1)
+    caffe_rng.c_srand(1)
+    param = formats.read_net(STYLE)
+    net = Net(param, TRAIN)
+    out = net.forward(**style_inputs())
+    assert np.isfinite(out['loss']) and np.isfinite(out['loss_pixels'])
+    estimate = net.blobs['estimate'].data
+    assert set(np.unique(estimate[0])) <= {0, 2} and set(np.unique(estimate[1])) <= {0, 3}   # image labels only
+    np.testing.assert_array_equal(net.blobs['labels'].data.reshape(2, 4), [[0, 2, -1, -1], [0, 3, -1, -1]])
+    net.backward()
+    assert np.abs(net.layer_dict['conv1'].blobs[0].diff).max() > 0
+    for layer in param.layer:
+        if layer.type == 'MatWrite':
+            layer.mat_write_param.prefix = str(tmp_path) + '/fc8_'
+    test = Net(param, TEST)
+    scores = test.forward(**style_inputs())['accuracy']
+    assert scores.shape == (1, 1, 1, 3) and ((0 <= scores) & (scores <= 1)).all()
+    import scipy.io
+    written = scipy.io.loadmat(str(tmp_path / 'fc8_iter_0_blob_0.mat'))['data']
+    np.testing.assert_array_equal(written, test.blobs['fc8'].data.transpose(3, 2, 1, 0))
 
 
 # -- GPU mode: CuPy's stand-in, a real device in the `gpu` run ---------------------------------
