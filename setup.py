@@ -35,8 +35,10 @@ setup(
         'leveldb': ['plyvel'],
         'mpi': ['mpi4py', 'openmpi'],     # data-parallel ranks over MPI (mpirun / srun, or CPUs)
         'onnx': ['onnx', 'onnxruntime'],  # caffe-py export_onnx; onnxruntime checks the exported numbers
+        'deeplab': ['scipy'],             # DeepLab's MatRead/MatWrite (MAT files)
         # the tests exercise every extra but the GPU and LevelDB ones (matplotlib: plot_log/draw_net PNGs)
-        'test': ['pytest', 'matplotlib', 'scikit-image>=0.19', 'mpi4py', 'openmpi', 'onnx', 'onnxruntime'],
+        'test': ['pytest', 'matplotlib', 'scikit-image>=0.19', 'mpi4py', 'openmpi', 'onnx', 'onnxruntime',
+                 'scipy'],
     },
     entry_points={'console_scripts': ['caffe-py = caffe_py.tools.cli:main']},
 )

@@ -5,7 +5,10 @@ interp_param 143: BVLC's embed_param, tile_param and input_param. PSPNet's bn_pa
 where SegNet/ENet's is 45, with other sub-field numbers. SegNet's loss_param has
 weight_by_label_freqs at 3, BVLC's normalization. DeepLab's ImageSegData reads transform_param
 fields 8-10 (scale_factors, crop_width, crop_height), SSD's numbers here. R-FCN's loss_param
-numbers PRE_FIXED normalization 3 (BVLC's NONE) and its NONE 4. py-R-FCN's caffe (Microsoft/caffe)
+numbers PRE_FIXED normalization 3 (BVLC's NONE) and its NONE 4. DeepLab v2 numbers
+seg_accuracy_param 144, mat_write_param 145, dense_crf_param 146, domain_transform_param 147,
+adaptive_bias_channel_param 148 (BVLC's crop_param to clip_param), bias_channel_param 149 and
+unique_label_param 150. py-R-FCN's caffe (Microsoft/caffe)
 numbers roi_pooling_param 147, smooth_l1_loss_param 148 (BVLC's swish_param, clip_param),
 psroi_pooling_param 149 and box_annotator_ohem_param 150 (the YOLO ports' reorg_param and
 upsample_param here). Parsed as they are, a fork's
@@ -30,6 +33,15 @@ RENUMBER = {
     # which BVLC does not have, so its presence tells SegNet's message apart
     'SoftmaxWithLoss': {101: (101, {3: 100003, 4: 100004}, 4)},
     'ImageSegData': {100: (100, {8: 100008, 9: 100009, 10: 100010}, None)},   # DeepLab's transform_param
+    # DeepLab v2's messages at BVLC's 144-148 and the YOLO ports' 149-150 (mat_read_param 151 is free)
+    'SegAccuracy': {144: (100144, {}, None)},        # BVLC: crop_param
+    'MatWrite': {145: (100145, {}, None)},           # BVLC: parameter_param
+    'DenseCRF': {146: (100146, {}, None)},           # BVLC: recurrent_param
+    'DomainTransform': {147: (100147, {}, None)},    # BVLC: swish_param
+    'DomainTransformForwardOnly': {147: (100147, {}, None)},
+    'AdaptiveBiasChannel': {148: (100148, {}, None)},   # BVLC: clip_param
+    'BiasChannel': {149: (100149, {}, None)},        # here: reorg_param
+    'UniqueLabel': {150: (100150, {}, None)},        # here: upsample_param
     # py-R-FCN's (Microsoft/caffe) numbers for R-FCN's messages
     'ROIPooling': {147: (8266711, {}, None)},
     'SmoothL1Loss': {148: (8266712, {}, None)},
