@@ -166,6 +166,18 @@ def layer_net(inputs, layer, *, phase=TEST, dtype=np.float64, params=None, **lin
     return net
 
 
+def layer_forward(inputs, layer, **kwargs):
+    """layer_net's net, forwarded."""
+    net = layer_net(inputs, layer, **kwargs)
+    net.forward()
+    return net
+
+
+def rand(*shape, seed=0):
+    """Standard normal values of `shape` from a seeded generator."""
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
 def layer_gradient_check(inputs, layer, *, phase=TEST, no_grad=(), params=None, seed=0, **links):
     """numeric_gradient_check of layer L over `inputs` (name -> array) in layer_net_text's net."""
     return numeric_gradient_check(layer_net_text(_shapes(inputs), layer, **links), inputs, phase=phase,

@@ -5,16 +5,12 @@ from google.protobuf import text_format
 
 from caffe_py import TEST, Net
 from caffe_py.proto import caffe_pb2
-from harness import layer_gradient_check, layer_net, layer_net_text, numeric_gradient_check
+from harness import layer_gradient_check, layer_net, layer_net_text, numeric_gradient_check, rand
 
 
 net_text = layer_net_text
 build = layer_net
 check = layer_gradient_check
-
-
-def rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
 
 
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'

@@ -6,17 +6,7 @@ import numpy as np
 import pytest
 
 from caffe_py import TRAIN
-from harness import layer_gradient_check, layer_net
-
-
-def run(inputs, layer, **kwargs):
-    net = layer_net(inputs, layer, **kwargs)
-    net.forward()
-    return net
-
-
-def rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
+from harness import layer_forward as run, layer_gradient_check, layer_net, rand
 
 
 def labels(shape, high, seed=0):

@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 
 from caffe_py import TRAIN
-from harness import layer_gradient_check, layer_net
-
-
-def rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
+from harness import layer_gradient_check, layer_net, rand
 
 
 def fork_domain_transform(x, ref, dims, top_diff, num_iter, spatial, rng_sigma, min_weight):

@@ -7,24 +7,13 @@ from google.protobuf import text_format
 
 from caffe_py import TEST, TRAIN, Net, backend, formats
 from caffe_py.proto import caffe_pb2
-from harness import layer_gradient_check, layer_net
+from harness import layer_forward as run, layer_gradient_check, rand
 
 ROIS = np.array([[0, 0, 0, 7, 7], [1, 2.4, 1.5, 9.6, 5.2], [0, 5, 6, 5, 6], [1, -3, 2, 30, 40],
                  [0, 12, 12, 15, 15]], np.float64)
 
 
 check = layer_gradient_check
-
-
-def run(inputs, layer, **kwargs):
-    """layer_net's net, forwarded."""
-    net = layer_net(inputs, layer, **kwargs)
-    net.forward()
-    return net
-
-
-def rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
 
 
 def opencv_forward(inputs, layer, weights=None, tmp_path=None):

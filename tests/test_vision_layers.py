@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from caffe_py import TEST, TRAIN, Net, backend
 from caffe_py.layers import cores, vision
 from caffe_py.proto import caffe_pb2
-from harness import layer_gradient_check, layer_net, layer_net_text
+from harness import layer_gradient_check, layer_net, layer_net_text, rand
 
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" min: -1 max: 1 }'
 
@@ -16,10 +16,6 @@ FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "unif
 net_text = layer_net_text
 build = layer_net
 check = layer_gradient_check
-
-
-def rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
 
 
 def conv(params):

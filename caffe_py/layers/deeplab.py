@@ -7,7 +7,7 @@ import numpy as np
 from .. import backend
 from .. import rng as caffe_rng
 from ..layer import Layer, register
-from .loss import FLT_MIN, _NORM, _Labels, _SoftmaxLoss
+from .loss import FLT_MIN, _Labels, _SoftmaxLoss, softmax_normalization
 
 
 def _int_labels(layer, blob, ignore, classes):
@@ -310,11 +310,7 @@ class WeightedSoftmaxWithLossLayer(_SoftmaxLoss):
 
     def setup(self, bottom, top):
         self.softmax_axis = self.layer_param.softmax_param.axis
-        param = self.layer_param.loss_param
-        if not param.HasField('normalization') and param.HasField('normalize'):
-            self.mode = _NORM.VALID if param.normalize else _NORM.BATCH_SIZE
-        else:
-            self.mode = param.normalization
+        self.mode = softmax_normalization(self.layer_param.loss_param)
         super().setup(bottom, top)
 
     def reshape(self, bottom, top):
