@@ -67,6 +67,19 @@ def test_lr_poly_and_sigmoid():
     assert rate(text, -100000)[0] == 0.0       # exp overflow gives 0, as in C
 
 
+def test_lr_multifixed_mobilenet_yolo():
+    text = ('lr_policy: "multifixed" base_lr: 1 stagelr: 0.001 stagelr: 0.01 stagelr: 0.0001 '
+            'stageiter: 10 stageiter: 100 stageiter: 200')
+    rates = {it: rate(text, it)[0] for it in (0, 10, 11, 100, 101, 200, 201, 10 ** 6)}
+    assert rates == {0: pytest.approx(0.001), 10: pytest.approx(0.001), 11: pytest.approx(0.01),
+                     100: pytest.approx(0.01), 101: pytest.approx(0.0001), 200: pytest.approx(0.0001),
+                     201: pytest.approx(0.0001), 10 ** 6: pytest.approx(0.0001)}
+    with pytest.raises(LearningRateError, match='as many stagelr as stageiter'):
+        rate('lr_policy: "multifixed" stagelr: 0.1 stageiter: 5 stageiter: 9', 0)
+    with pytest.raises(LearningRateError, match='at least one'):
+        rate('lr_policy: "multifixed" base_lr: 0.1', 0)
+
+
 def test_lr_errors():
     with pytest.raises(LearningRateError, match='Unknown learning rate policy: "cosine"'):
         rate('lr_policy: "cosine" base_lr: 0.1', 0)

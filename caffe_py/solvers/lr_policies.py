@@ -13,6 +13,8 @@ multistep policies keep in the solver state.
     sigmoid    base_lr / (1 + exp(-gamma * (iter - stepsize)))
     plateau    base_lr * gamma ^ (number of plateaus so far; SSD's weiliu89/caffe): a plateau ends
                when the smoothed loss has made no new minimum for plateau_winsize[step] iterations
+    multifixed stagelr[k] for the first k with iter <= stageiter[k], the last stagelr past them all
+               (eric612/MobileNet-YOLO)
 
 The plateau policy reads and updates a `state` holding smoothed_loss, minimum_loss and
 iter_last_event (the solver, which snapshots the last two).
@@ -84,6 +86,14 @@ def _sigmoid(param, it, step):
     return float(f32(param.base_lr) * (f32(1) / denominator)), step
 
 
+def _multifixed(param, it, step):
+    _need(len(param.stagelr) == len(param.stageiter) and len(param.stagelr) > 0,
+          'lr_policy "multifixed" needs as many stagelr as stageiter, at least one (got %d and %d)'
+          % (len(param.stagelr), len(param.stageiter)))
+    stage = next((k for k, last in enumerate(param.stageiter) if it <= last), len(param.stagelr) - 1)
+    return float(f32(param.stagelr[stage])), step
+
+
 def _plateau(param, it, step, state):
     _need(state is not None, 'lr_policy "plateau" needs the solver\'s loss history')
     _need(param.gamma >= 0, 'lr_policy "plateau" needs gamma >= 0 (got %s)' % log.fmt(param.gamma))
@@ -104,6 +114,7 @@ def _plateau(param, it, step, state):
 POLICIES = {
     'fixed': _fixed, 'step': _step, 'exp': _exp, 'inv': _inv,
     'multistep': _multistep, 'poly': _poly, 'sigmoid': _sigmoid, 'plateau': _plateau,
+    'multifixed': _multifixed,
 }
 
 
