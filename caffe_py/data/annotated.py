@@ -146,6 +146,9 @@ class AnnotatedSource:
         self.phase = phase
         self.transformer = transformer
         self.mean_file = transformer.mean if p.mean_file else None     # C x H x W
+        # an expansion canvas under a mean file: static_cast<char> of each value, H x W x C
+        self.mean_file_fill = None if self.mean_file is None else \
+            (self.mean_file.transpose(1, 2, 0).astype(np.int64) & 0xff).astype(np.uint8)
         self.stream = None
         _check_params(p, phase)
         self.fit_small = p.HasField('resize_param') and p.resize_param.resize_mode == _RESIZE.FIT_SMALL_SIZE
@@ -185,13 +188,10 @@ class AnnotatedSource:
             height, width = self.crop_h, self.crop_w
         return channels, height, width
 
-    def _mean(self, channels):
-        values = list(self.param.mean_value)
-        if not values:
-            return None
-        if len(values) not in (1, channels):
-            raise DataSourceError('Specify either 1 mean_value or as many as channels: %d' % channels)
-        return np.asarray(values * channels if len(values) == 1 else values, np.float32)
+    def _mean(self, channels, what):
+        """The per-channel mean values (C,), checked and cached by the transformer; None without."""
+        mean = None if self.mean_file is not None else self.transformer.mean_for(channels, what)
+        return None if mean is None else mean.reshape(channels)
 
     # -- the draws of one item, in the fork's order -------------------------------------------------
     def plan(self, image, anno, record, what):
@@ -200,7 +200,7 @@ class AnnotatedSource:
         resized (their boxes are) nor noised, cropped by crop_size only."""
         height, width, channels = image.shape
         raw = not record.datum.encoded
-        plan = {'mean': self._mean(channels), 'raw': raw, 'distort': [], 'expand': None, 'window': None}
+        plan = {'mean': self._mean(channels, what), 'raw': raw, 'distort': [], 'expand': None, 'window': None}
         if self.param.HasField('distort_param'):
             if not raw:
                 plan['distort'] = plan_distortion(self.param.distort_param, self.stream, caffe_rng.c_rand())
@@ -294,9 +294,12 @@ class AnnotatedSource:
         image = image_ops.distort(image, plan['distort'])
         if plan['expand'] is not None:
             mean = plan['mean']
-            fill = 32 if plan['raw'] else 0 if mean is None else np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-            if self.mean_file is not None and not plan['raw']:      # static_cast<char> of each value
-                fill = (self.mean_file.transpose(1, 2, 0).astype(np.int64) & 0xff).astype(np.uint8)
+            if plan['raw']:
+                fill = 32
+            elif self.mean_file_fill is not None:
+                fill = self.mean_file_fill
+            else:
+                fill = 0 if mean is None else np.clip(np.rint(mean), 0, 255).astype(np.uint8)
             image = image_ops.expand(image, *plan['expand'], fill)
         if plan['window'] is not None:
             x, y, w, h = plan['window']
