@@ -41,22 +41,23 @@ def read_label_map(path, error):
     return names, display
 
 
-def read_name_sizes(path, error):
-    """Image names and (height, width) rows of a name_size_file (`name height width` per line)."""
+def read_name_sizes(path, error, setting=_SETTING + 'name_size_file'):
+    """Image names and (height, width) rows of a name_size_file (`name height width` per line);
+    `setting` names the field that named it in errors."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise error('Failed to open name size file: %s (%sname_size_file): %s'
-                    % (path, _SETTING, getattr(exc, 'strerror', None) or exc)) from None
+        raise error('Failed to open name size file: %s (%s): %s'
+                    % (path, setting, getattr(exc, 'strerror', None) or exc)) from None
     names, sizes = [], []
     for number, line in enumerate(lines, 1):
         words = line.split()
         if not words:
             continue
         if len(words) != 3 or not all(w.lstrip('+-').isdigit() for w in words[1:]):
-            raise error('name size file %s line %d (%sname_size_file): expected "name height width", '
-                        'got %r' % (path, number, _SETTING, line))
+            raise error('name size file %s line %d (%s): expected "name height width", '
+                        'got %r' % (path, number, setting, line))
         names.append(words[0])
         sizes.append((int(words[1]), int(words[2])))
     return names, np.array(sizes, np.int64).reshape(-1, 2)

@@ -675,18 +675,10 @@ class DetectionEvaluateLayer(Layer):
             raise self.error('Must provide num_classes.')
         self.p = p
         self.sizes = []
-        if p.name_size_file:
-            try:
-                with open(p.name_size_file) as f:
-                    words = f.read().split()
-            except OSError as exc:
-                raise self.error('Failed to open name size file: %s (detection_evaluate_param.'
-                                 'name_size_file): %s' % (p.name_size_file, exc.strerror)) from None
-            self.sizes = [(int(words[k + 1]), int(words[k + 2])) for k in range(0, len(words) - 2, 3)]
-        if p.HasField('resize_param') and p.resize_param.resize_mode not in (
-                caffe_pb2.ResizeParameter.WARP,) and self.sizes:
-            raise self.error('resize_param.resize_mode %s is not supported by caffe-py; WARP is'
-                             % caffe_pb2.ResizeParameter.Resize_mode.Name(p.resize_param.resize_mode))
+        if p.HasField('name_size_file'):
+            self.sizes = detection_save.read_name_sizes(p.name_size_file, self.error,
+                                                        'detection_evaluate_param.name_size_file')[1]
+        self.resize = p.resize_param if p.HasField('resize_param') else None
         self.count = 0
 
     def reshape(self, bottom, top):
@@ -699,10 +691,9 @@ class DetectionEvaluateLayer(Layer):
         top[0].reshape((1, 1, positive + int(np.sum(det[:, 1] != -1)), 5))
 
     def _pixels(self, boxes):
-        """Clip to the image, then scale to the image size of the current item (OutputBBox)."""
+        """The boxes in pixels of the current item's original size, through resize_param (OutputBBox)."""
         height, width = self.sizes[self.count]
-        boxes = np.clip(boxes, 0, 1) * np.array([width, height, width, height], np.float32)
-        return boxes
+        return detection_save.output_boxes(boxes, height, width, self.resize)
 
     def forward(self, bottom, top):
         p = self.p
@@ -737,8 +728,8 @@ class DetectionEvaluateLayer(Layer):
                     g_boxes, g_labels, g_diff = gt[item]
                     truth, hard = g_boxes[g_labels == label], g_diff[g_labels == label]
                     boxes = found[:, 3:7].astype(np.float32)
-                    if self.sizes:
-                        truth, boxes = self._pixels(truth), self._pixels(boxes)
+                    if len(self.sizes):
+                        truth, boxes = self._pixels(truth.astype(np.float32)), self._pixels(boxes)
                         overlaps = _pixel_iou(boxes, truth)
                     else:
                         overlaps = bbox.iou(boxes, truth.astype(np.float32))
@@ -758,7 +749,7 @@ class DetectionEvaluateLayer(Layer):
                 block[:, 3] = tp == 1
                 block[:, 4] = tp == 0
                 out.extend(block.tolist())
-            if self.sizes:
+            if len(self.sizes):
                 self.count = (self.count + 1) % len(self.sizes)
         top[0].reshape((1, 1, len(out), 5))
         _host(top[0]).data[0, 0] = np.asarray(out, np.float64).reshape(-1, 5)
