@@ -287,6 +287,31 @@ def test_detection_evaluate_by_hand():
         [1, 1, .3, 0, 1]], rtol=1e-6)
 
 
+@pytest.mark.parametrize('resize, true_positive', [
+    ('', 0),        # in pixels of the 100x200 image: IoU (201 x 51) / (201 x 101) < 0.6
+    ('resize_param { resize_mode: FIT_LARGE_SIZE_AND_PAD height: 300 width: 300 }', 1)])
+def test_detection_evaluate_in_pixels_of_the_original_image(tmp_path, resize, true_positive):
+    """With a name_size_file the boxes are scored in pixels of each image's size, through
+    resize_param (OutputBBox): the padded band of a 100x200 image letterboxed to 300x300 is y in
+    [0.25, 0.75], so a detection of that band is the whole image, as the ground truth."""
+    sizes = tmp_path / 'sizes.txt'
+    sizes.write_text('img0 100 200\n')
+    det = np.array([[0, 1, .9, 0, .25, 1, .75]], np.float32).reshape(1, 1, -1, 7)
+    net = _run('layer { name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "e" '
+               'detection_evaluate_param { num_classes: 2 overlap_threshold: 0.6 name_size_file: "%s" %s } }'
+               % (sizes, resize), det=det, gt=_gt((0, 1, 0, 0, 1, 1)))
+    assert net.blobs['e'].data[0, 0, 1].tolist() == [0, 1, pytest.approx(.9), true_positive, 1 - true_positive]
+
+
+def test_detection_evaluate_names_a_bad_name_size_line(tmp_path):
+    sizes = tmp_path / 'sizes.txt'
+    sizes.write_text('img0 100\n')
+    with pytest.raises(Exception, match='line 1 .detection_evaluate_param.name_size_file.'):
+        _run('layer { name: "e" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "e" '
+             'detection_evaluate_param { num_classes: 2 name_size_file: "%s" } }' % sizes,
+             det=np.zeros((1, 1, 1, 7), np.float32), gt=_gt((0, 1, 0, 0, 1, 1)))
+
+
 # -- against OpenCV dnn ------------------------------------------------------------------------
 OPENCV_NET = '''
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 20 dim: 24 } } }
