@@ -125,8 +125,10 @@ def messages(stream, text):
             if text in line and re.match(r'[IWEF]\d{4} ', line)]
 
 
-def independent_map(solver, test_iter, ap_version):
-    """mAP of a fresh test net sharing the solver's weights, over its first test_iter batches."""
+def separately_run_map(solver, test_iter, ap_version):
+    """mean_average_precision of a separate test net sharing the solver's weights, over its first
+    test_iter batches: checks the solver's collection and logging (the mAP itself is checked by hand
+    in test_detection_layers)."""
     net = caffe.Net('test.prototxt', caffe.TEST)
     net.share_with(solver.net)
     try:
@@ -159,10 +161,9 @@ def test_detection_test_logs_the_mean_average_precision(ssd_dir, captured_log):
         assert len(outputs) == 2                  # at iterations 0 and 2 (max_iter)
         logged = float(outputs[-1].rsplit('= ', 1)[1])
         assert outputs[-1].startswith('    Test net output #0: detection_eval = ')
-        mean_ap, per_class = independent_map(solver, 3, '11point')
+        mean_ap, per_class = separately_run_map(solver, 3, '11point')
         assert mean_ap > 0 and sorted(per_class) == [1, 2]
         assert outputs[-1] == '    Test net output #0: detection_eval = %s' % caffe.log.fmt(mean_ap)
-        assert logged == pytest.approx(mean_ap, abs=1e-5)
         classes = messages(captured_log, 'class')
         assert classes[-2:] == ['class%d: %s' % (c, caffe.log.fmt(per_class[c])) for c in (1, 2)]
         assert messages(captured_log, 'Test loss: ') == ['Test loss: 0'] * 2
@@ -183,7 +184,7 @@ def test_several_test_nets_each_over_its_test_iter(ssd_dir, captured_log, ap_ver
                                                          'Iteration 0, Testing net (#1)']
         outputs = messages(captured_log, 'Test net output')
         expected = ['    Test net output #0: detection_eval = %s'
-                    % caffe.log.fmt(independent_map(solver, n, ap_version)[0]) for n in (1, 3)]
+                    % caffe.log.fmt(separately_run_map(solver, n, ap_version)[0]) for n in (1, 3)]
         assert outputs == expected
         assert not messages(captured_log, 'class')
     finally:
