@@ -7,7 +7,7 @@ import numpy as np
 from .. import backend
 from .. import rng as caffe_rng
 from ..layer import Layer, register
-from .loss import FLT_MIN, _Labels, _SoftmaxLoss, softmax_normalization
+from .loss import FLT_MIN, _Labels, _SoftmaxLoss, normalization_mode
 
 
 def _int_labels(layer, blob, ignore, classes):
@@ -310,7 +310,7 @@ class WeightedSoftmaxWithLossLayer(_SoftmaxLoss):
 
     def setup(self, bottom, top):
         self.softmax_axis = self.layer_param.softmax_param.axis
-        self.mode = softmax_normalization(self.layer_param.loss_param)
+        self.mode = normalization_mode(self.layer_param.loss_param)
         super().setup(bottom, top)
 
     def reshape(self, bottom, top):

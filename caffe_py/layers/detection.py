@@ -11,7 +11,7 @@ import numpy as np
 from .. import bbox, detection_save, detection_visualize, fillers
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .loss import FLT_MIN
+from .loss import FLT_MIN, normalization_mode
 
 _MB = caffe_pb2.MultiBoxLossParameter
 _NORM = caffe_pb2.LossParameter
@@ -394,11 +394,7 @@ class MultiBoxLossLayer(Layer):
             raise self.error('background_label_id should be within [0, num_classes) for Softmax.')
         if p.map_object_to_agnostic and self.num_classes != (2 if self.background >= 0 else 1):
             raise self.error('map_object_to_agnostic needs num_classes 2 (1 without background)')
-        lp = self.layer_param.loss_param
-        if not lp.HasField('normalization') and lp.HasField('normalize'):
-            self.normalization = _NORM.VALID if lp.normalize else _NORM.BATCH_SIZE
-        else:
-            self.normalization = lp.normalization
+        self.normalization = normalization_mode(self.layer_param.loss_param)
         given = list(self.layer_param.propagate_down)
         self.use_loc, self.use_conf = (given[0], given[1]) if given else (True, True)
 

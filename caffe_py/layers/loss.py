@@ -110,8 +110,8 @@ class LossLayer(Layer):
         return layer
 
 
-def softmax_normalization(param):
-    """SoftmaxWithLoss's normalization mode from a LossParameter: the legacy `normalize` when
+def normalization_mode(param):
+    """A LossParameter's normalization mode as Caffe's losses read it: the legacy `normalize` when
     only it is set (true: VALID, false: BATCH_SIZE), else `normalization`."""
     if not param.HasField('normalization') and param.HasField('normalize'):
         return _NORM.VALID if param.normalize else _NORM.BATCH_SIZE
@@ -163,7 +163,7 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
     def setup(self, bottom, top):
         self.softmax_axis = self.layer_param.softmax_param.axis
         param = self.layer_param.loss_param
-        self.mode = softmax_normalization(param)
+        self.mode = normalization_mode(param)
         self.class_weights = (np.asarray(param.class_weighting, self.dtype)
                               if param.weight_by_label_freqs else None)
         super().setup(bottom, top)

@@ -11,7 +11,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .loss import LossLayer
+from .loss import LossLayer, normalization_mode
 
 _NORM = caffe_pb2.LossParameter
 
@@ -324,9 +324,7 @@ class SmoothL1LossLayer(LossLayer):
         loss = self.layer_param.loss_param
         self.mode = None                              # py-faster-rcnn: divide by num
         if len(bottom) == 3 or (len(bottom) == 2 and (loss.HasField('normalization') or loss.HasField('normalize'))):
-            self.mode = loss.normalization
-            if not loss.HasField('normalization') and loss.HasField('normalize'):
-                self.mode = _NORM.VALID if loss.normalize else _NORM.BATCH_SIZE
+            self.mode = normalization_mode(loss)
 
     def allow_force_backward(self, bottom_index):
         return bottom_index < 2

@@ -3,17 +3,10 @@ SmoothL1LossOHEM, which add a per-region loss top for BoxAnnotatorOHEM to rank. 
 them on the GPU only; here they run on both.)"""
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .loss import FLT_MIN, SoftmaxWithLossLayer, _Labels
+from .loss import FLT_MIN, SoftmaxWithLossLayer, _Labels, normalization_mode
 from .rcnn import SmoothL1LossLayer
 
 _NORM = caffe_pb2.LossParameter
-
-
-def _mode(param):
-    """normalization, or VALID / BATCH_SIZE from the old normalize flag."""
-    if not param.HasField('normalization') and param.HasField('normalize'):
-        return _NORM.VALID if param.normalize else _NORM.BATCH_SIZE
-    return param.normalization
 
 
 @register('SoftmaxWithLossOHEM')
@@ -62,7 +55,7 @@ class SmoothL1LossOHEMLayer(SmoothL1LossLayer):
         self.sigma2 = self.scalar(1)
         self.inside = len(bottom) == 3
         self.outside = False
-        self.mode = _mode(self.layer_param.loss_param)
+        self.mode = normalization_mode(self.layer_param.loss_param)
 
     def set_loss_weights(self, top):
         Layer.set_loss_weights(self, top)
