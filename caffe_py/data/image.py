@@ -188,11 +188,11 @@ def read_image_list(source, what='image list', keep_blank=False):
         path, space, label = line.rpartition(' ')
         if not space:
             path, label = line, line
-        lines.append((path, _atoi(label)))
+        lines.append((path, atoi(label)))
     return lines
 
 
-def _atoi(text):
+def atoi(text):
     """C's atoi: leading blanks, a sign, then digits; 0 when there are none."""
     text = text.lstrip()
     sign, digits = 1, ''

@@ -124,7 +124,9 @@ def renumber_net(data, renumber=True):
     """A binary NetParameter with fork fields moved to caffe.proto's numbers; `data` itself when
     no layer needs it (or when the bytes are not a well-formed message: the parser reports that).
     renumber=False gives the bytes to write: enum values in the fork's numbering (R-FCN's
-    PRE_FIXED 3), so that reading them back, here or in the fork, gives the same net."""
+    PRE_FIXED 3), the one ambiguity on reading, so that caffe-py reads its own files back the same
+    (and R-FCN its SmoothL1Loss); colliding fields stay at this schema's numbers, which the forks
+    skip as unknown (their weights load by layer name either way)."""
     view = memoryview(data)
     try:
         fields = message_fields(view)

@@ -10,11 +10,11 @@ place in TRAIN, at the centre otherwise; both are mirrored together (mirror). Th
 (pixel - mean_value) * scale. An optional third top holds each image's (height, width) after
 new_height/new_width, clipped to the output size.
 """
-import re
 
 import numpy as np
 
 from .. import rng as caffe_rng
+from ..data.image import atoi
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from .data import layer_stream, rand
@@ -25,12 +25,6 @@ _LABEL = caffe_pb2.ImageDataParameter
 def _as_uint8(value):
     """cv::Scalar written into an 8-bit image: saturated to [0, 255]."""
     return np.uint8(min(max(int(value), 0), 255))
-
-
-def _atoi(text):
-    """C's atoi: the leading integer of `text`, 0 when there is none."""
-    match = re.match(r'\s*([+-]?\d+)', text)
-    return int(match.group(1)) if match else 0
 
 
 @register('ImageSegData')
@@ -102,7 +96,7 @@ class ImageSegDataLayer(Layer):
                 raise self.error('image %s is %dx%d but its label %s is %dx%d'
                                  % (name, image.shape[0], image.shape[1], label_name, *label.shape))
         else:
-            value = _atoi(label_name) if p.label_type == _LABEL.IMAGE else p.ignore_label
+            value = atoi(label_name) if p.label_type == _LABEL.IMAGE else p.ignore_label
             label = np.full(image.shape[:2], _as_uint8(value), np.uint8)
         return image, label
 
