@@ -28,9 +28,12 @@ def _open_lmdb(source):
     import lmdb
     key = os.path.realpath(source)
     with _LMDB_LOCK:
+        known = key in _LMDB_ENVS
+    if not known:
+        check_lmdb(source)      # outside the lock: it may read the whole file (in a child), once
+    with _LMDB_LOCK:
         entry = _LMDB_ENVS.get(key)
         if entry is None:
-            check_lmdb(source)
             env = lmdb.open(source, readonly=True, lock=False, readahead=False, max_readers=126,
                             subdir=os.path.isdir(source))
             entry = _LMDB_ENVS[key] = [env, 0]
