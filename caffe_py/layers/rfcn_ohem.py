@@ -3,7 +3,7 @@ SmoothL1LossOHEM, which add a per-region loss top for BoxAnnotatorOHEM to rank. 
 them on the GPU only; here they run on both.)"""
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .loss import FLT_MIN, SoftmaxWithLossLayer, _Labels, normalization_mode
+from .loss import SoftmaxWithLossLayer, normalization_mode
 from .rcnn import SmoothL1LossLayer
 
 _NORM = caffe_pb2.LossParameter
@@ -21,22 +21,8 @@ class SoftmaxWithLossOHEMLayer(SoftmaxWithLossLayer):
         super().setup(bottom, top)
         self.class_weights = None
 
-    def reshape(self, bottom, top):
-        super().reshape(bottom, top)
-        if len(top) > 2:
-            top[2].reshape(bottom[1].shape)
-
     def forward(self, bottom, top):
-        xp = bottom[0].xp
-        prob = self._prob_blob(top)
-        self.softmax.forward([bottom[0]], [prob])
-        self.labels = labels = _Labels(self, bottom[1], self.outer, self.inner, self.classes, self.ignore_label())
-        losses = -xp.log(xp.maximum(prob.data.reshape(self.shape3())[labels.at], self.scalar(FLT_MIN)))
-        labels.mask(losses)
-        self.norm = self.normalizer(self.mode, self.outer, self.inner, labels.count)
-        top[0].data[...] = xp.abs(losses).sum() / self.norm
-        if len(top) > 2:
-            top[2].data[...] = losses.reshape(top[2].shape)
+        super().forward(bottom, top)        # SoftmaxWithLoss with R-FCN's per-instance top
         bottom[0].diff[...] = 0
 
 
