@@ -154,14 +154,6 @@ def test_a_rare_redraw_in_an_offset_is_followed(monkeypatch):
     assert sequential == [1] and fast.words(1) == slow.words(1)
 
 
-def test_draw_uniform_is_caffe_rng_uniform():
-    for low, high in [(0, 1), (0.3, 1.0), (1, 1), (0, 0), (-18, 18), (0.5, 0.5000001)]:
-        stream, reference = rng.CaffeStream(9), rng.CaffeStream(9)
-        values = [annotated_boxes.draw_uniform(stream, low, high) for _ in range(200)]
-        np.testing.assert_array_equal(values, reference.uniform(200, low, high))
-        assert stream.words(1) == reference.words(1)
-
-
 def test_batch_samplers_keep_crops_that_meet_the_constraint():
     objects = np.array([[0.1, 0.1, 0.4, 0.5], [0.6, 0.6, 0.9, 0.9]], np.float32)
     whole = caffe_pb2.BatchSampler(max_sample=1, max_trials=1)

@@ -57,7 +57,9 @@ def parse_annotated(value, flag, what):
     return image, anno, record
 
 
-_uniform = boxes.draw_uniform
+def _uniform(stream, low, high):
+    """caffe_rng_uniform(1, low, high): one float."""
+    return stream.uniform(1, low, high)[0]
 
 
 def plan_distortion(param, stream, c_rand):

@@ -130,15 +130,6 @@ def uniform_from(words, low, high):
     return values, values < top
 
 
-def draw_uniform(stream, low, high):
-    """caffe_rng_uniform(1, low, high) in float on the words of `stream`."""
-    low, top = F32(low), np.nextafter(F32(high), F32(np.inf))
-    while True:
-        value = F32(stream.words(1)[0]) / F32(2.0 ** 32) * (top - low) + low
-        if value < top:
-            return value
-
-
 def _window_shape(scale, ratio):
     """SampleBBox's width and height: the aspect ratio clamped to [scale^2, 1 / scale^2] (in double,
     as std::pow), then float arithmetic (sqrt of a float in float, as C++ builds since GCC 6 take it)."""
