@@ -621,6 +621,11 @@ def kind():
     return _state['kind']
 
 
+def rand(stream, n):
+    """DataTransformer::Rand(n): one word of `stream` modulo n."""
+    return int(stream.words(1)[0]) % n
+
+
 def new_stream(seed=None):
     """A private engine of the current kind (Caffe::RNG(seed))."""
     return _KINDS[_state['kind']](seed)

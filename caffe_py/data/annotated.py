@@ -223,7 +223,7 @@ class AnnotatedSource:
         if self.samplers:
             windows = boxes.generate_samples(anno['box'], self.samplers, self.stream)
             if windows:
-                window = windows[int(self.stream.words(1)[0]) % len(windows)]
+                window = windows[caffe_rng.rand(self.stream, len(windows))]
                 rect, window = boxes.crop_rect(window, height, width)
                 if rect[2] <= 0 or rect[3] <= 0:
                     raise DataSourceError('%s: the sampled window is empty at %dx%d' % (what, height, width))
@@ -236,7 +236,7 @@ class AnnotatedSource:
         """The draws of the fork's Transform (mirror, interpolation, salt and pepper, crop) into `plan`;
         the final annotations (TransformAnnotation)."""
         p, stream, raw = self.param, self.stream, plan['raw']
-        plan['mirror'] = bool(p.mirror and int(self.transformer.rng.words(1)[0]) % 2)
+        plan['mirror'] = bool(p.mirror and caffe_rng.rand(self.transformer.rng, 2))
         box = anno['box']
         before = height, width
         if p.HasField('resize_param'):

@@ -338,11 +338,6 @@ def layer_stream():
     return caffe_rng.new_stream(_draw_word())
 
 
-def rand(stream, n):
-    """DataTransformer::Rand(n): one word of `stream` modulo n."""
-    return int(stream.words(1)[0]) % n
-
-
 @register('Data')
 class DataLayer(PrefetchingDataLayer):
     """Datum records of an LMDB or LevelDB (data_param), in key order, wrapping around at the end.

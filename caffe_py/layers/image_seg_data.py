@@ -17,7 +17,8 @@ from .. import rng as caffe_rng
 from ..data.image import atoi
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .data import layer_stream, rand
+from ..rng import rand
+from .data import layer_stream
 
 _LABEL = caffe_pb2.ImageDataParameter
 

@@ -9,7 +9,8 @@ from ..fillers import fill
 from .. import rng as caffe_rng
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from .data import layer_stream, rand
+from ..rng import rand
+from .data import layer_stream
 
 
 def _per_channel(blob):
